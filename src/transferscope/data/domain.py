@@ -1,0 +1,48 @@
+"""A domain: a train and a test split with their normalisation, and the loaders the
+trainer and analyses read. Splits are in-memory :class:`ImageSet` s (synthetic data,
+small subsets) or file-backed datasets returning ``(uint8 (C, H, W) image, target)``
+(DomainNet, CheXpert, image folders); both go through the same batch pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .shuffle import BlockShuffle
+from .tensors import ImageLoader, ImageSet
+
+
+@dataclass
+class Domain:
+    name: str
+    train: ImageSet | Dataset
+    test: ImageSet | Dataset
+    classes: list[str]
+    multilabel: bool
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> ImageSet | Dataset:
+        if name not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {name!r}")
+        return self.train if name == "train" else self.test
+
+    def loader(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment: bool = False,
+               block_shuffle: BlockShuffle | None = None, drop_last: bool = False, device: str | torch.device = "cpu",
+               channels_last: bool = False, num_workers: int = 0, limit: int | None = None) -> ImageLoader:
+        """Batches of ``split`` normalised with this domain's statistics; ``limit`` keeps
+        the first examples only (a fixed evaluation subset)."""
+        data = self.split(split)
+        if limit is not None and limit < len(data):
+            data = data.subset(range(limit)) if isinstance(data, ImageSet) else torch.utils.data.Subset(data, range(limit))
+        return ImageLoader(data, batch_size, mean=self.mean, std=self.std, shuffle=shuffle, seed=seed, augment=augment,
+                           block_shuffle=block_shuffle, drop_last=drop_last, device=device,
+                           channels_last=channels_last, num_workers=num_workers)

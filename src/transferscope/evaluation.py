@@ -1,0 +1,151 @@
+"""Evaluation shared by the trainer and every analysis: loss and accuracy for
+multi-class targets, loss and mean ROC AUC for multi-label targets, BatchNorm
+recalibration, and fixed evaluation subsets cached once.
+
+The task is read from the targets: int64 ``(N,)`` class indices -> cross-entropy and
+top-1 accuracy; float ``(N, L)`` 0/1 labels -> binary cross-entropy on logits and the
+mean over labels of the ROC AUC (CheXpert's metric, Neyshabur et al. 2020 Sec. 2).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+Batches = Iterable[tuple[Tensor, Tensor]]
+
+
+def is_multilabel(targets: Tensor) -> bool:
+    return targets.ndim == 2
+
+
+def loss_fn(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross-entropy (class indices) or binary cross-entropy with logits (0/1 labels);
+    with ``reduction="none"`` one value per example (mean over labels)."""
+    if is_multilabel(targets):
+        loss = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none").mean(1)
+        return loss.mean() if reduction == "mean" else loss
+    return F.cross_entropy(logits, targets, reduction=reduction)
+
+
+def roc_auc(scores: Tensor, labels: Tensor) -> float:
+    """ROC AUC from ranks (Mann-Whitney U, ties averaged); NaN when one class is absent."""
+    positives = labels.bool()
+    n_pos = int(positives.sum())
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = torch.as_tensor(pd.Series(scores.double().numpy()).rank().to_numpy())
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def per_label_auc(logits: Tensor, targets: Tensor) -> list[float]:
+    return [roc_auc(logits[:, j].cpu(), targets[:, j].cpu()) for j in range(targets.shape[1])]
+
+
+def metrics(logits: Tensor, targets: Tensor) -> dict[str, float]:
+    """``{"loss", "accuracy"}`` or ``{"loss", "auc"}`` (mean AUC over labels with both classes)."""
+    logits, targets = logits.float().cpu(), targets.cpu()
+    out = {"loss": float(loss_fn(logits, targets)), "n": len(targets)}
+    if is_multilabel(targets):
+        aucs = torch.tensor(per_label_auc(logits, targets))
+        out["auc"] = float(aucs[~aucs.isnan()].mean()) if (~aucs.isnan()).any() else float("nan")
+    else:
+        out["accuracy"] = float((logits.argmax(1) == targets).double().mean())
+    return out
+
+
+def score_name(targets: Tensor) -> str:
+    """The headline metric of a task: ``"auc"`` for multi-label targets, else ``"accuracy"``."""
+    return "auc" if is_multilabel(targets) else "accuracy"
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the block and restore each submodule's mode after."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
+def model_device(model: nn.Module) -> torch.device:
+    tensor = next(iter(model.parameters()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Batches) -> tuple[Tensor, Tensor]:
+    """Logits and targets of ``model`` (in eval mode, mode restored) over all batches."""
+    device = model_device(model)
+    logits, targets = [], []
+    with eval_mode(model):
+        for x, y in batches:
+            logits.append(model(x.to(device)).float().cpu())
+            targets.append(y.cpu())
+    return torch.cat(logits), torch.cat(targets)
+
+
+def evaluate(model: nn.Module, batches: Batches) -> dict[str, float]:
+    """Loss and accuracy (or mean AUC) of ``model`` in eval mode over ``batches``."""
+    return metrics(*predict(model, batches))
+
+
+def cache_batches(batches: Batches, max_examples: int | None = None) -> list[tuple[Tensor, Tensor]]:
+    """Materialise the first ``max_examples`` examples of a loader once, as a list of
+    batches, so that repeated evaluations (interpolation, criticality) see the same data
+    and pay for loading once."""
+    cached, seen = [], 0
+    for x, y in batches:
+        if max_examples is not None and seen + len(x) > max_examples:
+            x, y = x[: max_examples - seen], y[: max_examples - seen]
+        if len(x):
+            cached.append((x, y))
+        seen += len(x)
+        if max_examples is not None and seen >= max_examples:
+            break
+    if not cached:
+        raise ValueError("the loader yielded no examples")
+    return cached
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Batches, max_batches: int | None = None) -> nn.Module:
+    """Recompute every BatchNorm's running mean and variance as the exact average over
+    ``batches`` (momentum ``None``), in train mode without gradient; other modules stay
+    as they are. Modifies ``model`` in place (call it on a copy) and returns it."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model
+    device = model_device(model)
+    saved = [(m, m.momentum, m.training) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    seen = 0
+    try:
+        for index, (x, _) in enumerate(batches):
+            if max_batches is not None and index >= max_batches:
+                break
+            model(x.to(device))
+            seen += 1
+    finally:
+        for m, momentum, training in saved:
+            m.momentum = momentum
+            m.training = training
+    if seen == 0:
+        raise ValueError("BatchNorm recalibration got no batches; pass a non-empty training loader")
+    return model

@@ -1,0 +1,90 @@
+"""Weight files: safetensors for everything we write; safetensors or torch files
+(always ``weights_only=True``, never an arbitrary pickle) for what we read; and the
+fine-tuning initialisation of the paper (load everything but the classifier head,
+which is re-initialised for the target's classes)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from ..io import atomic_path
+from .partition import head_name
+
+StateDict = dict[str, Tensor]
+
+
+def save_weights(model_or_state: nn.Module | Mapping[str, Tensor], path: str | os.PathLike) -> Path:
+    """Save a model's ``state_dict`` (or a state dict) as safetensors, atomically."""
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    tensors = {key: value.detach().to("cpu").contiguous() for key, value in state.items()}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+    return path
+
+
+def load_weights(path: str | os.PathLike) -> StateDict:
+    """Read a state dict from ``.safetensors`` or a torch file (``weights_only=True``).
+
+    A torch file holding ``{"state_dict": ...}`` or ``{"model": ...}`` (common training
+    checkpoint layouts) is unwrapped; DataParallel's ``module.`` prefix is removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(
+            f"cannot read {path} as a weights-only torch file ({error}); save it with "
+            "torch.save(model.state_dict(), ...) or convert it to safetensors"
+        ) from error
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return {key.removeprefix("module."): value for key, value in obj.items()}
+
+
+def load_into(model: nn.Module, state: Mapping[str, Tensor], *, skip_prefixes: tuple[str, ...] = ()) -> None:
+    """Copy ``state`` into ``model``, checking names and shapes; keys under
+    ``skip_prefixes`` are left at the model's own values. Errors name every mismatch."""
+    own = model.state_dict()
+    skipped = lambda key: any(key == p or key.startswith(p + ".") for p in skip_prefixes)  # noqa: E731
+    missing = [k for k in own if k not in state and not skipped(k)]
+    unexpected = [k for k in state if k not in own and not skipped(k)]
+    wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                   for k in own if k in state and not skipped(k) and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"missing from the weights: {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"not in the model: {', '.join(unexpected[:8])}{' …' if len(unexpected) > 8 else ''}")
+        if wrong_shape:
+            parts.append(f"shape mismatch: {'; '.join(wrong_shape[:8])}")
+        raise ValueError(
+            f"weights do not fit {type(model).__name__} ({' | '.join(parts)}); "
+            "check that the architecture, width and number of classes match those the weights were saved with"
+        )
+    with torch.no_grad():
+        for key, value in own.items():
+            if not skipped(key):
+                value.copy_(state[key])
+
+
+def init_for_finetuning(model: nn.Module, pretrained: Mapping[str, Tensor], *, head: str | None = None) -> nn.Module:
+    """Load ``pretrained`` into ``model`` except the classifier head, which keeps the
+    model's fresh initialisation (sized for the target's classes): the P-T init of
+    Neyshabur et al. (2020). Returns ``model``."""
+    load_into(model, pretrained, skip_prefixes=(head or head_name(model),))
+    return model

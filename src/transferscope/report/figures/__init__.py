@@ -1,0 +1,1 @@
+"""Report figures: one module per analysis, functions ``plot_*`` -> Figure and ``caption_*`` -> str."""
