@@ -1,8 +1,14 @@
 """Data: built-in synthetic domains, block shuffles, in-memory image sets and loaders,
 and loaders for DomainNet, CheXpert and image folders."""
 
-from .domain import Domain
+from .chexpert import chexpert_domain, chexpert_targets
+from .domain import Domain, block_shuffle_for, load_domain
+from .domainnet import domainnet_domain
+from .files import FileImageDataset, ImageReadError, read_image, to_image_set
+from .folder import image_folder_domain
 from .shuffle import BlockShuffle
 from .tensors import ImageLoader, ImageSet, random_crop_flip
 
-__all__ = ["BlockShuffle", "Domain", "ImageLoader", "ImageSet", "random_crop_flip"]
+__all__ = [
+    "BlockShuffle", "Domain", "FileImageDataset", "ImageReadError", "block_shuffle_for", "chexpert_domain",
+    "chexpert_targets", "domainnet_domain", "image_folder_domain", "load_domain", "read_image", "to_image_set", "ImageLoader", "ImageSet", "random_crop_flip"]

@@ -1,0 +1,81 @@
+"""Any folder of images in torchvision's ``ImageFolder`` layout as a domain::
+
+    <root>/<class>/<image>                      split here, per class, by test_fraction
+    <root>/train/<class>/<image>                or split already made
+    <root>/test/<class>/<image>
+
+Class folders and image files are found with ``torchvision.datasets.folder``
+(``find_classes``, ``make_dataset``, ``IMG_EXTENSIONS``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from .domain import Domain
+from .files import IMAGENET_MEAN, IMAGENET_STD, FileImageDataset, seeded_order
+
+
+def split_per_class(labels: Sequence[int], test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of a seeded train/test split that puts ``round(test_fraction * n_c)`` of
+    each class's ``n_c`` examples in test."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.as_tensor(labels)
+    train, test = [], []
+    for label in labels.unique().tolist():
+        members = torch.nonzero(labels == label).flatten()
+        members = members[torch.randperm(len(members), generator=generator)].tolist()
+        n_test = round(test_fraction * len(members))
+        test += members[:n_test]
+        train += members[n_test:]
+    return train, test
+
+
+def image_folder_domain(root: str | os.PathLike, image_size: int = 224, test_fraction: float = 0.2, seed: int = 0,
+                        extensions: tuple[str, ...] = IMG_EXTENSIONS, name: str | None = None,
+                        mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Domain:
+    """A single-label domain from the class folders under ``root``: ``root/train`` and
+    ``root/test`` when both exist (same class folders in each), else the classes under
+    ``root`` split per class with ``test_fraction`` and ``seed``. Examples are stored in
+    a seeded random order (see :func:`~transferscope.data.files.seeded_order`). Images:
+    shorter side resized to ``image_size``, centre crop; normalised with ``mean``/``std``
+    (ImageNet's by default). ``name`` defaults to the folder's name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} not found")
+    has_train, has_test = (root / "train").is_dir(), (root / "test").is_dir()
+    if has_train != has_test:
+        raise ValueError(f"{root} has a {'train' if has_train else 'test'} folder but no "
+                         f"{'test' if has_train else 'train'} folder: give both, or neither (one folder per class "
+                         f"under {root}, split by test_fraction)")
+    if has_train:
+        classes, class_to_idx = find_classes(root / "train")
+        test_classes, _ = find_classes(root / "test")
+        if test_classes != classes:
+            raise ValueError(f"class folders of {root / 'test'} differ from those of {root / 'train'}: "
+                             f"missing in test {sorted(set(classes) - set(test_classes))}, "
+                             f"not in train {sorted(set(test_classes) - set(classes))}")
+        train = make_dataset(root / "train", class_to_idx, extensions=extensions)
+        test = make_dataset(root / "test", class_to_idx, extensions=extensions)
+    else:
+        if not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+        classes, class_to_idx = find_classes(root)
+        samples = make_dataset(root, class_to_idx, extensions=extensions)
+        train_index, test_index = split_per_class([label for _, label in samples], test_fraction, seed)
+        train, test = [samples[i] for i in train_index], [samples[i] for i in test_index]
+        if not train or not test:
+            raise ValueError(f"test_fraction {test_fraction} leaves no {'test' if train else 'training'} image "
+                             f"from the {len(samples)} images in {root}: {'raise' if train else 'lower'} it")
+
+    def dataset(samples: list[tuple[str, int]]) -> FileImageDataset:
+        order = seeded_order(len(samples), seed).tolist()
+        return FileImageDataset([samples[i][0] for i in order], [samples[i][1] for i in order], image_size, classes)
+
+    return Domain(name=name or root.name, train=dataset(train), test=dataset(test), classes=classes,
+                  multilabel=False, mean=list(mean), std=list(std))
