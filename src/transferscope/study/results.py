@@ -1,0 +1,75 @@
+"""Gather a study's outputs into tidy tables under ``DIR/results/`` (Parquet + CSV):
+``runs`` (one row per training run), ``curves`` (per-epoch metrics), ``feature_reuse``
+(Fig. 3), ``checkpoints`` (Fig. 7) and one table per analysis kind (each row tagged
+with its target and job id)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..analysis.checkpoints import checkpoint_table
+from ..analysis.feature_reuse import feature_reuse_table, summarize_run
+from ..io import read_table, write_table
+from ..train import TrainingRun
+from .plan import ANALYSIS_KINDS, TRAIN_KINDS, Job
+from .spec import StudySpec
+from .store import Store
+
+
+def _block_label(block_size, image_size: int) -> str:
+    return str(image_size) if block_size is None else str(block_size)
+
+
+def training_tables(spec: StudySpec, store: Store, jobs: list[Job]) -> dict[str, pd.DataFrame]:
+    runs, curves = [], []
+    for job in jobs:
+        if job.kind not in TRAIN_KINDS or store.state(job) != "done":
+            continue
+        meta = dict(job.config["meta"])
+        run = TrainingRun(store.job_dir(job) / "run")
+        metrics = run.metrics
+        image_size = run.config.data.image_size
+        meta |= {"job": job.id, "kind": job.kind, "block": _block_label(meta["block_size"], image_size),
+                 "best_epoch": run.best_epoch}
+        runs.append(meta | summarize_run(metrics, spec.shuffle.speed_series))
+        curves.append(metrics.assign(**{k: v for k, v in meta.items() if k != "block_size"}))
+    tables: dict[str, pd.DataFrame] = {}
+    if not runs:
+        return tables
+    runs_frame = pd.DataFrame(runs).drop(columns="block_size")
+    tables["runs"] = runs_frame
+    tables["curves"] = pd.concat(curves, ignore_index=True)
+    last = spec.source.recipe.epochs
+    finetuned = runs_frame[runs_frame["kind"] == "finetune"]
+    main = finetuned[(finetuned["role"] == "RI-T") | (finetuned["from_epoch"] == last)]
+    if spec.shuffle.block_sizes and not main.empty:
+        tables["feature_reuse"] = feature_reuse_table(main.rename(columns={"block": "block_size"}))
+    pretrain = [job for job in jobs if job.kind == "pretrain" and store.state(job) == "done"]
+    sweep = finetuned[(finetuned["role"] == "P-T") & finetuned["permutation_seed"].isna()]
+    if spec.checkpoints.epochs and pretrain and not sweep.empty:
+        source = TrainingRun(store.job_dir(pretrain[0]) / "run").metrics
+        tables["checkpoints"] = checkpoint_table(sweep.rename(columns={"from_epoch": "checkpoint_epoch"}), source)
+    return tables
+
+
+def analysis_tables(store: Store, jobs: list[Job]) -> dict[str, pd.DataFrame]:
+    """Concatenate every finished analysis job's result tables, per kind and table name."""
+    found: dict[str, list[pd.DataFrame]] = {}
+    for job in jobs:
+        if job.kind not in ANALYSIS_KINDS or store.state(job) != "done":
+            continue
+        for path in sorted(store.job_dir(job).glob("*.parquet")):
+            name = job.kind if path.stem == "result" else f"{job.kind}_{path.stem}"
+            found.setdefault(name, []).append(read_table(path).assign(target=job.target, job=job.id))
+    return {name: pd.concat(frames, ignore_index=True) for name, frames in found.items()}
+
+
+def collect_results(spec: StudySpec, store: Store, jobs: list[Job]) -> dict[str, pd.DataFrame]:
+    """Write every table to ``DIR/results/<name>.parquet`` and ``.csv``; return them."""
+    tables = training_tables(spec, store, jobs) | analysis_tables(store, jobs)
+    folder = Path(store.root) / "results"
+    for name, frame in tables.items():
+        write_table(frame, folder / name)
+    return tables

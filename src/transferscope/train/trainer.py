@@ -1,0 +1,257 @@
+"""Training runs: pre-training P, and P-T / RI-T on a target (Sec. 2 of the paper).
+
+SGD with momentum and weight decay (biases and scales optionally at a lower lr, as
+for the paper's Fixup ResNet-50), constant/step/multistep/cosine schedules, optional
+mixup (Zhang et al. 2018), augmentation off for shuffled data. A checkpoint at epoch 0
+(before any update) and every ``checkpoint_every`` epochs plus the best one; per-epoch
+metrics as a tidy table. Every source of randomness is seeded from ``(seed, epoch)``,
+so a killed run resumes from its last finished epoch and ends with the same weights
+as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from ..config import TrainConfig
+from ..data import Domain, block_shuffle_for, load_domain
+from ..evaluation import cache_batches, evaluate, loss_fn, score_name
+from ..io import atomic_path, read_json, write_json, write_table
+from ..models import build_model, init_for_finetuning, load_weights, save_weights
+from .run_dir import TrainingRun, checkpoint_path
+
+
+class TrainingFailed(RuntimeError):
+    """A run stopped (non-finite loss, bad data); its status.json says why."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for but CUDA is not available; use device='cpu' or 'auto'")
+    return device
+
+
+def parameter_groups(model: nn.Module, lr: float, bias_lr_factor: float) -> list[dict]:
+    """Two SGD groups: weights at ``lr``; biases and scales (names ending in 'bias*' or
+    'scale*', Fixup's convention) at ``lr * bias_lr_factor``."""
+    low, normal = [], []
+    for name, parameter in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        (low if leaf.startswith(("bias", "scale")) else normal).append(parameter)
+    groups = [{"params": normal, "lr": lr}]
+    if low:
+        groups.append({"params": low, "lr": lr * bias_lr_factor})
+    return groups
+
+
+def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch lr schedule (torch's own schedulers)."""
+    schedule = config.schedule
+    if schedule.kind == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, schedule.step_size, schedule.gamma)
+    if schedule.kind == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(schedule.milestones), schedule.gamma)
+    if schedule.kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(config.epochs, 1))
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def build_run_model(config: TrainConfig, domain: Domain) -> nn.Module:
+    """The model a run starts from: seeded init, then (for P-T) the pre-trained
+    weights of ``config.init`` everywhere but the re-initialised head."""
+    torch.manual_seed(config.seed)
+    model = build_model(config.model.arch, domain.num_outputs, width=config.model.width, blocks=config.model.blocks)
+    if config.init is not None:
+        init_for_finetuning(model, load_weights(config.init))
+    return model
+
+
+def _mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Generator, generator: torch.Generator):
+    """Mixup: x' = λx + (1−λ)x[π], λ ~ Beta(α, α); returns x', y, y[π], λ."""
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.randperm(len(x), generator=generator).to(x.device)
+    return lam * x + (1 - lam) * x[perm], y, y[perm], lam
+
+
+class Trainer:
+    """One run in ``out_dir``; :meth:`run` trains (resuming when possible)."""
+
+    def __init__(self, config: TrainConfig, out_dir: str | Path, *, progress: bool = True,
+                 domain: Domain | None = None, cache_dir: str | None = None) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        if config.bf16 and self.device.type != "cuda":
+            raise ValueError("bf16 autocast is for CUDA devices; set bf16=false on CPU")
+        self.domain = domain or load_domain(config.data, cache_dir=cache_dir)
+        shuffle = block_shuffle_for(config.data)
+        loader_args = dict(block_shuffle=shuffle, device=self.device, channels_last=config.channels_last,
+                           num_workers=config.num_workers)
+        self.train_loader = self.domain.loader("train", config.batch_size, shuffle=True, seed=config.seed,
+                                               augment=config.augment and shuffle is None, drop_last=True,
+                                               **loader_args)
+        if len(self.train_loader) == 0:
+            raise ValueError(f"batch_size {config.batch_size} is larger than the {len(self.domain.train)} training "
+                             "examples; lower batch_size")
+        self.test_batches = self.domain.loader("test", config.eval_batch_size, **loader_args)
+        self.clean_train_batches = self.domain.loader("train", config.eval_batch_size,
+                                                      limit=config.clean_train_examples, **loader_args)
+
+    # ----------------------------------------------------------------- bookkeeping
+    def _check_folder(self) -> None:
+        config_path = self.out_dir / "config.json"
+        if config_path.is_file():
+            stored = TrainConfig.model_validate(read_json(config_path))
+            if stored.digest() != self.config.digest():
+                raise ValueError(f"{self.out_dir} holds a run with a different config; use another out_dir "
+                                 "or delete the folder to start over")
+        else:
+            write_json(config_path, self.config.model_dump(mode="json"))
+
+    def _status(self, state: str, **extra) -> None:
+        write_json(self.out_dir / "status.json", {"state": state, "digest": self.config.digest(), **extra})
+
+    def _evaluate(self, model: nn.Module) -> dict[str, float]:
+        test = evaluate(model, self.test_batches)
+        clean = evaluate(model, self.clean_train_batches)
+        key = "auc" if "auc" in test else "accuracy"
+        return {"test_loss": test["loss"], f"test_{key}": test[key], f"train_clean_{key}": clean[key]}
+
+    # ----------------------------------------------------------------- the loop
+    def run(self, on_epoch_end: Callable[[int], None] | None = None) -> TrainingRun:
+        """Train to ``config.epochs``; resume from ``resume.pt`` if present.
+        ``on_epoch_end(epoch)`` is called after an epoch's files are written."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._check_folder()
+        if TrainingRun(self.out_dir).complete:
+            return TrainingRun(self.out_dir)
+        config = self.config
+        model = build_run_model(config, self.domain).to(self.device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(parameter_groups(model, config.lr, config.bias_lr_factor), lr=config.lr,
+                                    momentum=config.momentum, weight_decay=config.weight_decay,
+                                    nesterov=config.nesterov)
+        scheduler = make_scheduler(config, optimizer)
+        rows: list[dict] = []
+        best = {"score": -math.inf, "epoch": 0}
+        start = 1
+        resume_path = self.out_dir / "resume.pt"
+        if resume_path.is_file():
+            state = torch.load(resume_path, map_location=self.device, weights_only=True)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            best = {"score": state["best_score"], "epoch": state["best_epoch"]}
+            start = state["epoch"] + 1
+            rows = [row for row in TrainingRun(self.out_dir).metrics.to_dict("records") if row["epoch"] < start]
+        else:
+            rows.append(self._epoch_zero(model, best))
+        self._status("running", epoch=start - 1)
+        key = "test_" + ("auc" if self.domain.multilabel else "accuracy")
+        with self._progress_bar(start) as (bar, task):
+            for epoch in range(start, config.epochs + 1):
+                row = self._train_epoch(model, optimizer, epoch, bar, task)
+                row.update(self._evaluate(model))
+                row["lr"] = scheduler.get_last_lr()[0]
+                scheduler.step()
+                rows.append(row)
+                if row[key] > best["score"]:
+                    best = {"score": row[key], "epoch": epoch}
+                    save_weights(model, self.out_dir / "checkpoints" / "best.safetensors")
+                if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
+                    save_weights(model, checkpoint_path(self.out_dir, epoch))
+                write_table(pd.DataFrame(rows), self.out_dir / "metrics")
+                with atomic_path(resume_path) as tmp:
+                    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict(), "epoch": epoch,
+                                "best_score": best["score"], "best_epoch": best["epoch"]}, tmp)
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch)
+        self._status("complete", epoch=config.epochs, best_epoch=best["epoch"], best_score=best["score"],
+                     final=rows[-1])
+        return TrainingRun(self.out_dir)
+
+    def _epoch_zero(self, model: nn.Module, best: dict) -> dict:
+        row = {"epoch": 0, "train_loss": float("nan"), "train_running_accuracy": float("nan"), "lr": self.config.lr,
+               "images_per_second": float("nan"), "train_seconds": 0.0, **self._evaluate(model)}
+        save_weights(model, checkpoint_path(self.out_dir, 0))
+        save_weights(model, self.out_dir / "checkpoints" / "best.safetensors")
+        best["score"] = row["test_" + ("auc" if self.domain.multilabel else "accuracy")]
+        write_table(pd.DataFrame([row]), self.out_dir / "metrics")
+        return row
+
+    def _train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, bar, task) -> dict:
+        config = self.config
+        model.train()
+        self.train_loader.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(config.seed * 7919 + epoch)
+        rng = np.random.default_rng([config.seed, epoch])
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        seen = 0
+        started = time.perf_counter()
+        for step, (x, y) in enumerate(self.train_loader):
+            with autocast:
+                if config.mixup_alpha > 0:
+                    x, y_a, y_b, lam = _mixup(x, y, config.mixup_alpha, rng, generator)
+                    logits = model(x)
+                    loss = lam * loss_fn(logits, y_a) + (1 - lam) * loss_fn(logits, y_b)
+                else:
+                    logits = model(x)
+                    loss = loss_fn(logits, y)
+            if not torch.isfinite(loss):
+                message = (f"loss became {float(loss)} at epoch {epoch}, step {step} (lr {config.lr}); "
+                           "lower the learning rate, check the data for NaN/inf values, or turn bf16 off")
+                self._status("failed", error=message, epoch=epoch)
+                raise TrainingFailed(message)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                loss_sum += loss.detach() * len(x)
+                if y.ndim == 1:
+                    correct += (logits.argmax(1) == y).sum()
+                else:
+                    correct += ((logits > 0) == y.bool()).float().mean(1).sum()
+            seen += len(x)
+            if bar is not None:
+                bar.update(task, advance=len(x), description=f"{self.out_dir.name} epoch {epoch}/{config.epochs} "
+                           f"loss {loss_sum.item() / seen:.3f} acc {correct.item() / seen:.3f}",
+                           speed=f"{seen / (time.perf_counter() - started):.0f} img/s")
+        seconds = time.perf_counter() - started
+        return {"epoch": epoch, "train_loss": loss_sum.item() / seen, "train_running_accuracy": correct.item() / seen,
+                "images_per_second": seen / seconds, "train_seconds": seconds}
+
+    @contextmanager
+    def _progress_bar(self, start: int) -> Iterator[tuple[Progress | None, int | None]]:
+        """A rich bar over all remaining training images: epoch, loss, accuracy, images/s."""
+        if not self.progress:
+            yield None, None
+            return
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[speed]}"), TimeRemainingColumn())
+        total = len(self.train_loader) * self.config.batch_size * max(self.config.epochs - start + 1, 0)
+        with Progress(*columns, transient=True) as progress:
+            yield progress, progress.add_task(f"{self.out_dir.name} epoch {start}", total=total, speed="")
+
+
+def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True, domain: Domain | None = None,
+          cache_dir: str | None = None) -> TrainingRun:
+    """Train one run into ``out_dir`` (resuming it if it was interrupted)."""
+    return Trainer(config, out_dir, progress=progress, domain=domain, cache_dir=cache_dir).run()
