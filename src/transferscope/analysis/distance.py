@@ -1,0 +1,156 @@
+"""Parameter distance between two models, per module and for the whole network
+(Neyshabur, Sedghi & Zhang 2020, Table 2).
+
+For a set S of state-dict tensors, the distance is the L2 norm of the difference of
+the flattened, concatenated tensors:
+
+    d_S(Θ, Θ') = sqrt( Σ_{t ∈ S} ‖Θ_t − Θ'_t‖²_F ),
+
+computed in float64. Each partition module (``transferscope.models.module_state_keys``:
+conv1, layer1..layer4, fc for ResNets) gets its own S; the row ``module="all"`` takes
+every counted tensor of the network. Which tensors count is set by the flags:
+
+- ``include_head``: the classifier head (``transferscope.models.head_name``);
+- ``include_bn_affine``: weight and bias of BatchNorm layers;
+- ``include_bn_buffers``: running_mean and running_var of BatchNorm layers.
+
+``num_batches_tracked`` and other integer buffers never count. A head tensor whose
+shape differs between the two models (a 1000-class head against a 10-class one) cannot
+be compared: it is left out, named in the ``skipped`` column and warned about. Any
+other difference of keys or shapes means two architectures, an error.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Mapping, Sequence
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from ..models import head_name, module_state_keys
+
+ModelOrState = nn.Module | Mapping[str, Tensor]
+
+BN_AFFINE = ("weight", "bias")
+BN_BUFFERS = ("running_mean", "running_var")
+
+
+def _check_same_keys(state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor]) -> None:
+    """Raise naming the first key of one state dict that the other lacks."""
+    only_a = next((key for key in state_a if key not in state_b), None)
+    only_b = next((key for key in state_b if key not in state_a), None)
+    if only_a is None and only_b is None:
+        return  # the comparison is by name, so the order of the keys does not matter
+    first = f"{only_a!r} is in model_a but not in model_b" if only_a else f"{only_b!r} is in model_b but not in model_a"
+    raise ValueError(
+        f"the two models have different state-dict keys ({first}); parameter distance compares "
+        "models of one architecture: build both with the same arch, width and blocks"
+    )
+
+
+def _in_module(key: str, module: str) -> bool:
+    return key == module or key.startswith(module + ".")
+
+
+def _check_is_head(model: nn.Module, key: str, shape_a: torch.Size, shape_b: torch.Size) -> None:
+    """A shape may differ in the classifier head only (a head sized for other classes)."""
+    head = head_name(model)
+    if not _in_module(key, head):
+        raise ValueError(
+            f"{key} has shape {tuple(shape_a)} in model_a but {tuple(shape_b)} in model_b; outside the "
+            f"classifier head ({head!r}) the two models must have one architecture (same width and depth)"
+        )
+
+
+def _excluded_keys(model: nn.Module, include_head: bool, include_bn_affine: bool,
+                   include_bn_buffers: bool) -> set[str]:
+    """State keys the flags leave out (num_batches_tracked always)."""
+    excluded = set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            prefix = f"{name}." if name else ""
+            excluded.add(prefix + "num_batches_tracked")
+            if not include_bn_affine:
+                excluded.update(prefix + suffix for suffix in BN_AFFINE)
+            if not include_bn_buffers:
+                excluded.update(prefix + suffix for suffix in BN_BUFFERS)
+    if not include_head:
+        head = head_name(model)
+        excluded.update(key for key in model.state_dict() if _in_module(key, head))
+    return excluded
+
+
+def _row(module: str, keys: Sequence[str], squared: Mapping[str, float], sizes: Mapping[str, int],
+         skipped: Sequence[str]) -> dict:
+    counted = [key for key in keys if key in squared]
+    left_out = [key for key in keys if key in skipped]
+    return {
+        "module": module,
+        # NaN, not 0, when nothing in the module was compared: 0 would claim equality
+        "distance": sum(squared[key] for key in counted) ** 0.5 if counted else float("nan"),
+        "n_params": sum(sizes[key] for key in counted),
+        "n_tensors": len(counted),
+        "skipped": ", ".join(left_out),
+        "n_skipped": len(left_out),
+    }
+
+
+def param_distance(
+    model_a: ModelOrState,
+    model_b: ModelOrState,
+    modules: Sequence[str] | None = None,
+    include_head: bool = True,
+    include_bn_affine: bool = True,
+    include_bn_buffers: bool = False,
+) -> pd.DataFrame:
+    """L2 distance between the weights of two models of one architecture, per partition
+    module and for the whole network (Table 2 of the paper; formula in the module docstring).
+
+    ``model_a``/``model_b``: ``nn.Module`` or state dict; at least one must be a module,
+    which supplies the partition, the BatchNorm layers and the head. ``modules`` picks
+    partition modules by exact name (default: the model's partition); the ``"all"`` row
+    always covers the whole network. Returns one row per module plus ``module="all"``:
+    ``module, distance, n_params, n_tensors, skipped, n_skipped`` and the three flags.
+    ``distance`` is NaN for a module with no counted tensor (e.g. ``fc`` with
+    ``include_head=False``).
+    """
+    reference = next((m for m in (model_a, model_b) if isinstance(m, nn.Module)), None)
+    if reference is None:
+        raise TypeError(
+            "param_distance needs at least one nn.Module (it supplies the module partition, the "
+            "BatchNorm layers and the head); build the architecture and pass it instead of a state dict"
+        )
+    state_a, state_b = (m.state_dict() if isinstance(m, nn.Module) else dict(m) for m in (model_a, model_b))
+    _check_same_keys(state_a, state_b)
+    excluded = _excluded_keys(reference, include_head, include_bn_affine, include_bn_buffers)
+
+    squared, sizes, skipped = {}, {}, []
+    for key, tensor_a in state_a.items():
+        tensor_b = state_b[key]
+        if key in excluded or not (tensor_a.is_floating_point() and tensor_b.is_floating_point()):
+            continue
+        if tensor_a.shape != tensor_b.shape:
+            _check_is_head(reference, key, tensor_a.shape, tensor_b.shape)
+            skipped.append(key)
+            continue
+        difference = tensor_a.detach().to("cpu", torch.float64) - tensor_b.detach().to("cpu", torch.float64)
+        squared[key] = float(difference.square().sum())
+        sizes[key] = tensor_a.numel()
+    if skipped:
+        warnings.warn(
+            f"param_distance left out {len(skipped)} tensor(s) whose shapes differ between the models: "
+            f"{', '.join(skipped)} (reported in the 'skipped' column; pass include_head=False to exclude a "
+            "head sized for other classes explicitly)",
+            stacklevel=2,
+        )
+
+    groups = module_state_keys(reference, modules)
+    rows = [_row(name, keys, squared, sizes, skipped) for name, keys in groups.items()]
+    rows.append(_row("all", list(state_a), squared, sizes, skipped))
+    frame = pd.DataFrame(rows)
+    frame["include_head"] = include_head
+    frame["include_bn_affine"] = include_bn_affine
+    frame["include_bn_buffers"] = include_bn_buffers
+    return frame

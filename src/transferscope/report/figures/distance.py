@@ -1,0 +1,122 @@
+"""Table 2 of Neyshabur, Sedghi & Zhang (2020): parameter distance between models.
+
+The study frame is :func:`transferscope.analysis.distance.param_distance` output with
+``model_a``, ``model_b`` (names ``"<role>:<tag>"`` such as ``"P"``, ``"P-T:s0"``,
+``"RI-T:s1"``) and ``target`` columns added. Model names are grouped by role into pair
+types; the helpers :func:`role` and :func:`pair_type` serve the mistakes figure too.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+TABLE2_PAIRS = (("P-T", "P-T"), ("RI-T", "RI-T"), ("P-T", "P"), ("RI-T", "P"))
+SETTINGS = ("include_head", "include_bn_affine", "include_bn_buffers")
+
+
+def role(name: str) -> str:
+    """Role of a model name ``"<role>:<tag>"``: ``"P-T:s0"`` -> ``"P-T"``, ``"P"`` -> ``"P"``."""
+    return str(name).split(":", 1)[0]
+
+
+def pair_type(model_a: str, model_b: str, order: Sequence[tuple[str, str]], sep: str = "&") -> str | None:
+    """Label of the (unordered) role pair of two model names, as spelled in ``order``
+    (``"P-T&P"`` for ``("P", "P-T:s0")``); None when the pair is not in ``order``."""
+    roles = (role(model_a), role(model_b))
+    for pair in order:
+        if roles in (pair, pair[::-1]):
+            return sep.join(pair)
+    return None
+
+
+def _with_pairs(frame: pd.DataFrame, order: Sequence[tuple[str, str]] = TABLE2_PAIRS) -> pd.DataFrame:
+    """Rows of known pair types, with a ``pair`` column; checks the columns and settings."""
+    missing = {"model_a", "model_b", "target", "module", "distance"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"the distance frame lacks columns {sorted(missing)}; add model_a, model_b and target "
+                         "to each param_distance() frame before concatenating")
+    settings = frame[[c for c in SETTINGS if c in frame.columns]].drop_duplicates()
+    if len(settings) > 1:
+        raise ValueError(f"the frame mixes {len(settings)} settings of {', '.join(settings.columns)}; "
+                         "select one before making the table (distances with and without the head differ)")
+    labels = [pair_type(a, b, order) for a, b in zip(frame["model_a"], frame["model_b"])]
+    out = frame.assign(pair=labels).dropna(subset=["pair", "distance"])
+    if out.empty:
+        raise ValueError("no pair of the frame is one of "
+                         f"{', '.join('&'.join(p) for p in order)}; name models like 'P', 'P-T:s0', 'RI-T:s1'")
+    return out
+
+
+def _ordered(pairs: Sequence[str], order: Sequence[tuple[str, str]] = TABLE2_PAIRS, sep: str = "&") -> list[str]:
+    return [label for label in (sep.join(p) for p in order) if label in set(pairs)]
+
+
+def table2_frame(frame: pd.DataFrame, module: str = "all") -> pd.DataFrame:
+    """The layout of Table 2: one row per target domain, one column per pair type
+    (P-T&P-T, RI-T&RI-T, P-T&P, RI-T&P, those present), each cell the mean distance of
+    ``module`` (default the whole network) over the pairs of that type (e.g. the seeds)."""
+    rows = _with_pairs(frame)
+    rows = rows[rows["module"] == module]
+    if rows.empty:
+        present = ", ".join(map(str, frame["module"].unique()))
+        raise ValueError(f"no row for module {module!r}; modules present: {present}")
+    table = rows.pivot_table(index="target", columns="pair", values="distance", aggfunc="mean", sort=False)
+    table = table[_ordered(table.columns)]
+    table.columns.name = f"{module} distance"
+    return table
+
+
+def plot_module_distances(frame: pd.DataFrame) -> Figure:
+    """Per-module L2 distance for each pair type, one panel per target domain: bars are the
+    mean over the pairs of a type, whiskers their min-max range."""
+    rows = _with_pairs(frame)
+    rows = rows[rows["module"] != "all"]
+    modules = list(dict.fromkeys(rows["module"]))
+    pairs = _ordered(rows["pair"].unique())
+    targets = list(dict.fromkeys(rows["target"]))
+    figure = Figure(figsize=(max(6.0, 1.2 * len(modules) * len(targets)), 4.0), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(targets), sharey=True))
+    width = 0.8 / max(len(pairs), 1)
+    for ax, target in zip(axes, targets):
+        stats = (rows[rows["target"] == target].groupby(["pair", "module"])["distance"]
+                 .agg(["mean", "min", "max"]))
+        for offset, pair in enumerate(pairs):
+            if pair not in stats.index.get_level_values(0):
+                continue
+            cells = stats.loc[pair].reindex(modules)
+            x = np.arange(len(modules)) + (offset - (len(pairs) - 1) / 2) * width
+            err = np.vstack([cells["mean"] - cells["min"], cells["max"] - cells["mean"]])
+            ax.bar(x, cells["mean"], width, yerr=err, capsize=2, label=pair)
+        ax.set_xticks(np.arange(len(modules)), modules)
+        ax.set_yscale("log")
+        ax.set_title(f"target: {target}")
+        ax.set_xlabel("module")
+    axes[0].set_ylabel("L2 parameter distance (log scale)")
+    figure.legend(*axes[0].get_legend_handles_labels(), title="pair (mean, min-max)", loc="outside right upper")
+    figure.suptitle("Parameter distance per module (Table 2)")
+    return figure
+
+
+def caption_distance(frame: pd.DataFrame) -> str:
+    """What Table 2 of the paper found and what these whole-network distances show."""
+    table = table2_frame(frame)
+    means = table.mean(axis=0)
+    numbers = ", ".join(f"{pair} {value:.3g}" for pair, value in means.items())
+    close = [p for p in ("P-T&P-T", "P-T&P") if p in means]
+    far = [p for p in ("RI-T&RI-T", "RI-T&P") if p in means]
+    verdict = "."
+    if close and far:
+        holds = means[close].max() < means[far].min()
+        verdict = (": P-T models are closer to each other and to P than RI-T models are, as in the paper."
+                   if holds else ": the paper's ordering (P-T pairs closer than RI-T pairs) does not hold here.")
+    whole = _with_pairs(frame).query("module == 'all'")
+    n_skipped = int((whole["n_skipped"] > 0).sum()) if "n_skipped" in whole.columns else 0
+    note = (f" ({n_skipped} of {len(whole)} (pair, target) rows leave out head tensors whose shapes differ.)"
+            if n_skipped else "")
+    return (f"Paper (Table 2): P-T models are close to each other and to P, while RI-T models are far from "
+            f"each other and from P. Here the whole-network L2 distance, mean over {len(table)} target(s), is "
+            f"{numbers}{verdict}{note}")
