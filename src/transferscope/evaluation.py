@@ -40,7 +40,7 @@ def roc_auc(scores: Tensor, labels: Tensor) -> float:
     n_neg = len(labels) - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = torch.as_tensor(pd.Series(scores.double().numpy()).rank().to_numpy())
+    ranks = torch.from_numpy(pd.Series(scores.double().numpy()).rank().to_numpy().copy())
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -53,7 +53,7 @@ def metrics(logits: Tensor, targets: Tensor) -> dict[str, float]:
     logits, targets = logits.float().cpu(), targets.cpu()
     out = {"loss": float(loss_fn(logits, targets)), "n": len(targets)}
     if is_multilabel(targets):
-        aucs = torch.tensor(per_label_auc(logits, targets))
+        aucs = torch.tensor(per_label_auc(logits, targets), dtype=torch.float64)
         out["auc"] = float(aucs[~aucs.isnan()].mean()) if (~aucs.isnan()).any() else float("nan")
     else:
         out["accuracy"] = float((logits.argmax(1) == targets).double().mean())

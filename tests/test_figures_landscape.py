@@ -1,0 +1,120 @@
+"""Report figures and tables of the loss landscape (Fig. 4, Table 3)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from transferscope.analysis.basin import basin_along
+from transferscope.report.figures.landscape import (
+    PAPER_DELTAS,
+    barrier_table,
+    basin_table,
+    caption_basin,
+    caption_interpolation,
+    plot_interpolation,
+)
+
+ALPHAS = np.linspace(-0.5, 1.5, 41)
+# (pair_type, pair, accuracy bump, loss bump): P-T pairs flat, RI-T pairs with a barrier.
+CURVES = [
+    ("P-T/P-T", "P-T:s0|P-T:s1", 0.004, 0.01),
+    ("P-T/P-T", "P-T:s0|P-T:s2", 0.002, 0.02),
+    ("RI-T/RI-T", "RI-T:s0|RI-T:s1", 0.30, 1.2),
+    ("RI-T/RI-T", "RI-T:s0|RI-T:s2", 0.25, 1.0),
+    ("P-T/RI-T", "P-T:s0|RI-T:s0", 0.40, 1.6),
+    ("best/final P-T", "P-T:s0:best|P-T:s0:final", 0.001, 0.005),
+]
+
+
+def _study_frame(score: str = "accuracy") -> pd.DataFrame:
+    parts = []
+    for target, offset in (("real", 0.0), ("clipart", 0.05)):
+        for pair_type, pair, acc_bump, loss_bump in CURVES:
+            inside = np.sin(np.pi * np.clip(ALPHAS, 0, 1))
+            outside = np.maximum(np.abs(ALPHAS - 0.5) - 0.5, 0)
+            parts.append(pd.DataFrame({
+                "alpha": ALPHAS, "split": "test",
+                "loss": 1.0 + offset + loss_bump * inside + 8 * outside**2,
+                score: 0.7 - offset - acc_bump * inside - 0.5 * outside,
+                "n": 500, "bn": "none", "recalibration_batches": None, "batched": False,
+                "pair": pair, "pair_type": pair_type, "target": target,
+            }))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_plot_interpolation_returns_labelled_figure():
+    figure = plot_interpolation(_study_frame())
+    assert isinstance(figure, Figure)
+    axes = figure.get_axes()
+    assert len(axes) == 4  # 2 targets × (accuracy, loss)
+    for ax in axes:
+        assert ax.get_xlabel().startswith("interpolation coefficient λ") and ax.get_ylabel() and ax.get_title()
+    assert axes[0].get_ylabel() == "test accuracy (%)" and axes[1].get_ylabel() == "test loss"
+    labels = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert labels[:3] == ["P-T/P-T (2 pairs)", "RI-T/RI-T (2 pairs)", "P-T/RI-T (1 pair)"]
+    assert len(axes[1].collections) == 2  # min-max bands only for the types with several pairs
+    auc_figure = plot_interpolation(_study_frame("auc"))
+    assert auc_figure.get_axes()[0].get_ylabel() == "test mean AUC"
+
+
+def test_barrier_table_matches_the_bumps():
+    table = barrier_table(_study_frame())
+    assert len(table) == 2 * len(CURVES)
+    for pair_type, pair, acc_bump, loss_bump in CURVES:
+        rows = table[table["pair"] == pair]
+        assert rows["loss_barrier"].to_numpy() == pytest.approx(loss_bump, abs=1e-12)
+        assert rows["error_barrier"].to_numpy() == pytest.approx(acc_bump, abs=1e-12)
+        assert (rows["loss_barrier_alpha"] == 0.5).all() and (rows["pair_type"] == pair_type).all()
+    single = barrier_table(_study_frame().query("pair == 'P-T:s0|P-T:s1' and target == 'real'")
+                           .drop(columns=["pair", "pair_type", "target"]))
+    assert len(single) == 1 and single["loss_barrier"].iloc[0] == pytest.approx(0.01)
+
+
+def test_caption_interpolation_states_the_numbers():
+    caption = caption_interpolation(_study_frame())
+    assert "no performance barrier" in caption and "RI-T" in caption
+    assert "P-T/P-T error barrier 0.4 points, loss barrier 0.020 (max over 4 pair(s))" in caption
+    assert "RI-T/RI-T error barrier 30.0 points, loss barrier 1.200" in caption
+    assert "P-T/RI-T error barrier 40.0 points" in caption
+
+
+def _basin_study() -> pd.DataFrame:
+    """Two quadratic bowls ℓ = ‖θ‖² (n = 50): a P-T pair and a RI-T pair whose segment
+    sits further from the minimum."""
+    frames = []
+    for pair_type, pair, offset in (("P-T/P-T", "P-T:s0|P-T:s1", 0.5), ("RI-T/RI-T", "RI-T:s0|RI-T:s1", 2.0)):
+        def loss_at(alpha, noise, offset=offset):
+            theta = np.zeros(50)
+            theta[0], theta[1] = alpha - 0.5, offset
+            theta = theta + (noise.numpy() if noise is not None else 0)
+            return float(theta @ theta)
+        frame = basin_along(loss_at, 50, 1.0, sigmas=(0.01, 0.1), n_segment=50, n_noise=5)
+        frames.append(frame.assign(pair=pair, pair_type=pair_type, target="real", bn="none"))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_basin_table_and_caption():
+    study = _basin_study()
+    table = basin_table(study)
+    assert len(table) == 2
+    assert {"mu", "epsilon", "alpha_lo", "alpha_hi", "basin_delta", "basin_sigma", "paper_delta_values",
+            "paper_note"} <= set(table)
+    assert (table["paper_delta_values"] == PAPER_DELTAS).all()
+    assert table["basin_sigma"].to_numpy() == pytest.approx(table["basin_delta"].to_numpy() / math.sqrt(50))
+    first = study[study["pair"] == "P-T:s0|P-T:s1"].iloc[0]
+    assert table.loc[0, "mu"] == first["mu"] and table.loc[0, "epsilon"] == first["epsilon"]
+    caption = caption_basin(study)
+    assert PAPER_DELTAS in caption and "μ + 2ε" in caption
+    for _, row in table.iterrows():
+        assert f"ε {row['epsilon']:.3g}, μ {row['mu']:.3g}" in caption
+        assert f"smallest δ {row['basin_delta']:.3g}" in caption
+
+
+def test_basin_table_rejects_other_frames():
+    with pytest.raises(ValueError, match="basin"):
+        basin_table(_study_frame())
