@@ -8,6 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
+import pandas as pd
 from torch import nn
 
 from ..config import DataConfig, TrainConfig
@@ -80,8 +81,111 @@ def _train_job(store: Store, job: Job, progress: bool) -> None:
     train(config, store.job_dir(job) / "run", progress=progress)
 
 
-def result_path(store: Store, job: Job, name: str = "result") -> Path:
-    return store.job_dir(job) / name
+class AnalysisInputs:
+    """What an analysis job reads: its settings, its models (by name), and the target's
+    unshuffled test data and training data (for BatchNorm recalibration)."""
+
+    def __init__(self, store: Store, job: Job) -> None:
+        self.store, self.job = store, job
+        self.settings: dict = dict(job.config["settings"])
+        self.refs: dict[str, dict] = job.config["models"]
+        target_ref = next(ref for name, ref in self.refs.items() if name != "P")
+        self.config = run_of(store, target_ref).config
+        self.domain = domain_of(self.config, unshuffled=True)
+
+    def model(self, name: str, checkpoint: str | int | None = None) -> nn.Module:
+        return load_model(self.store, self.refs[name], checkpoint)
+
+    def models(self, names=None) -> dict[str, nn.Module]:
+        return {name: self.model(name) for name in (names or self.refs)}
+
+    def run(self, name: str) -> TrainingRun:
+        return run_of(self.store, self.refs[name])
+
+    def test_loader(self, max_examples: int | None = None, batch_size: int | None = None):
+        return self.domain.loader("test", batch_size or self.config.eval_batch_size, limit=max_examples)
+
+    def train_loader(self, batch_size: int | None = None):
+        """Training images without augmentation, in a fixed shuffled order."""
+        return self.domain.loader("train", batch_size or self.config.batch_size, shuffle=True, seed=0)
+
+    def write(self, frame, name: str = "result") -> None:
+        write_table(frame, self.store.job_dir(self.job) / name)
 
 
-RUNNERS: dict[str, Callable[[Store, Job, bool], None]] = {"pretrain": _train_job, "finetune": _train_job}
+def _distance_job(inputs: AnalysisInputs) -> None:
+    from ..analysis.distance import param_distance
+
+    settings = {k: v for k, v in inputs.settings.items() if k != "enabled"}
+    models = inputs.models()
+    names = list(models)
+    frames = [param_distance(models[a], models[b], **settings).assign(model_a=a, model_b=b)
+              for i, a in enumerate(names) for b in names[i + 1:]]
+    inputs.write(pd.concat(frames, ignore_index=True))
+
+
+def _mistakes_job(inputs: AnalysisInputs) -> None:
+    from ..analysis.mistakes import mistake_examples, mistakes
+
+    s = inputs.settings
+    models = inputs.models()
+    loader = inputs.test_loader(s["max_examples"])
+    frame = mistakes(models, loader, threshold=s["threshold"], n_bootstrap=s["n_bootstrap"])
+    inputs.write(frame)
+    first_of_each_type = frame.assign(kind=[f"{a.split(':')[0]}/{b.split(':')[0]}" for a, b in
+                                            zip(frame["model_a"], frame["model_b"])]).drop_duplicates("kind")
+    examples = [{"model_a": a, "model_b": b, "category": category, "index": index}
+                for a, b in first_of_each_type[["model_a", "model_b"]].itertuples(index=False)
+                for category in ("common", "only_a", "only_b")
+                for index in mistake_examples(models, loader, a, b, category, limit=8, threshold=s["threshold"])]
+    inputs.write(pd.DataFrame(examples, columns=["model_a", "model_b", "category", "index"]), "examples")
+
+
+def _spectrum_job(inputs: AnalysisInputs) -> None:
+    from ..analysis.spectrum import spectrum, spectrum_summary
+
+    frames = [spectrum(model).assign(model=name) for name, model in inputs.models().items()]
+    values = pd.concat(frames, ignore_index=True)
+    inputs.write(values)
+    inputs.write(spectrum_summary(values, inputs.settings["top_k"]), "summary")
+
+
+def _interpolation_job(inputs: AnalysisInputs) -> None:
+    from ..analysis.interpolation import barrier, interpolate
+
+    s = inputs.settings
+    test, train = inputs.test_loader(s["max_examples"]), inputs.train_loader()
+    curves, barriers = [], []
+    for a, b in inputs.job.config["pairs"]:
+        curve = interpolate(inputs.model(a), inputs.model(b), test, s["alphas"], bn=s["bn"],
+                            recalibration_loader=train, recalibration_batches=s["recalibration_batches"],
+                            max_examples=s["max_examples"])
+        curves.append(curve.assign(model_a=a, model_b=b))
+        barriers.append({"model_a": a, "model_b": b, "bn": curve["bn"].iloc[0], **barrier(curve)})
+    inputs.write(pd.concat(curves, ignore_index=True))
+    inputs.write(pd.DataFrame(barriers), "barriers")
+
+
+def _basin_job(inputs: AnalysisInputs) -> None:
+    from ..analysis.basin import basin
+
+    s = inputs.settings
+    test, train = inputs.test_loader(s["max_examples"]), inputs.train_loader()
+    frames = [basin(inputs.model(a), inputs.model(b), test, threshold=s["threshold"], rise=s["rise"],
+                    sigmas=s["sigmas"], n_segment=s["n_segment"], n_noise=s["n_noise"],
+                    max_examples=s["max_examples"], recalibration_loader=train,
+                    recalibration_batches=s["recalibration_batches"]).assign(model_a=a, model_b=b)
+              for a, b in inputs.job.config["pairs"]]
+    inputs.write(pd.concat(frames, ignore_index=True))
+
+
+def _analysis(function: Callable[[AnalysisInputs], None]) -> Callable[[Store, Job, bool], None]:
+    return lambda store, job, progress: function(AnalysisInputs(store, job))
+
+
+RUNNERS: dict[str, Callable[[Store, Job, bool], None]] = {
+    "pretrain": _train_job, "finetune": _train_job,
+    "distance": _analysis(_distance_job), "mistakes": _analysis(_mistakes_job),
+    "spectrum": _analysis(_spectrum_job), "interpolation": _analysis(_interpolation_job),
+    "basin": _analysis(_basin_job),
+}

@@ -44,8 +44,9 @@ def training_tables(spec: StudySpec, store: Store, jobs: list[Job]) -> dict[str,
     last = spec.source.recipe.epochs
     finetuned = runs_frame[runs_frame["kind"] == "finetune"]
     main = finetuned[(finetuned["role"] == "RI-T") | (finetuned["from_epoch"] == last)]
-    if spec.shuffle.block_sizes and not main.empty:
-        tables["feature_reuse"] = feature_reuse_table(main.rename(columns={"block": "block_size"}))
+    swept = main[main["target"].isin(spec.shuffle.targets or [t.label for t in spec.targets])]
+    if spec.shuffle.block_sizes and not swept.empty:
+        tables["feature_reuse"] = feature_reuse_table(swept.rename(columns={"block": "block_size"}))
     pretrain = [job for job in jobs if job.kind == "pretrain" and store.state(job) == "done"]
     sweep = finetuned[(finetuned["role"] == "P-T") & finetuned["permutation_seed"].isna()]
     if spec.checkpoints.epochs and pretrain and not sweep.empty:

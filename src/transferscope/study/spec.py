@@ -55,10 +55,12 @@ class InterpolationSettings(Settings):
 
 class BasinSettings(Settings):
     enabled: bool = True
-    threshold: float = Field(1.5, gt=1, description="boundary: loss rises past threshold × endpoint loss")
-    sigmas: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.02, 0.04)
+    threshold: float = Field(0.5, gt=0, description="boundary: loss passes (1 + threshold) × the larger endpoint loss")
+    rise: float = Field(2.0, gt=0, description="walls: conditions 2-3 ask the loss to reach μ + rise·ε")
+    sigmas: tuple[float, ...] = (0.002, 0.005, 0.01, 0.02, 0.05)
     n_segment: int = Field(20, ge=3)
     n_noise: int = Field(5, ge=1)
+    recalibration_batches: int = Field(8, ge=1)
     max_examples: int | None = Field(500, ge=1)
 
 

@@ -49,13 +49,13 @@ def plot_interpolation(frame: pd.DataFrame) -> Figure:
     panels per target; lines are the mean over the pairs of a type, bands their
     min-max range where a type has several pairs. Dotted lines mark λ = 0 and 1."""
     rows = _grouped(frame)
-    score = _score(rows)
     targets = list(dict.fromkeys(rows["target"]))
     figure = Figure(figsize=(10.0, 3.6 * len(targets)), layout="constrained")
     axes = np.atleast_2d(figure.subplots(len(targets), 2, squeeze=False))
-    scale, score_label = (100.0, "test accuracy (%)") if score == "accuracy" else (1.0, "test mean AUC")
     for (ax_score, ax_loss), target in zip(axes, targets):
-        part = rows[rows["target"] == target]
+        part = rows[rows["target"] == target].dropna(axis=1, how="all")  # targets differ in metric
+        score = _score(part)
+        scale, score_label = (100.0, "test accuracy (%)") if score == "accuracy" else (1.0, "test mean AUC")
         for pair_type in _ordered_types(part["pair_type"]):
             curves = part[part["pair_type"] == pair_type]
             n_pairs = curves["pair"].nunique()
@@ -82,9 +82,10 @@ def barrier_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (target, pair type, pair): the loss and error barriers of its curve
     (:func:`transferscope.analysis.interpolation.barrier`), error = 1 − accuracy or 1 − AUC."""
     rows = _grouped(frame)
-    score = _score(rows)
-    records = [{**dict(zip(GROUPS, key)), **barrier(curve), "error_of": score}
-               for key, curve in rows.groupby(list(GROUPS), sort=False)]
+    records = []
+    for key, curve in rows.groupby(list(GROUPS), sort=False):
+        curve = curve.dropna(axis=1, how="all")  # targets differ in metric
+        records.append({**dict(zip(GROUPS, key)), **barrier(curve), "error_of": _score(curve)})
     return pd.DataFrame(records)
 
 
@@ -96,8 +97,9 @@ def caption_interpolation(frame: pd.DataFrame) -> str:
         rows = table[table["pair_type"] == pair_type]
         parts.append(f"{pair_type} error barrier {100 * rows['error_barrier'].max():.1f} points, "
                      f"loss barrier {rows['loss_barrier'].max():.3f} (max over {len(rows)} pair(s))")
+    metrics = " and ".join(f"1 − {m}" for m in dict.fromkeys(table["error_of"]))
     return ("Paper (Fig. 4): no performance barrier on the line between two P-T solutions, a barrier between two "
-            f"RI-T solutions. Here, on λ ∈ [0, 1] ({table['error_of'].iloc[0]} error): " + "; ".join(parts) + ".")
+            f"RI-T solutions. Here, on λ ∈ [0, 1] (error = {metrics}): " + "; ".join(parts) + ".")
 
 
 def basin_table(frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,158 @@
+"""One function per section of the report: each reads the study's result tables, adds
+figures, tables and a caption computed from the numbers, or says what is missing."""
+
+from __future__ import annotations
+
+import torch
+
+from ..data import ImageSet, load_domain
+from .figures import checkpoints as checkpoint_figures
+from .figures import distance as distance_figures
+from .figures import feature_reuse as reuse_figures
+from .figures import landscape as landscape_figures
+from .figures import mistakes as mistake_figures
+from .figures import spectrum as spectrum_figures
+from .figures import training as training_figures
+
+
+def _need(section, tables: dict, *names: str) -> bool:
+    """True when every table is present; otherwise mark the section as missing."""
+    absent = [name for name in names if name not in tables or tables[name].empty]
+    if absent:
+        section.missing = (f"No results yet for {', '.join(absent)}: the jobs that produce them have not "
+                           "completed (see `transferscope status`), or the study does not ask for them.")
+    return not absent
+
+
+def learning_curves(section, tables, spec, store, jobs) -> None:
+    if not _need(section, tables, "curves", "runs"):
+        return
+    last = spec.source.recipe.epochs
+    section.figures.append(("curves", training_figures.plot_learning_curves(tables["curves"], last)))
+    section.tables.append(("Final test score and optimization speed (mean, std, count over seeds)",
+                           training_figures.final_table(tables["runs"], last)))
+    section.caption = training_figures.caption_learning_curves(tables["runs"], last)
+
+
+def feature_reuse(section, tables, spec, store, jobs) -> None:
+    if not _need(section, tables, "feature_reuse"):
+        return
+    table = tables["feature_reuse"]
+    for target in sorted(table["target"].unique()):
+        section.figures.append((f"bars_{target}", reuse_figures.plot_feature_reuse(table, target)))
+    first = spec.target(sorted(table["target"].unique())[0])
+    sizes = [str(first.data.image_size), *map(str, spec.shuffle.block_sizes)]
+    images, _, _ = _test_images(first.data, [0])
+    section.figures.append(("strip", reuse_figures.plot_shuffle_strip(images[0], sizes)))
+    section.tables.append(("Block-shuffle sweep", table))
+    section.caption = reuse_figures.caption_feature_reuse(table)
+
+
+def pretraining_checkpoints(section, tables, spec, store, jobs) -> None:
+    if not _need(section, tables, "checkpoints"):
+        return
+    table = tables["checkpoints"]
+    section.figures.append(("checkpoints", checkpoint_figures.plot_checkpoints(table)))
+    section.tables.append(("Fine-tuning from pre-training checkpoints", table))
+    section.caption = checkpoint_figures.caption_checkpoints(table)
+
+
+def _test_images(data, indices):
+    """uint8 test images at ``indices``, their labels and the class names of a target."""
+    domain = load_domain(data.model_copy(update={"block_size": None}))
+    if isinstance(domain.test, ImageSet):
+        subset = domain.test.subset(indices)
+        return subset.images, subset.targets, domain.classes
+    items = [domain.test[i] for i in indices]
+    return (torch.stack([image for image, _ in items]), torch.stack([target for _, target in items]),
+            domain.classes)
+
+
+def mistakes(section, tables, spec, store, jobs) -> None:
+    if not _need(section, tables, "mistakes"):
+        return
+    frame = tables["mistakes"]
+    section.figures.append(("bars", mistake_figures.plot_mistakes(frame)))
+    section.caption = mistake_figures.caption_mistakes(frame)
+    examples = tables.get("mistakes_examples")
+    if examples is not None and not examples.empty:
+        target = sorted(examples["target"].unique())[0]
+        part = examples[examples["target"] == target]
+        pairs = list(part.groupby(["model_a", "model_b"], sort=False).groups)
+        a, b = next((p for p in pairs if distance_figures.pair_type(*p, [("P-T", "RI-T")])), pairs[0])
+        chosen = part[(part["model_a"] == a) & (part["model_b"] == b)]
+        indices = sorted(set(chosen["index"]))
+        images, labels, classes = _test_images(spec.target(target).data, indices)
+        position = {index: i for i, index in enumerate(indices)}
+        by_category = {f"{category} ({a if category == 'only_a' else b if category == 'only_b' else 'both'} wrong)":
+                       [position[i] for i in chosen[chosen["category"] == category]["index"]]
+                       for category in ("common", "only_a", "only_b")}
+        section.figures.append(("examples", mistake_figures.plot_mistake_examples(
+            images, by_category, classes, labels, title=f"{target}: mistakes of {a} and {b}")))
+    columns = ["target", "model_a", "model_b", "common_fraction", "only_a_fraction", "only_b_fraction",
+               "uncommon_fraction", "common_ci_low", "common_ci_high", "mcnemar_p", "n", "unit"]
+    section.tables.append(("Mistakes per pair", frame[[c for c in columns if c in frame]]))
+
+
+def distances(section, tables, spec, store, jobs) -> None:
+    if not _need(section, tables, "distance"):
+        return
+    frame = tables["distance"]
+    section.tables.append(("Whole-network L2 distance (Table 2 layout; mean over seed pairs)",
+                           distance_figures.table2_frame(frame)))
+    section.figures.append(("modules", distance_figures.plot_module_distances(frame)))
+    section.caption = distance_figures.caption_distance(frame)
+
+
+def spectra(section, tables, spec, store, jobs) -> None:
+    if not _need(section, tables, "spectrum"):
+        return
+    frame = tables["spectrum"]
+    target = sorted(frame["target"].unique())[0]
+    part = frame[frame["target"] == target]
+    frames = {name: group.drop(columns=["model", "target", "job"]) for name, group in part.groupby("model", sort=False)}
+    section.figures.append(("spectra", spectrum_figures.plot_spectra(frames)))
+    section.caption = spectrum_figures.caption_spectrum(frames) + f" (target {target})"
+    if "spectrum_summary" in tables:
+        section.tables.append(("Spectrum summary per weight matrix", tables["spectrum_summary"]))
+
+
+def _with_pair_types(frame):
+    """Add ``pair`` ("a|b") and ``pair_type`` ("P-T/RI-T", or "best/final P-T" for a run's
+    best checkpoint against its final one) to a frame with model_a, model_b."""
+    def pair_type(a: str, b: str) -> str:
+        if a.endswith(":best"):
+            return f"best/final {distance_figures.role(a)}"
+        return f"{distance_figures.role(a)}/{distance_figures.role(b)}"
+
+    return frame.assign(pair=[f"{a}|{b}" for a, b in zip(frame["model_a"], frame["model_b"])],
+                        pair_type=[pair_type(a, b) for a, b in zip(frame["model_a"], frame["model_b"])])
+
+
+def interpolation(section, tables, spec, store, jobs) -> None:
+    if not _need(section, tables, "interpolation"):
+        return
+    frame = _with_pair_types(tables["interpolation"])
+    section.figures.append(("curves", landscape_figures.plot_interpolation(frame)))
+    section.tables.append(("Performance barriers on λ ∈ [0, 1]", landscape_figures.barrier_table(frame)))
+    section.caption = landscape_figures.caption_interpolation(frame)
+
+
+def basins(section, tables, spec, store, jobs) -> None:
+    if not _need(section, tables, "basin"):
+        return
+    frame = _with_pair_types(tables["basin"])
+    section.tables.append(("(ε, δ)-basins (Definition 3.1)", landscape_figures.basin_table(frame)))
+    section.caption = landscape_figures.caption_basin(frame)
+
+
+SECTIONS = [
+    ("curves", "Learning curves (Fig. 2)", learning_curves),
+    ("feature-reuse", "Feature reuse: block shuffling (Fig. 3)", feature_reuse),
+    ("mistakes", "Common and uncommon mistakes (Sec. 3.2)", mistakes),
+    ("distance", "Parameter distance (Table 2)", distances),
+    ("interpolation", "Loss interpolation and performance barriers (Fig. 4)", interpolation),
+    ("basin", "Basins in the loss landscape (Definition 3.1)", basins),
+    ("checkpoints", "Which pre-training checkpoint (Fig. 7)", pretraining_checkpoints),
+    ("spectrum", "Module spectra (the paper's future work)", spectra),
+]
