@@ -7,9 +7,9 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
-BlockSize = int | Literal["*"]
+BlockSize = StrictInt | Literal["*"]
 
 
 class Settings(BaseModel):

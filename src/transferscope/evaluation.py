@@ -103,6 +103,8 @@ def cache_batches(batches: Batches, max_examples: int | None = None) -> list[tup
     """Materialise the first ``max_examples`` examples of a loader once, as a list of
     batches, so that repeated evaluations (interpolation, criticality) see the same data
     and pay for loading once."""
+    if max_examples is not None and max_examples < 1:
+        raise ValueError(f"max_examples must be at least 1 (or None for all), got {max_examples}")
     cached, seen = [], 0
     for x, y in batches:
         if max_examples is not None and seen + len(x) > max_examples:
@@ -125,7 +127,10 @@ def has_batchnorm(model: nn.Module) -> bool:
 def recalibrate_batchnorm(model: nn.Module, batches: Batches, max_batches: int | None = None) -> nn.Module:
     """Recompute every BatchNorm's running mean and variance as the exact average over
     ``batches`` (momentum ``None``), in train mode without gradient; other modules stay
-    as they are. Modifies ``model`` in place (call it on a copy) and returns it."""
+    as they are. Modifies ``model`` in place (call it on a copy) and returns it.
+
+    Running statistics are the plain average of the per-batch statistics (momentum
+    ``None``, as ``torch.optim.swa_utils.update_bn``); use equal-sized batches."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return model

@@ -20,7 +20,8 @@ class BlockShuffle:
     """
 
     def __init__(self, block_size: int | str, seed: int = 0) -> None:
-        if block_size != "*" and not (isinstance(block_size, int) and block_size >= 1):
+        if block_size != "*" and not (isinstance(block_size, int) and not isinstance(block_size, bool)
+                                      and block_size >= 1):
             raise ValueError(f"block_size must be a positive int or '*', got {block_size!r}")
         self.block_size = block_size
         self.seed = seed
@@ -64,9 +65,11 @@ class BlockShuffle:
         n, c, h, w = batch.shape
         index = self.index(c, h, w).to(batch.device)
         if self.block_size == "*":
-            out = batch.reshape(n, c * h * w)[:, index]
+            flat = batch.reshape(n, c * h * w)
+            out = torch.gather(flat, 1, index.expand(n, -1))
         else:
-            out = batch.reshape(n, c, h * w)[:, :, index]
+            flat = batch.reshape(n, c, h * w)
+            out = torch.gather(flat, 2, index.expand(n, c, -1))
         out = out.reshape(n, c, h, w)
         return out[0] if single else out
 

@@ -16,12 +16,19 @@ from torch import nn
 RESNET_MODULES = ("conv1", "layer1", "layer2", "layer3", "layer4", "fc")
 
 
+class ModuleNotFoundInModel(KeyError):
+    """A module name that the model does not have (a KeyError whose message reads plainly)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def _resolve(model: nn.Module, names: Sequence[str]) -> OrderedDict[str, nn.Module]:
     named = dict(model.named_modules())
     missing = [name for name in names if name not in named or name == ""]
     if missing:
         top = [n for n in named if n and "." not in n]
-        raise KeyError(
+        raise ModuleNotFoundInModel(
             f"no module named {', '.join(map(repr, missing))} in {type(model).__name__}; "
             f"module names are matched exactly; top-level modules are: {', '.join(top)} "
             f"(nested modules are addressed with dots, e.g. 'layer1.0.conv1')"

@@ -43,9 +43,10 @@ def load_weights(path: str | os.PathLike) -> StateDict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - re-raised with the file named
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(
-            f"cannot read {path} as a weights-only torch file ({error}); save it with "
-            "torch.save(model.state_dict(), ...) or convert it to safetensors"
+            f"cannot read {path} as a weights-only torch file ({reason}); transferscope never unpickles "
+            "arbitrary objects: save it with torch.save(model.state_dict(), ...) or convert it to safetensors"
         ) from error
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

@@ -162,6 +162,7 @@ class Trainer:
         else:
             rows.append(self._epoch_zero(model, best))
         self._status("running", epoch=start - 1)
+        self.first_epoch = start
         key = "test_" + ("auc" if self.domain.multilabel else "accuracy")
         with self._progress_bar(start) as (bar, task):
             for epoch in range(start, config.epochs + 1):
@@ -216,7 +217,7 @@ class Trainer:
                     logits = model(x)
                     loss = loss_fn(logits, y)
             if not torch.isfinite(loss):
-                message = (f"loss became {float(loss)} at epoch {epoch}, step {step} (lr {config.lr}); "
+                message = (f"loss became {loss.item()} at epoch {epoch}, step {step} (lr {config.lr}); "
                            "lower the learning rate, check the data for NaN/inf values, or turn bf16 off")
                 self._status("failed", error=message, epoch=epoch)
                 raise TrainingFailed(message)
@@ -230,8 +231,9 @@ class Trainer:
                 else:
                     correct += ((logits > 0) == y.bool()).float().mean(1).sum()
             seen += len(x)
-            if bar is not None:
-                bar.update(task, advance=len(x), description=f"{self.out_dir.name} epoch {epoch}/{config.epochs} "
+            if bar is not None and (step % 10 == 0 or seen == len(self.train_loader) * config.batch_size):
+                done_before = (epoch - self.first_epoch) * len(self.train_loader) * config.batch_size
+                bar.update(task, completed=done_before + seen, description=f"{self.out_dir.name} epoch {epoch}/{config.epochs} "
                            f"loss {loss_sum.item() / seen:.3f} acc {correct.item() / seen:.3f}",
                            speed=f"{seen / (time.perf_counter() - started):.0f} img/s")
         seconds = time.perf_counter() - started
