@@ -1,0 +1,120 @@
+"""Module criticality: the naive full grid (a full forward pass at every grid point
+and noise draw) against the fast path (activation cache + bisection over σ), on the
+same model, data and settings, side by side in one run.
+
+A width-16 small ResNet is trained for a few epochs on a few hundred learnable
+random images (class templates plus noise); criticality of each requested module is
+measured from the epoch-0 weights to the trained ones on a fixed evaluation subset.
+
+    .venv/bin/python benchmarks/bench_criticality.py            # defaults below
+    .venv/bin/python benchmarks/bench_criticality.py --samples 5 --examples 256
+
+Columns: wall times and their ratio, μ from each path, the (α, σ) grid indices of the
+minimiser, grid points the fast path evaluated, and the α rows of the full grid where
+feasibility is not monotone in σ (where bisection may land one step away).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import numpy as np
+import torch
+
+from transferscope.analysis.criticality import criticality, criticality_value
+from transferscope.evaluation import loss_fn
+from transferscope.models import build_model
+
+
+def learnable_images(n: int, classes: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images = a fixed random template per class + Gaussian noise of std 3 (templates
+    from seed 0): learnable, but not to zero test loss in two epochs."""
+    templates = torch.randn(classes, 3, size, size, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=generator)
+    return templates[y] + 3.0 * torch.randn(n, 3, size, size, generator=generator), y
+
+
+def batches_of(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
+
+
+def train(model: torch.nn.Module, batches, epochs: int) -> torch.nn.Module:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    model.train()
+    for _ in range(epochs):
+        for x, y in batches:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+    return model.eval()
+
+
+def non_monotone_rows(grid) -> int:
+    """α rows of a full grid whose feasible σ are not a prefix of the σ grid (where the
+    bisection's assumption fails and its value may differ from the grid's)."""
+    return sum(bool((np.diff(rows.sort_values("sigma")["feasible"].to_numpy(int)) > 0).any())
+               for _, rows in grid.groupby("alpha"))
+
+
+def grid_index(values: np.ndarray, value: float) -> int:
+    return int(np.argmin(np.abs(values - value))) if np.isfinite(value) else -1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=16)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--train-examples", type=int, default=512)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--examples", type=int, default=512, help="evaluation examples")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--grid", type=int, default=11, help="points of the alpha and sigma grids")
+    parser.add_argument("--sigma-max", type=float, default=0.1, help="sigma grid: grid points in (0, sigma-max]")
+    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--modules", nargs="+", default=["layer1", "layer4"])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps timings stable on a shared CPU)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    initial = build_model("small_resnet", args.classes, width=args.width).eval()
+    x_train, y_train = learnable_images(args.train_examples, args.classes, args.image_size, seed=1)
+    final = train(copy.deepcopy(initial), batches_of(x_train, y_train, 32), args.epochs)
+    evaluation = batches_of(*learnable_images(args.examples, args.classes, args.image_size, seed=2), args.batch_size)
+
+    alphas = np.arange(1, args.grid + 1) / args.grid
+    sigmas = args.sigma_max * np.arange(1, args.grid + 1) / args.grid
+    settings = dict(alphas=alphas, sigmas=sigmas, samples=args.samples, noise="frobenius", threshold=1.01)
+    print(f"small_resnet width {args.width}, {args.image_size}x{args.image_size} images, {args.examples} evaluation "
+          f"examples, {args.grid}x{args.grid} grid (sigma in (0, {args.sigma_max}]), {args.samples} samples, "
+          f"{torch.get_num_threads()} thread(s)")
+    print(f"{'module':8} {'naive s':>9} {'fast s':>8} {'ratio':>6} {'naive mu':>12} {'fast mu':>12} "
+          f"{'naive (a,s)':>12} {'fast (a,s)':>11} {'points':>7} {'non-monotone rows':>17}")
+    naive_total = fast_total = 0.0
+    for module in args.modules:
+        start = time.perf_counter()
+        grid = criticality(final, initial, evaluation, module, method="grid", cache_prefix=False, **settings)
+        naive_time = time.perf_counter() - start
+        start = time.perf_counter()
+        fast = criticality(final, initial, evaluation, module, method="bisection", cache_prefix=True, **settings)
+        fast_time = time.perf_counter() - start
+        naive_total, fast_total = naive_total + naive_time, fast_total + fast_time
+        values = [criticality_value(frame) for frame in (grid, fast)]
+        points = []
+        for frame in (grid, fast):
+            best = frame[frame["feasible"]]
+            best = best.loc[best["measure"].idxmin()] if len(best) else None
+            points.append("none" if best is None else
+                          f"({grid_index(alphas, best['alpha'])},{grid_index(sigmas, best['sigma'])})")
+        print(f"{module:8} {naive_time:9.1f} {fast_time:8.1f} {naive_time / fast_time:6.1f} {values[0]:12.5g} "
+              f"{values[1]:12.5g} {points[0]:>12} {points[1]:>11} {len(fast):3d}/{len(grid)} "
+              f"{non_monotone_rows(grid):>8d}/{args.grid}")
+    print(f"total: naive {naive_total:.1f} s, fast {fast_total:.1f} s, speed-up {naive_total / fast_total:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

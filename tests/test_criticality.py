@@ -1,0 +1,388 @@
+import copy
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from transferscope.analysis.criticality import (
+    criticality,
+    criticality_value,
+    network_criticality,
+    noise_generator,
+    path_positions,
+    point_on_path,
+)
+from transferscope.evaluation import loss_fn
+from transferscope.models import build_model, module_state_keys
+
+ALPHAS = [0.0, 0.5, 1.0]
+SIGMAS = [0.01, 0.1, 0.3, 1.0]
+
+
+def _mlp_pair(seed=0):
+    torch.manual_seed(seed)
+    initial = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    final = copy.deepcopy(initial)
+    with torch.no_grad():
+        for param in final.parameters():
+            param.add_(0.5 * torch.randn_like(param))
+    return final, initial
+
+
+def _mlp_data(n=40, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=generator)
+    return [(x[:24], torch.randint(0, 3, (24,), generator=generator)),
+            (x[24:], torch.randint(0, 3, (n - 24,), generator=generator))]
+
+
+def _image_data(n=32, classes=4, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 16, 16, generator=generator)
+    y = torch.randint(0, classes, (n,), generator=generator)
+    return [(x[i:i + 16], y[i:i + 16]) for i in range(0, n, 16)]
+
+
+@pytest.fixture(scope="module")
+def resnets():
+    torch.manual_seed(0)
+    initial = build_model("small_resnet", 4, width=8)
+    final = copy.deepcopy(initial)
+    with torch.no_grad():
+        for param in final.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+        final.train()
+        for x, _ in _image_data(seed=7):
+            final(x)  # move the BatchNorm statistics too
+    return final.eval(), initial
+
+
+def _numpy_mlp_grid(final, initial, batches, layer, noise, alphas, sigmas, samples, seed, threshold):
+    """Float64 NumPy reference of the grid for one Linear layer of the MLP, drawing the
+    noise from the documented generators (weight first, then bias)."""
+    state_f = {k: v.double().numpy() for k, v in final.state_dict().items()}
+    state_0 = {k: v.double().numpy() for k, v in initial.state_dict().items()}
+    keys = [f"{layer}.weight", f"{layer}.bias"]
+    x = np.concatenate([b[0].double().numpy() for b in batches])
+    y = np.concatenate([b[1].numpy() for b in batches])
+
+    def loss(state):
+        h = np.maximum(x @ state["0.weight"].T + state["0.bias"], 0)
+        logits = h @ state["2.weight"].T + state["2.bias"]
+        shifted = logits - logits.max(1, keepdims=True)
+        return float(-(shifted - np.log(np.exp(shifted).sum(1, keepdims=True)))[np.arange(len(y)), y].mean())
+
+    if noise == "absolute":
+        scales = {k: 1.0 for k in keys}
+    elif noise == "frobenius":
+        flat = np.concatenate([state_f[k].ravel() for k in keys])
+        scales = {k: np.linalg.norm(flat) / np.sqrt(flat.size) for k in keys}
+    else:  # per output filter (row of the weight, entry of the bias)
+        scales = {keys[0]: np.linalg.norm(state_f[keys[0]], axis=1, keepdims=True) / np.sqrt(state_f[keys[0]].shape[1]),
+                  keys[1]: np.abs(state_f[keys[1]])}
+    base = loss(state_f)
+    delta = sum(((state_f[k] - state_0[k]) ** 2).sum() for k in keys)
+    rows = []
+    for a, alpha in enumerate(alphas):
+        for s, sigma in enumerate(sigmas):
+            losses = []
+            for k in range(samples):
+                generator = noise_generator(seed, a, s, k)
+                state = dict(state_f)
+                for key in keys:
+                    draw = torch.randn(state_f[key].shape, generator=generator).double().numpy()
+                    state[key] = (1 - alpha) * state_0[key] + alpha * state_f[key] + sigma * scales[key] * draw
+                losses.append(loss(state))
+            rows.append((alpha, sigma, np.mean(losses), np.mean(losses) <= threshold * base,
+                         alpha ** 2 * delta / sigma ** 2))
+    return pd.DataFrame(rows, columns=["alpha", "sigma", "loss_mean", "feasible", "measure"]), base
+
+
+@pytest.mark.parametrize("noise", ["absolute", "frobenius", "per_filter"])
+def test_grid_matches_numpy_reference(noise):
+    final, initial = _mlp_pair()
+    batches = _mlp_data()
+    grid = criticality(final, initial, batches, "0", noise=noise, alphas=ALPHAS, sigmas=SIGMAS, samples=3, seed=4,
+                       threshold=1.05)
+    reference, base = _numpy_mlp_grid(final, initial, batches, "0", noise, ALPHAS, SIGMAS, 3, 4, 1.05)
+    assert len(grid) == len(ALPHAS) * len(SIGMAS)
+    assert grid["base_loss"].iloc[0] == pytest.approx(base, rel=1e-5)
+    assert np.allclose(grid["loss_mean"], reference["loss_mean"], rtol=1e-5)
+    assert np.allclose(grid["measure"], reference["measure"], rtol=1e-9)
+    clear = (reference["loss_mean"] - 1.05 * base).abs() > 1e-4  # not on the feasibility border
+    assert (grid["feasible"][clear] == reference["feasible"][clear]).all()
+    assert grid["feasible"].any() and not grid["feasible"].all()
+    feasible = reference[reference["feasible"]]
+    assert criticality_value(grid) == pytest.approx(feasible["measure"].min(), rel=1e-9)
+    assert (grid["noise"] == noise).all() and (grid["n_samples"] == 3).all()
+
+
+def test_tiny_noise_at_the_end_point_is_feasible_and_scores_delta_over_sigma():
+    final, initial = _mlp_pair()
+    grid = criticality(final, initial, _mlp_data(), "2", alphas=[1.0], sigmas=[1e-6], samples=2)
+    row = grid.iloc[0]
+    assert row["feasible"] and row["loss_mean"] == pytest.approx(row["base_loss"], rel=1e-4)
+    delta = sum(float((final.state_dict()[k].double() - initial.state_dict()[k].double()).pow(2).sum())
+                for k in ("2.weight", "2.bias"))
+    assert criticality_value(grid) == pytest.approx(delta / 1e-12, rel=1e-9)
+    nothing = criticality(final, initial, _mlp_data(), "2", alphas=[1.0], sigmas=[1.0], samples=2, noise="absolute",
+                          threshold=1e-3, threshold_mode="absolute")
+    assert not nothing["feasible"].any() and criticality_value(nothing) == math.inf
+
+
+def test_each_grid_point_matches_an_independent_torch_computation_with_bn(resnets):
+    final, initial = resnets
+    batches = _image_data()
+    alphas, sigmas = [0.3, 1.0], [0.05, 0.5]
+    grid = criticality(final, initial, batches, "conv1", noise="per_filter", alphas=alphas, sigmas=sigmas, samples=2,
+                       seed=3)
+    keys = module_state_keys(final)["conv1"]
+    params = [k for k in keys if k in dict(final.named_parameters())]
+    stats = [k for k in keys if k not in params and final.state_dict()[k].is_floating_point()]
+    assert stats  # the stem BatchNorm's running mean and variance
+    end, start = final.state_dict(), initial.state_dict()
+    for a, alpha in enumerate(alphas):
+        for s, sigma in enumerate(sigmas):
+            losses = []
+            for k in range(2):
+                generator = noise_generator(3, a, s, k)
+                model = copy.deepcopy(final)
+                state = model.state_dict()
+                for key in stats:  # statistics follow the path, no noise
+                    state[key].copy_((1 - alpha) * start[key].double() + alpha * end[key].double())
+                for key in params:
+                    weight = end[key].double()
+                    scale = (weight.reshape(len(weight), -1).norm(dim=1) / math.sqrt(weight[0].numel()))
+                    scale = scale.view(-1, *([1] * (weight.ndim - 1)))
+                    draw = torch.randn(weight.shape, generator=generator).double()
+                    state[key].copy_((1 - alpha) * start[key].double() + alpha * weight + sigma * scale * draw)
+                with torch.no_grad():
+                    losses.append(np.mean([float(loss_fn(model(x), y, reduction="none").double().mean())
+                                           for x, y in batches]))
+            row = grid[(grid["alpha"] == alpha) & (grid["sigma"] == sigma)].iloc[0]
+            assert row["loss_mean"] == pytest.approx(np.mean(losses), rel=1e-5)
+    assert (grid["bn"] == "stats-follow-path").all()
+
+
+def _count_calls(module):
+    calls = []
+    module.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_activation_cache_equals_full_forward_and_skips_the_prefix(resnets):
+    final, initial = resnets
+    final = copy.deepcopy(final)
+    calls = _count_calls(final.layer1)  # deep copies keep the hook: it counts the analysis' calls
+    batches = _image_data(n=16)
+    settings = dict(alphas=[0.2, 1.0], sigmas=[0.02, 0.2], samples=2, seed=1)
+    fast = criticality(final, initial, batches, "layer3", **settings)
+    fast_calls = len(calls)
+    naive = criticality(final, initial, batches, "layer3", cache_prefix=False, **settings)
+    pd.testing.assert_frame_equal(fast, naive)
+    assert fast_calls <= 4 * len(batches)  # base, capture and check passes only
+    assert len(calls) - fast_calls >= 2 * 2 * 2 * len(batches)  # the naive grid runs layer1 at every draw
+
+
+def test_activation_cache_on_torchvision_resnet():
+    torch.manual_seed(0)
+    initial = build_model("resnet18", 3)
+    final = copy.deepcopy(initial)
+    with torch.no_grad():
+        for param in final.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))]
+    settings = dict(alphas=[0.5, 1.0], sigmas=[0.05], samples=1)
+    calls = _count_calls(final.maxpool)  # between the stem and layer1, outside the partition
+    fast = criticality(final, initial, batches, "layer2", **settings)
+    assert len(calls) <= 4
+    naive = criticality(final, initial, batches, "layer2", cache_prefix=False, **settings)
+    pd.testing.assert_frame_equal(fast, naive)
+
+
+class SkipOverModule(nn.Module):
+    """``b`` reads the output of ``a`` and so does the skip connection after it: the
+    input of ``b`` alone does not determine the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.c(self.b(h) + h)
+
+
+def test_activation_cache_falls_back_when_the_suffix_is_not_reproduced():
+    torch.manual_seed(0)
+    initial = SkipOverModule()
+    final = copy.deepcopy(initial)
+    with torch.no_grad():
+        for param in final.parameters():
+            param.add_(0.3 * torch.randn_like(param))
+    settings = dict(alphas=[0.5, 1.0], sigmas=[0.1, 0.5], samples=2)
+    with pytest.warns(UserWarning, match="full forward"):
+        fast = criticality(final, initial, _mlp_data(), "b", **settings)
+    naive = criticality(final, initial, _mlp_data(), "b", cache_prefix=False, **settings)
+    pd.testing.assert_frame_equal(fast, naive)
+
+
+def _is_monotone(grid):
+    """Per alpha, feasible sigmas form an interval starting at the smallest sigma."""
+    for _, rows in grid.sort_values("sigma").groupby("alpha"):
+        feasible = rows["feasible"].to_numpy()
+        if (np.diff(feasible.astype(int)) > 0).any():
+            return False
+    return True
+
+
+@pytest.mark.parametrize(("module", "threshold"), [("0", 1.01), ("2", 1.05)])
+def test_bisection_gives_the_grid_value_when_feasibility_is_monotone(module, threshold):
+    final, initial = _mlp_pair()
+    batches = _mlp_data()
+    sigmas = np.geomspace(1e-3, 1.0, 9)
+    settings = dict(alphas=np.linspace(0, 1, 6), sigmas=sigmas, samples=4, threshold=threshold, noise="frobenius")
+    grid = criticality(final, initial, batches, module, **settings)
+    assert _is_monotone(grid) and not grid["feasible"].all()
+    bisection = criticality(final, initial, batches, module, method="bisection", **settings)
+    assert criticality_value(bisection) == criticality_value(grid) < math.inf
+    assert len(bisection) < len(grid) and (bisection["method"] == "bisection").all()
+    merged = bisection.merge(grid, on=["alpha", "sigma"], suffixes=("", "_grid"))
+    complete = merged["n_samples"] == 4  # points drawn in full reproduce the grid's draws
+    assert complete.any() and np.array_equal(merged.loc[complete, "loss_mean"], merged.loc[complete, "loss_mean_grid"])
+    assert (merged["feasible"] == merged["feasible_grid"]).all()
+
+
+def test_path_positions_and_points_by_hand():
+    states = [{"w": torch.tensor([0.0, 0.0])}, {"w": torch.tensor([3.0, 4.0])}, {"w": torch.tensor([3.0, 4.0])},
+              {"w": torch.tensor([3.0, 19.0])}]
+    positions = path_positions(states, ["w"])
+    assert np.allclose(positions, [0.0, 0.25, 0.25, 1.0])  # segment lengths 5, 0, 15
+    assert torch.equal(point_on_path(states, positions, 0.0, ["w"])["w"], states[0]["w"])
+    assert torch.equal(point_on_path(states, positions, 1.0, ["w"])["w"], states[-1]["w"])
+    assert torch.allclose(point_on_path(states, positions, 0.125, ["w"])["w"], torch.tensor([1.5, 2.0]))
+    assert torch.allclose(point_on_path(states, positions, 0.25, ["w"])["w"], torch.tensor([3.0, 4.0]))
+    assert torch.allclose(point_on_path(states, positions, 0.625, ["w"])["w"], torch.tensor([3.0, 11.5]))
+    with pytest.raises(ValueError, match="does not move"):
+        path_positions([states[1], states[2]], ["w"])
+
+
+def test_optimization_path_along_a_straight_line_equals_the_direct_path():
+    final, initial = _mlp_pair()
+    batches = _mlp_data()
+    middle = {k: 0.7 * initial.state_dict()[k] + 0.3 * final.state_dict()[k] for k in final.state_dict()}
+    settings = dict(alphas=[0.0, 0.2, 0.3, 0.9, 1.0], sigmas=[0.05, 0.5], samples=2)
+    direct = criticality(final, initial, batches, "0", **settings)
+    two = criticality(final, initial, batches, "0", path="optimization",
+                      path_states=[initial.state_dict(), final.state_dict()], **settings)
+    three = criticality(final, initial, batches, "0", path="optimization",
+                        path_states=[initial, middle, final], **settings)
+    columns = ["alpha", "sigma", "loss_mean", "feasible", "measure"]
+    pd.testing.assert_frame_equal(direct[columns], two[columns])
+    assert np.allclose(direct["loss_mean"], three["loss_mean"], rtol=1e-5)
+    assert (three["path"] == "optimization").all()
+    # a detour changes the losses away from the end points
+    detour = {k: v + 1.0 for k, v in middle.items()}
+    bent = criticality(final, initial, batches, "0", path="optimization", path_states=[initial, detour, final],
+                       **settings)
+    assert not np.allclose(direct["loss_mean"], bent["loss_mean"])
+    assert bent["delta_norm_sq"].iloc[0] == direct["delta_norm_sq"].iloc[0]
+    # the whole run serves start="best": the path stops at the best checkpoint
+    after = {k: v - 1.0 for k, v in final.state_dict().items()}
+    best = criticality(final, initial, batches, "0", path="optimization", start="best", best_state=middle,
+                       path_states=[initial, middle, final, after], **settings)
+    to_middle = criticality(final, initial, batches, "0", path="optimization", start="best", best_state=middle,
+                            path_states=[initial, middle], **settings)
+    pd.testing.assert_frame_equal(best, to_middle)
+    assert best["delta_norm_sq"].iloc[0] < direct["delta_norm_sq"].iloc[0]
+
+
+def test_start_best_uses_the_best_checkpoint():
+    final, initial = _mlp_pair()
+    best, _ = _mlp_pair(seed=1)
+    batches = _mlp_data()
+    settings = dict(alphas=[0.5, 1.0], sigmas=[0.1], samples=2)
+    same = criticality(final, initial, batches, "0", start="best", best_state=final.state_dict(), **settings)
+    pd.testing.assert_frame_equal(same.drop(columns="start"),
+                                  criticality(final, initial, batches, "0", **settings).drop(columns="start"))
+    other = criticality(final, initial, batches, "0", start="best", best_state=best, **settings)
+    reference = criticality(best, initial, batches, "0", **settings)
+    assert other["base_loss"].iloc[0] == reference["base_loss"].iloc[0]
+    assert np.array_equal(other["loss_mean"], reference["loss_mean"])
+
+
+def test_noise_generator_draws():
+    a = torch.randn(5, generator=noise_generator(0, 1, 2, 0))
+    assert torch.equal(a, torch.randn(5, generator=noise_generator(0, 1, 2, 0)))
+    for other in (noise_generator(0, 1, 2, 1), noise_generator(0, 2, 1, 0), noise_generator(1, 1, 2, 0)):
+        assert not torch.allclose(a, torch.randn(5, generator=other))
+
+
+def test_samples_differ_and_seeds_reproduce():
+    final, initial = _mlp_pair()
+    settings = dict(alphas=[1.0], sigmas=[0.5], samples=4)
+    grid = criticality(final, initial, _mlp_data(), "0", seed=2, **settings)
+    assert grid["loss_std"].iloc[0] > 0  # four different draws
+    pd.testing.assert_frame_equal(grid, criticality(final, initial, _mlp_data(), "0", seed=2, **settings))
+    assert grid["loss_mean"].iloc[0] != criticality(final, initial, _mlp_data(), "0", seed=3, **settings)[
+        "loss_mean"].iloc[0]
+
+
+def test_models_are_unchanged(resnets):
+    final, initial = resnets
+    final = copy.deepcopy(final).train()
+    before = copy.deepcopy(final.state_dict())
+    criticality(final, initial, _image_data(), "layer2", alphas=[0.5], sigmas=[0.1], samples=1)
+    assert final.training and all(m.training for m in final.modules())
+    assert all(torch.equal(before[k], v) for k, v in final.state_dict().items())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in final.modules())
+
+
+def test_network_criticality_sums_modules():
+    final, initial = _mlp_pair()
+    batches = _mlp_data()
+    settings = dict(alphas=[0.5, 1.0], sigmas=[0.01, 0.1], samples=2)
+    frame = network_criticality(final, initial, batches, **settings)
+    assert list(frame["module"]) == ["0", "2", "total"]
+    for module in ("0", "2"):
+        value = criticality_value(criticality(final, initial, batches, module, **settings))
+        assert frame.loc[frame["module"] == module, "criticality"].iloc[0] == value
+    assert frame["criticality"].iloc[-1] == pytest.approx(frame["criticality"].iloc[:2].sum())
+
+
+def test_clear_errors(resnets):
+    final, initial = resnets
+    batches = _image_data()
+    with pytest.raises(KeyError, match="layer9"):
+        criticality(final, initial, batches, "layer9")
+    with pytest.raises(ValueError, match="path_states"):
+        criticality(final, initial, batches, "fc", path="optimization")
+    with pytest.raises(ValueError, match="best_state"):
+        criticality(final, initial, batches, "fc", start="best")
+    with pytest.raises(ValueError, match="noise must be one of"):
+        criticality(final, initial, batches, "fc", noise="gaussian")
+    with pytest.raises(ValueError, match="sigmas"):
+        criticality(final, initial, batches, "fc", sigmas=[0.0, 0.5])
+    with pytest.raises(ValueError, match="start at model_initial"):
+        criticality(final, initial, batches, "fc", path="optimization", path_states=[final, final])
+    with pytest.raises(ValueError, match="reach the end point"):
+        criticality(final, initial, batches, "fc", path="optimization", path_states=[initial, initial])
+    with pytest.raises(ValueError, match="shape"):
+        criticality(final, build_model("small_resnet", 9, width=8), batches, "fc")
+    with pytest.raises(ValueError, match="several modules"):
+        criticality_value(pd.DataFrame({"module": ["a", "b"], "feasible": [True, True], "measure": [1.0, 2.0]}))
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 11])
+def test_largest_feasible_search_finds_the_prefix_end(size):
+    from transferscope.analysis.criticality import _largest_feasible
+
+    for low in range(-1, size):
+        for last in range(low, size):  # indices <= last are feasible
+            probed = []
+            found = _largest_feasible(lambda i: probed.append(i) or i <= last, low, size)
+            assert found == last and all(low < i < size for i in probed)
+            assert len(probed) <= 2 * math.ceil(math.log2(size + 1)) + 1
