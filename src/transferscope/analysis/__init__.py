@@ -1,1 +1,23 @@
-"""Analyses of Neyshabur, Sedghi & Zhang (2020), one file each; plain functions returning tidy DataFrames."""
+"""Analyses of Neyshabur, Sedghi & Zhang (2020), one file each: plain functions on
+models, loaders and tensors that return tidy DataFrames and never change the models.
+
+``transferscope.analysis.cka`` (and ``mistakes``, ``spectrum``, ``basin``, ``rewind``,
+``criticality``) is the function; ``from transferscope.analysis.cka import ...`` still
+reaches the rest of its module."""
+
+from .basin import basin
+from .checkpoints import checkpoint_table
+from .cka import cka, compare_representations
+from .criticality import criticality, criticality_value, network_criticality
+from .distance import param_distance
+from .feature_reuse import feature_reuse_table, optimization_speed, relative_drop, summarize_run
+from .interpolation import barrier, interpolate
+from .mistakes import mistake_examples, mistakes
+from .rewind import rewind
+from .spectrum import spectrum, spectrum_summary
+
+__all__ = [
+    "barrier", "basin", "checkpoint_table", "cka", "compare_representations", "criticality", "criticality_value",
+    "feature_reuse_table", "interpolate", "mistake_examples", "mistakes", "network_criticality", "optimization_speed",
+    "param_distance", "relative_drop", "rewind", "spectrum", "spectrum_summary", "summarize_run",
+]

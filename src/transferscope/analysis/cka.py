@@ -1,0 +1,316 @@
+"""Centred kernel alignment (CKA) between representations: Table 1 of Neyshabur, Sedghi &
+Zhang (2020), "feature similarity" of P, P-T and RI-T per module.
+
+CKA (Kornblith et al. 2019, "Similarity of neural network representations revisited",
+Sec. 3) of two representations of the same ``n`` examples, with Gram matrices ``K`` and ``L``::
+
+    CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) * HSIC(L, L))
+    linear kernel  K = X X^T
+    RBF kernel     K_ij = exp(-|x_i - x_j|^2 / (2 sigma^2)),  sigma = bandwidth * median_{i<j} |x_i - x_j|
+
+HSIC estimators, both Frobenius inner products of transformed Gram matrices::
+
+    biased    HSIC_0(K, L) = tr(K H L H) / (n-1)^2 = <H K H, H L H> / (n-1)^2,  H = I - 11^T/n
+              (Gretton et al. 2005)
+    unbiased  HSIC_1(K, L) = [tr(K~ L~) + 1^T K~ 1 * 1^T L~ 1 / ((n-1)(n-2)) - 2/(n-2) 1^T K~ L~ 1] / (n(n-3))
+                           = <U(K), U(L)> / (n(n-3)),  K~ = K with a zero diagonal
+              (Song et al. 2012, Eq. 5; U is the U-centring of Szekely & Rizzo 2014, Def. 1:
+              U(K)_ij = K~_ij - K~_i./(n-2) - K~_.j/(n-2) + K~_../((n-1)(n-2)) off the diagonal, 0 on it)
+
+"Debiased CKA" uses HSIC_1 (Nguyen, Raghu & Kornblith 2021, Sec. 3.1). The *minibatch*
+estimator of that paper (Eq. 3) averages HSIC_1 over batches of examples::
+
+    CKA_minibatch = mean_i HSIC_1(K_i, L_i) / sqrt(mean_i HSIC_1(K_i, K_i) * mean_i HSIC_1(L_i, L_i))
+
+so its memory does not grow with ``n``; the *full* estimator keeps every feature and
+computes CKA on all ``n`` examples at once. Values are never clipped: HSIC_1 can make
+CKA negative.
+
+Numerics: features are centred over the examples in float32 (float64 when they are
+float64, or on an accelerator) before their Gram matrix is taken, which changes neither
+the centred Gram matrix nor pairwise distances but removes the cancellation of large
+means; everything after the Gram matrix is float64.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from contextlib import ExitStack
+from typing import Iterable, Literal, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from ..evaluation import eval_mode, model_device
+from ..models import modules
+
+Kernel = Literal["linear", "rbf"]
+Estimator = Literal["minibatch", "full"]
+KERNELS = ("linear", "rbf")
+ESTIMATORS = ("minibatch", "full")
+MIN_UNBIASED_EXAMPLES = 4  # HSIC_1 divides by n(n-3) and (n-2)
+
+
+def _check_settings(kernel: str, bandwidth: float) -> None:
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if not bandwidth > 0:
+        raise ValueError(f"bandwidth is a positive fraction of the median pairwise distance, got {bandwidth}")
+
+
+def _check_examples(n: int, unbiased: bool) -> None:
+    needed = MIN_UNBIASED_EXAMPLES if unbiased else 2
+    if n < needed:
+        raise ValueError(f"the {'unbiased' if unbiased else 'biased'} HSIC estimator needs at least {needed} examples, "
+                         f"got {n}: pass more examples")
+
+
+def _as_features(features: Tensor | np.ndarray, name: str) -> Tensor:
+    """``(n, ...)`` tensor or array -> detached ``(n, d)`` tensor (one row per example)."""
+    tensor = torch.as_tensor(features).detach()
+    if tensor.ndim < 2:
+        raise ValueError(f"{name} must hold one feature vector per example, shape (n, d) or (n, ...), "
+                         f"got shape {tuple(tensor.shape)}")
+    return tensor.flatten(1)
+
+
+def _median(values: Tensor) -> Tensor:
+    """Median as numpy defines it (mean of the two middle values for an even count)."""
+    ordered = values.sort().values
+    return (ordered[(len(ordered) - 1) // 2] + ordered[len(ordered) // 2]) / 2
+
+
+def gram_matrix(features: Tensor, kernel: Kernel = "linear", bandwidth: float = 0.5) -> Tensor:
+    """The ``n x n`` float64 Gram matrix of ``features`` ``(n, ...)`` for the linear or RBF
+    kernel (module docstring). The features are centred over the examples first, in
+    float32 on CPU (float64 for float64 features or on an accelerator, where float32
+    products may run in TF32); autocast is off."""
+    features = features.detach().flatten(1)
+    dtype = torch.float64 if features.dtype == torch.float64 or features.device.type != "cpu" else torch.float32
+    with torch.autocast(features.device.type, enabled=False):
+        work = features.to(dtype)
+        # The mean as a GEMV (far faster than a column reduction on CPU); its rounding error is
+        # a row/column effect on the Gram matrix, which H.H and U-centring remove exactly.
+        centred = work - torch.full((len(work),), 1 / len(work), dtype=dtype, device=work.device) @ work
+        gram = (centred @ centred.T).double()
+    if kernel == "linear":
+        return gram
+    norms = gram.diagonal()
+    squared = (norms[:, None] + norms[None, :] - 2 * gram).clamp_(min=0).fill_diagonal_(0)
+    upper = torch.triu_indices(len(gram), len(gram), offset=1, device=gram.device)
+    median = _median(squared[upper[0], upper[1]].sqrt())
+    if not median > 0:
+        raise ValueError("the RBF bandwidth is 0: the median distance between examples is 0 (most examples have "
+                         "identical features); use kernel='linear' or more varied inputs")
+    return torch.exp(-squared / (2 * (bandwidth * median) ** 2))
+
+
+def hsic_operand(gram: Tensor, debiased: bool) -> Tensor:
+    """``M(K)`` with ``<M(K), M(L)>_F`` the HSIC estimate: ``H K H / (n-1)`` (biased HSIC_0)
+    or ``U(K) / sqrt(n(n-3))`` (unbiased HSIC_1); see the module docstring."""
+    n = len(gram)
+    _check_examples(n, debiased)
+    if debiased:
+        zeroed = gram.clone().fill_diagonal_(0)
+        rows, cols = zeroed.sum(1), zeroed.sum(0)
+        u_centred = zeroed - rows[:, None] / (n - 2) - cols[None, :] / (n - 2) + rows.sum() / ((n - 1) * (n - 2))
+        return u_centred.fill_diagonal_(0) / math.sqrt(n * (n - 3))
+    rows, cols = gram.mean(1), gram.mean(0)
+    return (gram - rows[:, None] - cols[None, :] + rows.mean()) / (n - 1)
+
+
+def _cka_from_hsic(cross: Tensor, self_a: Tensor, self_b: Tensor) -> Tensor:
+    """CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)), elementwise over layer pairs
+    (``cross`` is ``(L_a, L_b)``, ``self_a`` ``(L_a,)``, ``self_b`` ``(L_b,)``)."""
+    return cross / torch.sqrt(self_a[:, None] * self_b[None, :])
+
+
+def cka(X: Tensor | np.ndarray, Y: Tensor | np.ndarray, kernel: Kernel = "linear", debiased: bool = False,
+        bandwidth: float = 0.5) -> float:
+    """CKA (Kornblith et al. 2019) of two representations ``X`` ``(n, d1, ...)`` and ``Y``
+    ``(n, d2, ...)`` of the same ``n`` examples, computed in float64. ``kernel``: ``"linear"``
+    or ``"rbf"`` (``bandwidth`` times the median pairwise distance); ``debiased``: unbiased
+    HSIC_1 instead of HSIC_0. NaN when a representation is constant over the examples."""
+    _check_settings(kernel, bandwidth)
+    x, y = _as_features(X, "X"), _as_features(Y, "Y")
+    if len(x) != len(y):
+        raise ValueError(f"X and Y must describe the same examples: X has {len(x)} rows, Y has {len(y)}")
+    _check_examples(len(x), debiased)
+    a = hsic_operand(gram_matrix(x.double(), kernel, bandwidth), debiased)
+    b = hsic_operand(gram_matrix(y.double(), kernel, bandwidth), debiased)
+    return float(_cka_from_hsic((a * b).sum().reshape(1, 1), (a * a).sum().reshape(1), (b * b).sum().reshape(1)))
+
+
+def _resolve_pairs(models: Mapping[str, nn.Module], pairs: Iterable[tuple[str, str]] | None) -> list[tuple[str, str]]:
+    if pairs is None:
+        if len(models) < 2:
+            raise ValueError(f"compare_representations needs at least two models, got {list(models)}; "
+                             "pass pairs=[(name, name)] to compare a model with itself")
+        return list(itertools.combinations(models, 2))
+    resolved = [tuple(pair) for pair in pairs]
+    for pair in resolved:
+        if len(pair) != 2 or any(name not in models for name in pair):
+            raise ValueError(f"each pair must name two of the models {list(models)}, got {pair!r}")
+    if not resolved:
+        raise ValueError("pairs is empty: list (model_a, model_b) tuples, or leave pairs=None for every pair")
+    return resolved
+
+
+def _layer_names(layers: Sequence[str] | Mapping[str, Sequence[str]] | str | None, model: str,
+                 models: Mapping[str, nn.Module]) -> list[str] | None:
+    if isinstance(layers, str):
+        return [layers]
+    if isinstance(layers, Mapping):
+        unknown = [name for name in layers if name not in models]
+        if unknown:
+            raise ValueError(f"layers names models {unknown} that are not among {list(models)}")
+        names = layers.get(model)
+        return None if names is None else _layer_names(names, model, models)
+    return None if layers is None else list(layers)
+
+
+class _HSICSums:
+    """Running sums over batches of HSIC(K_a, K_b) for every layer pair of every model
+    pair, and of HSIC(K, K) for every layer of every model."""
+
+    def __init__(self, pairs: list[tuple[str, str]], layer_counts: Mapping[str, int], device: torch.device) -> None:
+        self.pairs = pairs
+        self.device = device
+        self.cross = {pair: torch.zeros(layer_counts[pair[0]], layer_counts[pair[1]], dtype=torch.float64,
+                                        device=device) for pair in pairs}
+        self.self = {name: torch.zeros(count, dtype=torch.float64, device=device)
+                     for name, count in layer_counts.items()}
+
+    def add(self, operands: Mapping[str, list[Tensor]]) -> None:
+        """``operands[model]``: the HSIC operands ``M(K)`` of its layers for one batch. Each
+        model's become the rows of one ``(L, n^2)`` matrix, so one product gives every
+        HSIC of a model pair for the batch."""
+        rows = {name: torch.stack([op.to(self.device).flatten() for op in ops]) for name, ops in operands.items()}
+        for name, matrix in rows.items():
+            self.self[name] += (matrix * matrix).sum(1)
+        for a, b in self.pairs:
+            self.cross[(a, b)] += rows[a] @ rows[b].T
+
+    def cka(self, pair: tuple[str, str]) -> np.ndarray:
+        """Ratio of the sums = ratio of the means over batches (the counts cancel)."""
+        return _cka_from_hsic(self.cross[pair], self.self[pair[0]], self.self[pair[1]]).cpu().numpy()
+
+
+def _hook(store: dict[str, Tensor], model: str, layer: str, keep_features: bool, kernel: Kernel, bandwidth: float,
+          unbiased: bool):
+    """Forward hook: store the layer's HSIC operand for the batch (minibatch), or a copy of
+    its flattened features (full); never the output itself or an autograd graph."""
+
+    def hook(module: nn.Module, inputs: object, output: object) -> None:
+        if not isinstance(output, Tensor):
+            raise TypeError(f"module {layer!r} of model {model!r} returned {type(output).__name__}, not a tensor; "
+                            "hook a module whose output is a tensor (pass layers=...)")
+        if layer in store:
+            raise RuntimeError(f"module {layer!r} of model {model!r} ran more than once in one forward pass; hook a "
+                               "module that runs once per batch (pass layers=...)")
+        if keep_features:
+            dtype = torch.float64 if output.dtype == torch.float64 else torch.float32
+            store[layer] = output.detach().flatten(1).to(dtype, copy=True)
+        else:
+            store[layer] = hsic_operand(gram_matrix(output, kernel, bandwidth), unbiased)
+
+    return hook
+
+
+def _take(store: dict[str, Tensor], model: str, layers: Iterable[str]) -> list[Tensor]:
+    """Empty ``store`` for the next batch, returning the values of ``layers`` in order."""
+    missing = [layer for layer in layers if layer not in store]
+    if missing:
+        raise RuntimeError(f"modules {missing} of model {model!r} did not run in the forward pass; hook modules that "
+                           "the forward pass uses (pass layers=...)")
+    return [store.pop(layer) for layer in layers]
+
+
+@torch.no_grad()
+def compare_representations(
+    models: Mapping[str, nn.Module],
+    loader: Iterable,
+    layers: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+    estimator: Estimator = "minibatch",
+    kernel: Kernel = "linear",
+    debiased: bool = False,
+    bandwidth: float = 0.5,
+    pairs: Iterable[tuple[str, str]] | None = None,
+) -> pd.DataFrame:
+    """CKA between the hooked modules of every pair of models over the same examples.
+
+    ``models``: ``{name: model}``; ``layers``: module names for every model, or
+    ``{model name: names}`` (default: :func:`transferscope.models.modules`, conv1,
+    layer1..4, fc for ResNets; exact names only); ``pairs``: ``(model_a, model_b)`` tuples
+    (default: every pair of distinct models, in dict order). Each batch of ``loader``
+    (``(inputs, targets)`` or bare inputs) goes through each model once, in eval mode,
+    without gradient; modes are restored and hooks removed, even on error.
+
+    ``estimator="minibatch"`` is the unbiased-HSIC minibatch CKA of Nguyen et al. (2021)
+    (module docstring): it always uses HSIC_1, every batch needs at least 4 examples, and
+    ``debiased`` does not apply. ``"full"`` keeps the features of every hooked layer (memory
+    ``n x d`` per layer) and computes CKA on all ``n`` examples with HSIC_1 if ``debiased``
+    else HSIC_0.
+
+    Returns one row per ``(model_a, model_b, layer_a, layer_b)`` with ``cka`` and the
+    settings behind it: ``estimator, kernel, debiased`` (the HSIC estimator used), ``n``
+    (examples), ``batch_size`` (largest batch; ``n`` for the full estimator) and
+    ``bandwidth`` (RBF only, else NaN).
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    _check_settings(kernel, bandwidth)
+    if not isinstance(models, Mapping) or not all(isinstance(model, nn.Module) for model in models.values()):
+        raise TypeError("models must be a dict mapping names to torch.nn.Module instances")
+    pairs = _resolve_pairs(models, pairs)
+    used = [name for name in models if any(name in pair for pair in pairs)]
+    hooked = {name: modules(models[name], _layer_names(layers, name, models)) for name in used}
+    unbiased = debiased or estimator == "minibatch"
+    keep_features = estimator == "full"
+    stores: dict[str, dict[str, Tensor]] = {name: {} for name in used}
+    features: dict[str, list[list[Tensor]]] = {name: [] for name in used}  # full estimator: per batch, per layer
+    sums = _HSICSums(pairs, {name: len(hooked[name]) for name in used}, model_device(models[used[0]]))
+    n_examples = largest_batch = 0
+    with ExitStack() as cleanup:
+        for name in used:
+            cleanup.enter_context(eval_mode(models[name]))
+            for layer, module in hooked[name].items():
+                handle = module.register_forward_hook(
+                    _hook(stores[name], name, layer, keep_features, kernel, bandwidth, unbiased))
+                cleanup.callback(handle.remove)
+        for index, batch in enumerate(loader):
+            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+            if estimator == "minibatch" and len(inputs) < MIN_UNBIASED_EXAMPLES:
+                raise ValueError(
+                    f"batch {index} has {len(inputs)} examples, but the minibatch CKA estimator (unbiased HSIC) needs "
+                    f"at least {MIN_UNBIASED_EXAMPLES} in every batch; use a larger batch size, or drop_last=True so "
+                    "that a small last batch is skipped")
+            for name in used:
+                models[name](inputs.to(model_device(models[name])))
+            batch_values = {name: _take(stores[name], name, hooked[name]) for name in used}
+            if keep_features:
+                for name, values in batch_values.items():
+                    features[name].append(values)
+            else:
+                sums.add(batch_values)
+            n_examples += len(inputs)
+            largest_batch = max(largest_batch, len(inputs))
+    if n_examples == 0:
+        raise ValueError("the loader yielded no batches")
+    if keep_features:
+        _check_examples(n_examples, unbiased)
+        sums.add({name: [hsic_operand(gram_matrix(torch.cat(per_layer), kernel, bandwidth), unbiased)
+                         for per_layer in zip(*features.pop(name))] for name in used})
+        largest_batch = n_examples
+    rows = []
+    for a, b in pairs:
+        values = sums.cka((a, b))
+        for (i, layer_a), (j, layer_b) in itertools.product(enumerate(hooked[a]), enumerate(hooked[b])):
+            rows.append({"model_a": a, "model_b": b, "layer_a": layer_a, "layer_b": layer_b,
+                         "cka": float(values[i, j]), "estimator": estimator, "kernel": kernel, "debiased": unbiased,
+                         "n": n_examples, "batch_size": largest_batch,
+                         "bandwidth": bandwidth if kernel == "rbf" else float("nan")})
+    return pd.DataFrame(rows)
