@@ -7,17 +7,27 @@ import torch
 
 from ..data import ImageSet, load_domain
 from .figures import checkpoints as checkpoint_figures
+from .figures import cka as cka_figures
+from .figures import criticality as criticality_figures
 from .figures import distance as distance_figures
 from .figures import feature_reuse as reuse_figures
 from .figures import landscape as landscape_figures
 from .figures import mistakes as mistake_figures
+from .figures import names
 from .figures import spectrum as spectrum_figures
 from .figures import training as training_figures
 
 
 def _need(section, tables: dict, *names: str) -> bool:
-    """True when every table is present; otherwise mark the section as missing."""
-    absent = [name for name in names if name not in tables or tables[name].empty]
+    """True when every table is present; otherwise mark the section as missing. The
+    training tables count only once a fine-tuning run is done."""
+    def present(name: str) -> bool:
+        frame = tables.get(name)
+        if frame is None or frame.empty:
+            return False
+        return name not in ("runs", "curves") or (frame["kind"] == "finetune").any()
+
+    absent = [name for name in names if not present(name)]
     if absent:
         section.missing = (f"No results yet for {', '.join(absent)}: the jobs that produce them have not "
                            "completed (see `transferscope status`), or the study does not ask for them.")
@@ -79,7 +89,7 @@ def mistakes(section, tables, spec, store, jobs) -> None:
         target = sorted(examples["target"].unique())[0]
         part = examples[examples["target"] == target]
         pairs = list(part.groupby(["model_a", "model_b"], sort=False).groups)
-        a, b = next((p for p in pairs if distance_figures.pair_type(*p, [("P-T", "RI-T")])), pairs[0])
+        a, b = next((p for p in pairs if names.pair_type(*p, [("P-T", "RI-T")])), pairs[0])
         chosen = part[(part["model_a"] == a) & (part["model_b"] == b)]
         indices = sorted(set(chosen["index"]))
         images, labels, classes = _test_images(spec.target(target).data, indices)
@@ -92,6 +102,24 @@ def mistakes(section, tables, spec, store, jobs) -> None:
     columns = ["target", "model_a", "model_b", "common_fraction", "only_a_fraction", "only_b_fraction",
                "uncommon_fraction", "common_ci_low", "common_ci_high", "mcnemar_p", "n", "unit"]
     section.tables.append(("Mistakes per pair", frame[[c for c in columns if c in frame]]))
+
+
+def feature_similarity(section, tables, spec, store, jobs) -> None:
+    if not _need(section, tables, "cka"):
+        return
+    frame = tables["cka"]
+    section.tables.append(("CKA per module (Table 1 layout; mean over seed pairs)", cka_figures.table1_frame(frame)))
+    section.figures.append(("table1", cka_figures.plot_table1(frame)))
+    target = sorted(frame["target"].unique())[0]
+    part = frame[frame["target"] == target]
+    pairs = list(part.groupby(["model_a", "model_b"], sort=False).groups)
+    for wanted in (("P-T", "P-T"), ("P-T", "RI-T")):
+        pair = next((p for p in pairs if names.pair_type(*p, [wanted])), None)
+        if pair is not None:
+            heatmap = cka_figures.plot_cka_heatmap(part, *pair)
+            heatmap.suptitle(f"{target}: CKA between every layer of {pair[0]} and {pair[1]}")
+            section.figures.append((f"heatmap_{names.role(pair[0])}_{names.role(pair[1])}", heatmap))
+    section.caption = cka_figures.caption_cka(frame)
 
 
 def distances(section, tables, spec, store, jobs) -> None:
@@ -122,8 +150,8 @@ def _with_pair_types(frame):
     best checkpoint against its final one) to a frame with model_a, model_b."""
     def pair_type(a: str, b: str) -> str:
         if a.endswith(":best"):
-            return f"best/final {distance_figures.role(a)}"
-        return f"{distance_figures.role(a)}/{distance_figures.role(b)}"
+            return f"best/final {names.role(a)}"
+        return f"{names.role(a)}/{names.role(b)}"
 
     return frame.assign(pair=[f"{a}|{b}" for a, b in zip(frame["model_a"], frame["model_b"])],
                         pair_type=[pair_type(a, b) for a, b in zip(frame["model_a"], frame["model_b"])])
@@ -146,13 +174,44 @@ def basins(section, tables, spec, store, jobs) -> None:
     section.caption = landscape_figures.caption_basin(frame)
 
 
+def rewinding(section, tables, spec, store, jobs) -> None:
+    if not _need(section, tables, "rewind"):
+        return
+    frame = tables["rewind"]
+    section.figures.append(("modules", criticality_figures.plot_rewind(frame)))
+    section.tables.append(("Performance after rewinding one module to its initial value", frame))
+    section.caption = criticality_figures.caption_rewind(frame)
+
+
+def module_criticality(section, tables, spec, store, jobs) -> None:
+    if not _need(section, tables, "criticality"):
+        return
+    frame = tables["criticality"]
+    captions = []
+    for target in sorted(frame["target"].unique()):
+        section.figures.append((f"bars_{target}", criticality_figures.plot_criticality_bars(frame, target)))
+        captions.append(f"{target}: {criticality_figures.caption_criticality(frame, target)}")
+    grid = tables.get("criticality_grid")
+    if grid is not None and not grid.empty:
+        for (target, model), part in grid.groupby(["target", "model"], sort=True):
+            figure = criticality_figures.plot_criticality_heatmaps(part)
+            figure.suptitle(f"{target}, {model}, module {part['module'].iloc[0]}: mean loss on the (σ, α) grid (Fig. 6)")
+            section.figures.append((f"heatmap_{target}_{model.replace(':', '-')}", figure))
+    section.caption = " ".join(captions)
+    columns = ["target", "model", "path", "start", "module", "criticality", "alpha", "sigma", "noise", "threshold"]
+    section.tables.append(("Module criticality μ_i (Definition 3.2)", frame[[c for c in columns if c in frame]]))
+
+
 SECTIONS = [
     ("curves", "Learning curves (Fig. 2)", learning_curves),
     ("feature-reuse", "Feature reuse: block shuffling (Fig. 3)", feature_reuse),
     ("mistakes", "Common and uncommon mistakes (Sec. 3.2)", mistakes),
+    ("cka", "Feature similarity: CKA (Table 1)", feature_similarity),
     ("distance", "Parameter distance (Table 2)", distances),
     ("interpolation", "Loss interpolation and performance barriers (Fig. 4)", interpolation),
     ("basin", "Basins in the loss landscape (Definition 3.1)", basins),
+    ("rewind", "Rewinding modules (Fig. 5)", rewinding),
+    ("criticality", "Module criticality (Fig. 6)", module_criticality),
     ("checkpoints", "Which pre-training checkpoint (Fig. 7)", pretraining_checkpoints),
     ("spectrum", "Module spectra (the paper's future work)", spectra),
 ]

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..config import DataConfig, TrainConfig
 from ..data import Domain, load_domain
+from ..evaluation import cache_batches
 from ..io import write_table
 from ..models import build_model, load_into
 from ..train import TrainingRun, train
@@ -179,6 +180,54 @@ def _basin_job(inputs: AnalysisInputs) -> None:
     inputs.write(pd.concat(frames, ignore_index=True))
 
 
+def _cka_job(inputs: AnalysisInputs) -> None:
+    from ..analysis.cka import compare_representations
+
+    s = inputs.settings
+    loader = inputs.test_loader(s["max_examples"], s["batch_size"])
+    inputs.write(compare_representations(inputs.models(), loader, estimator=s["estimator"], kernel=s["kernel"],
+                                         debiased=s["debiased"]))
+
+
+def _rewind_job(inputs: AnalysisInputs) -> None:
+    from ..analysis.rewind import rewind
+
+    s = inputs.settings
+    splits = {"train": inputs.train_loader(), "test": inputs.test_loader()}
+    frames = [rewind(inputs.model(name), inputs.run(name).checkpoint("init"), splits, bn=s["bn"],
+                     recalibration_loader=splits["train"], max_examples=s["max_examples"]).assign(model=name)
+              for name in inputs.refs]
+    inputs.write(pd.concat(frames, ignore_index=True))
+
+
+def _criticality_job(inputs: AnalysisInputs) -> None:
+    """Per-module criticality (value by bisection) for the direct and optimization
+    paths from θ_F and θ_opt, and the full (α, σ) grid of one module for Fig. 6."""
+    from ..analysis.criticality import criticality, network_criticality
+
+    s = inputs.settings
+    grid = {"alphas": [i / s["alphas"] for i in range(1, s["alphas"] + 1)],
+            "sigmas": [i / s["sigmas"] for i in range(1, s["sigmas"] + 1)]}
+    common = {"noise": s["noise"], "threshold": s["threshold"], "samples": s["samples"], **grid}
+    batches = cache_batches(inputs.test_loader(s["max_examples"]))
+    values, heatmaps = [], []
+    for name in inputs.refs:
+        run = inputs.run(name)
+        final, initial = inputs.model(name, "final"), run.checkpoint("init")
+        variant = {"path_states": [run.checkpoint(epoch) for epoch in run.epochs()], "best_state": run.checkpoint("best")}
+        # θ_opt at epoch 0 is the initialisation itself: no path to walk from θ_opt
+        starts = ("final", "best") if run.best_epoch > 0 else ("final",)
+        for path in ("direct", "optimization"):
+            for start in starts:
+                settings = {**common, **variant, "path": path, "start": start}
+                values.append(network_criticality(final, initial, batches, method="bisection", **settings)
+                              .assign(model=name))
+                heatmaps.append(criticality(final, initial, batches, s["heatmap_module"], method="grid", **settings)
+                                .assign(model=name))
+    inputs.write(pd.concat(values, ignore_index=True))
+    inputs.write(pd.concat(heatmaps, ignore_index=True), "grid")
+
+
 def _analysis(function: Callable[[AnalysisInputs], None]) -> Callable[[Store, Job, bool], None]:
     return lambda store, job, progress: function(AnalysisInputs(store, job))
 
@@ -187,5 +236,6 @@ RUNNERS: dict[str, Callable[[Store, Job, bool], None]] = {
     "pretrain": _train_job, "finetune": _train_job,
     "distance": _analysis(_distance_job), "mistakes": _analysis(_mistakes_job),
     "spectrum": _analysis(_spectrum_job), "interpolation": _analysis(_interpolation_job),
-    "basin": _analysis(_basin_job),
+    "basin": _analysis(_basin_job), "cka": _analysis(_cka_job), "rewind": _analysis(_rewind_job),
+    "criticality": _analysis(_criticality_job),
 }

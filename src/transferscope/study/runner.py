@@ -65,7 +65,9 @@ def run_study(spec: StudySpec, root: str | Path, executor, console: Console | No
         for job in todo:
             if job not in ready:
                 finished += 1
-                console.print(f"[{finished}/{total}] {job.label} [yellow]skipped[/]: a job it needs failed")
+                blocking = [by_id[d].label for d in job.deps if store.state(d) != "done"]
+                console.print(f"[{finished}/{total}] {job.label} [yellow]skipped[/]: needs "
+                              f"{', '.join(blocking)} ({', '.join(sorted({store.state(d) for d in job.deps}))})")
         if ready:
             executor.run(root, [job.id for job in ready], announce)
     store.write_index(jobs)

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .names import role
+
 PAPER_PAIRS = ("P-T&P", "P-T&P-T", "P-T&RI-T", "RI-T&RI-T")
 _PAIR_OF_ROLES = {frozenset({"P-T", "P"}): "P-T&P", frozenset({"P-T"}): "P-T&P-T",
                   frozenset({"P-T", "RI-T"}): "P-T&RI-T", frozenset({"RI-T"}): "RI-T&RI-T"}
@@ -22,11 +24,6 @@ _REQUIRED = ("model_a", "model_b", "layer_a", "layer_b", "cka")
 PAPER_FINDING = ("The paper (Table 1, CheXpert, ResNet-50) found P-T&P-T the most similar pair, falling with depth "
                  "(0.67/0.82/0.61/0.41/0.16 for conv1/layer1-4), and P-T&RI-T and RI-T&RI-T near 0 (below 0.01 but "
                  "0.04-0.08 at layer4)")
-
-
-def role(model_name: str) -> str:
-    """``"P-T:s0"`` -> ``"P-T"``; a name without ``":"`` is its own role."""
-    return model_name.split(":", 1)[0]
 
 
 def _checked(frame: pd.DataFrame) -> pd.DataFrame:

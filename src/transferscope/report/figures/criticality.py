@@ -18,7 +18,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
-from .distance import role
+from .names import role
 
 PANELS = (("direct", "final"), ("direct", "best"), ("optimization", "final"), ("optimization", "best"))
 START_LABEL = {"final": "from θ_F", "best": "from θ_opt"}

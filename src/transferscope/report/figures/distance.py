@@ -3,7 +3,7 @@
 The study frame is :func:`transferscope.analysis.distance.param_distance` output with
 ``model_a``, ``model_b`` (names ``"<role>:<tag>"`` such as ``"P"``, ``"P-T:s0"``,
 ``"RI-T:s1"``) and ``target`` columns added. Model names are grouped by role into pair
-types; the helpers :func:`role` and :func:`pair_type` serve the mistakes figure too.
+types (:mod:`.names`).
 """
 
 from __future__ import annotations
@@ -14,23 +14,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .names import pair_type
+
 TABLE2_PAIRS = (("P-T", "P-T"), ("RI-T", "RI-T"), ("P-T", "P"), ("RI-T", "P"))
 SETTINGS = ("include_head", "include_bn_affine", "include_bn_buffers")
-
-
-def role(name: str) -> str:
-    """Role of a model name ``"<role>:<tag>"``: ``"P-T:s0"`` -> ``"P-T"``, ``"P"`` -> ``"P"``."""
-    return str(name).split(":", 1)[0]
-
-
-def pair_type(model_a: str, model_b: str, order: Sequence[tuple[str, str]], sep: str = "&") -> str | None:
-    """Label of the (unordered) role pair of two model names, as spelled in ``order``
-    (``"P-T&P"`` for ``("P", "P-T:s0")``); None when the pair is not in ``order``."""
-    roles = (role(model_a), role(model_b))
-    for pair in order:
-        if roles in (pair, pair[::-1]):
-            return sep.join(pair)
-    return None
 
 
 def _with_pairs(frame: pd.DataFrame, order: Sequence[tuple[str, str]] = TABLE2_PAIRS) -> pd.DataFrame:

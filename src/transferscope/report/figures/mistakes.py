@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 import torch
 from torch import Tensor
 
-from .distance import pair_type
+from .names import pair_type
 
 MISTAKE_PAIRS = (("P-T", "P-T"), ("P-T", "RI-T"), ("RI-T", "RI-T"))
 KINDS = (("common", "common (both wrong)"), ("uncommon", "uncommon (one wrong)"))
