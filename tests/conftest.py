@@ -17,6 +17,10 @@ from transferscope.config import DataConfig, ModelConfig, TrainConfig
 from transferscope.data.domain import Domain
 from transferscope.data.tensors import ImageSet
 
+# The suite's models are tiny: one torch thread is as fast as two, and cannot spin
+# against the worker processes that some tests start.
+torch.set_num_threads(1)
+
 TOY_SIZE = 16
 TOY_CHANNELS = 3
 
@@ -42,18 +46,6 @@ def make_toy_domain(n_train: int = 128, n_test: int = 96, *, num_classes: int = 
     test = ImageSet(images[n_train:], targets[n_train:], classes)
     mean, std = train.channel_stats()
     return Domain(name="toy", train=train, test=test, classes=classes, multilabel=multilabel, mean=mean, std=std)
-
-
-@pytest.fixture(scope="module")
-def single_thread():
-    """Run a test module with one torch thread (restored after): on a shared 2-core machine two
-    OpenMP threads per process spin against other processes and run ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

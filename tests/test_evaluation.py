@@ -13,7 +13,6 @@ from torch.nn import functional as F
 from transferscope.evaluation import (cache_batches, eval_mode, evaluate, has_batchnorm, loss_fn, metrics,
                                       model_device, predict, recalibrate_batchnorm, roc_auc, score_name)
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def auc_reference(scores: np.ndarray, labels: np.ndarray) -> float:

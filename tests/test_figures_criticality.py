@@ -92,8 +92,8 @@ def test_caption_rewind_states_computed_drops(rewind_frame):
     caption = caption_rewind(rewind_frame)
     ri = rewind_frame[rewind_frame["model"] == "RI-T:s0"].set_index("module")
     drop = 100 * (ri.loc["layer2", "base_accuracy"] - ri.loc["layer2", "accuracy"])
-    assert f"layer2 {drop:.1f}" in caption.split("RI-T:")[1]
-    assert "Fig. 5" in caption and "P-T:" in caption
+    assert f"layer2 {drop:.1f}" in caption.split("RI-T (accuracy points):")[1]
+    assert "Fig. 5" in caption and "P-T (accuracy points):" in caption
 
 
 def test_plot_criticality_bars(criticality_frame):

@@ -16,7 +16,6 @@ from transferscope.models.partition import head_name, module_state_keys, modules
 from transferscope.models.registry import build_model
 from transferscope.models.weights import init_for_finetuning, load_into, load_weights, save_weights
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 RESNET_PARTITION = ["conv1", "layer1", "layer2", "layer3", "layer4", "fc"]
 

@@ -132,7 +132,7 @@ def test_domainnet_malformed_line_names_file_and_line(tmp_path, bad_line):
     lines = split.read_text().splitlines()
     lines[2] = bad_line
     split.write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=rf"real_train\.txt, line 3: expected"):
+    with pytest.raises(ValueError, match=r"real_train\.txt, line 3: expected"):
         domainnet_domain(tmp_path, "real", image_size=SIZE)
 
 

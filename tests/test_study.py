@@ -23,7 +23,6 @@ from transferscope.cli import app, preset_path
 from transferscope.study import StudySpec, build_plan, load_study, run_study
 from transferscope.study.executors import LocalExecutor, PoolExecutor, SlurmExecutor, SlurmSettings
 from transferscope.study.runner import open_study
-from transferscope.study.store import Store
 from transferscope.train import TrainingRun
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ import torch
 from pydantic import ValidationError
 from torch.utils.data import Dataset
 
-from transferscope.config import DataConfig, ScheduleConfig, TrainConfig, apply_overrides
+from transferscope.config import ScheduleConfig, TrainConfig, apply_overrides
 from transferscope.data.domain import Domain
 from transferscope.data.shuffle import BlockShuffle
 from transferscope.evaluation import evaluate
@@ -31,7 +31,6 @@ from transferscope.models.weights import load_into
 from transferscope.train.run_dir import TrainingRun
 from transferscope.train.trainer import Trainer, TrainingFailed, build_run_model, parameter_groups
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 COLUMNS = {"epoch", "train_loss", "train_running_accuracy", "lr", "images_per_second", "train_seconds",
            "test_loss", "test_accuracy", "train_clean_accuracy"}
@@ -56,7 +55,7 @@ def differs(a: dict, b: dict) -> bool:
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, toy_domain, toy_train_config, single_thread) -> TrainingRun:
+def reference_run(tmp_path_factory, toy_domain, toy_train_config) -> TrainingRun:
     """An uninterrupted 4-epoch run, checkpoint every epoch."""
     return train(toy_train_config(**RESUMABLE), tmp_path_factory.mktemp("reference"), toy_domain)
 

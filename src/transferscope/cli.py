@@ -3,6 +3,7 @@ data preview."""
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 from importlib import resources
@@ -49,8 +50,9 @@ def preset_path(name: str) -> Path:
 
 @app.command()
 def demo(out: Path = typer.Option(Path("demo-out"), help="study folder to write"),
-         executor: ExecutorName = typer.Option(ExecutorName.local, help="local, pool or slurm"),
-         workers: int = typer.Option(2, help="processes for --executor pool")) -> None:
+         executor: ExecutorName = typer.Option(ExecutorName.pool, help="local, pool or slurm"),
+         workers: int = typer.Option(os.cpu_count() or 1, help="processes for --executor pool (default: one per core)")
+         ) -> None:
     """Run the built-in demo study (synthetic domains, small ResNet, CPU) end to end."""
     run(preset_path("demo"), out=out, executor=executor, workers=workers, slurm=[], no_report=False)
 
@@ -136,7 +138,7 @@ def train(config: Path = typer.Argument(..., help="training config YAML (TrainCo
         _fail(str(error))
     except TrainingFailed as error:
         console.print(f"[red]run failed:[/] {error}")
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=1) from None
     final = result.status["final"]
     console.print(f"done: {out} — " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()
                                                  if k.startswith("test_")))

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data import Domain, block_shuffle_for, load_domain
-from ..evaluation import cache_batches, evaluate, loss_fn, score_name
+from ..evaluation import evaluate, loss_fn
 from ..io import atomic_path, read_json, write_json, write_table
 from ..models import build_model, init_for_finetuning, load_weights, save_weights
 from .run_dir import TrainingRun, checkpoint_path

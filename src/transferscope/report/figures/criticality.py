@@ -68,17 +68,17 @@ def plot_rewind(frame: pd.DataFrame) -> Figure:
     pre-trained weights for P-T, the random init for RI-T), mean over models of a role
     with min-max bars; dashed lines mark the unchanged models."""
     _require(frame, ["module", "split", "bn"], "rewind")
-    score = _score(frame)
     rows = _with_roles(_test_rows(frame))
     targets = list(dict.fromkeys(rows["target"])) if "target" in rows.columns else [None]
     modules = list(dict.fromkeys(rows["module"]))
-    scale, unit = (100.0, " (%)") if score == "accuracy" else (1.0, "")
     several_bn = rows["bn"].nunique() > 1
     figure = Figure(figsize=(5.0 * len(targets), 3.8), layout="constrained")
     axes = figure.subplots(1, len(targets), squeeze=False)[0]
     for ax, target in zip(axes, targets):
         part = rows if target is None else rows[rows["target"] == target]
-        for index, ((name, bn), group) in enumerate(part.groupby(["role", "bn"], sort=False)):
+        score = _score(part)  # targets differ in metric
+        scale, unit = (100.0, " (%)") if score == "accuracy" else (1.0, "")
+        for (name, bn), group in part.groupby(["role", "bn"], sort=False):
             stats = group.groupby("module")[score].agg(["mean", "min", "max"]).reindex(modules) * scale
             x = np.arange(len(modules))
             line = ax.errorbar(x, stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
@@ -95,20 +95,24 @@ def plot_rewind(frame: pd.DataFrame) -> Figure:
 
 def caption_rewind(frame: pd.DataFrame) -> str:
     """What the paper found (Fig. 5) and the drop per module and role here."""
-    score = _score(frame)
     rows = _with_roles(_test_rows(frame))
-    scale, unit = (100.0, "accuracy (points)") if score == "accuracy" else (1.0, "mean AUC")
-    rows = rows.assign(drop=(rows[f"base_{score}"] - rows[score]) * scale)
-    modules = list(dict.fromkeys(rows["module"]))
+    targets = list(dict.fromkeys(rows["target"])) if "target" in rows.columns else [None]
     parts = []
-    for name, group in rows.groupby("role", sort=False):
-        drops = group.groupby("module")["drop"].mean().reindex(modules)
-        listed = ", ".join(f"{module} {value:.1f}" for module, value in drops.items())
-        parts.append(f"{name}: {listed} (most critical {drops.idxmax()})")
+    for target in targets:
+        part = rows if target is None else rows[rows["target"] == target]
+        score = _score(part)
+        scale, unit = (100.0, "accuracy points") if score == "accuracy" else (1.0, "AUC")
+        part = part.assign(drop=(part[f"base_{score}"] - part[score]) * scale)
+        modules = list(dict.fromkeys(part["module"]))
+        for name, group in part.groupby("role", sort=False):
+            drops = group.groupby("module")["drop"].mean().reindex(modules)
+            listed = ", ".join(f"{module} {value:.1f}" for module, value in drops.items())
+            where = f"{target} " if target is not None else ""
+            parts.append(f"{where}{name} ({unit}): {listed} (most critical {drops.idxmax()})")
     return ("Rewinding one module to its initial value while the others keep their trained values "
             "(Zhang et al. 2019): the paper (Fig. 5) found the lower modules of P-T models robust to rewinding "
             "to the pre-trained weights and the higher modules more critical. "
-            f"Here the mean drop in test {unit} when rewinding each module is — " + "; ".join(parts) + ".")
+            "Here the mean drop in test score when rewinding each module is — " + "; ".join(parts) + ".")
 
 
 def _criticality_rows(frame: pd.DataFrame, target: str | None) -> tuple[pd.DataFrame, str | None]:
