@@ -6,9 +6,11 @@ from .domain import Domain, block_shuffle_for, load_domain
 from .domainnet import domainnet_domain
 from .files import FileImageDataset, ImageReadError, read_image, to_image_set
 from .folder import image_folder_domain
+from .preview import save_preview
 from .shuffle import BlockShuffle
+from .synthetic import SYNTHETIC_DOMAINS, synthetic_domain
 from .tensors import ImageLoader, ImageSet, random_crop_flip
 
 __all__ = [
-    "BlockShuffle", "Domain", "FileImageDataset", "ImageReadError", "block_shuffle_for", "chexpert_domain",
+    "SYNTHETIC_DOMAINS", "save_preview", "synthetic_domain", "BlockShuffle", "Domain", "FileImageDataset", "ImageReadError", "block_shuffle_for", "chexpert_domain",
     "chexpert_targets", "domainnet_domain", "image_folder_domain", "load_domain", "read_image", "to_image_set", "ImageLoader", "ImageSet", "random_crop_flip"]
