@@ -163,6 +163,21 @@ def test_batchnorm_model_recalibrated_basin_agrees_with_interpolate():
     assert row["mu"] == pytest.approx(curve["loss"].mean(), rel=1e-5)
 
 
+def test_channels_last_models_give_the_same_basin():
+    """Noise is added per parameter, whatever the memory format (channels_last weights
+    cannot be viewed as one flat vector)."""
+    torch.manual_seed(0)
+    a, b = build_model("small_resnet", 3, width=4).eval(), build_model("small_resnet", 3, width=4).eval()
+    generator = torch.Generator().manual_seed(2)
+    x, y = torch.randn(16, 3, 8, 8, generator=generator), torch.randint(0, 3, (16,), generator=generator)
+    settings = dict(bn="interpolate", sigmas=(0.05,), n_segment=3, n_noise=1, boundary_tol=0.05, initial_step=0.5)
+    plain = basin(a, b, [(x, y)], **settings)
+    cl = [m.to(memory_format=torch.channels_last) for m in (a, b)]
+    fast = basin(*cl, [(x.contiguous(memory_format=torch.channels_last), y)], **settings)
+    for column in ("mu", "epsilon", "alpha_lo", "alpha_hi", "noise_loss_hi"):
+        assert fast[column].iloc[0] == pytest.approx(plain[column].iloc[0], rel=1e-4), column
+
+
 def test_clear_errors():
     a, b, loader, _, _ = _linear_setup()
     with pytest.raises(ValueError, match="identical parameters"):

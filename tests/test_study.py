@@ -54,7 +54,7 @@ def tiny_spec(**changes) -> dict:
             "basin": {"sigmas": [0.05], "n_segment": 3, "n_noise": 1, "max_examples": 32,
                       "recalibration_batches": 1},
             "rewind": {"max_examples": 32},
-            "criticality": {"alphas": 2, "sigmas": 2, "samples": 1, "max_examples": 32, "targets": ["real"]},
+            "criticality": {"alphas": [0.5, 1.0], "sigmas": [0.05, 0.2], "samples": 1, "max_examples": 32, "targets": ["real"]},
         },
     }
     for key, value in changes.items():
@@ -271,8 +271,8 @@ def test_report_on_a_partial_study_says_what_is_missing(tmp_path):
     spec = StudySpec.model_validate(tiny_spec())
 
     class PretrainOnly(LocalExecutor):
-        def run(self, root, job_ids, report):
-            super().run(root, [j for j in job_ids if j.startswith("pretrain")], report)
+        def run(self, root, jobs, report):
+            super().run(root, [job for job in jobs if job.kind == "pretrain"], report)
 
     run_study(spec, tmp_path, PretrainOnly(progress=False))
     html = (tmp_path / "report" / "index.html").read_text()

@@ -35,7 +35,6 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from transferscope.evaluation import (
     Batches,
@@ -148,10 +147,12 @@ class LinearPath:
         state = self.state_at(alpha)
         self._check_variances(state, [alpha])
         self.model.load_state_dict(state)
-        if noise is not None:
-            parameters = list(self.model.parameters())
-            vector = parameters_to_vector(parameters)
-            vector_to_parameters(vector + noise.to(vector.device, vector.dtype), parameters)
+        if noise is not None:  # a flat vector in parameters() order (any memory format)
+            offset = 0
+            for parameter in self.model.parameters():
+                count = parameter.numel()
+                parameter.add_(noise[offset:offset + count].reshape(parameter.shape).to(parameter))
+                offset += count
         if self.bn_mode == "recalibrate":
             recalibrate_batchnorm(self.model, self.recalibration_data)
         return self.model

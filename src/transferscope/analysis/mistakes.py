@@ -178,21 +178,18 @@ def mistake_examples(
     loader: Batches,
     a: str,
     b: str,
-    category: str,
     limit: int | None = 16,
     threshold: float | Sequence[float] = 0.5,
-) -> list[int]:
-    """Indices (loader order) of the first ``limit`` examples where models ``a`` and ``b``
-    make a ``"common"`` mistake, or only ``a`` (``"only_a"``) or only ``b`` (``"only_b"``)
-    errs; for multi-label targets an example qualifies when any of its labels does.
-    For the example grids of Sec. 3.2."""
-    if category not in CATEGORIES:
-        raise ValueError(f"unknown category {category!r}; choose one of {', '.join(CATEGORIES)}")
+) -> dict[str, list[int]]:
+    """For each category, indices (loader order) of the first ``limit`` examples where
+    models ``a`` and ``b`` make a ``"common"`` mistake, or only ``a`` (``"only_a"``) or
+    only ``b`` (``"only_b"``) errs; for multi-label targets an example qualifies when
+    any of its labels does. One pass of each model. For the example grids of Sec. 3.2."""
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be a non-negative count or None (all), got {limit}")
     _check_models(models, (a, b))
     logits, targets = _predict_together({a: models[a], b: models[b]}, loader)
-    wrong_a, wrong_b = (_wrong(logits[name], targets, threshold) for name in (a, b))
-    mask = {"common": wrong_a & wrong_b, "only_a": wrong_a & ~wrong_b, "only_b": ~wrong_a & wrong_b}[category]
-    indices = torch.nonzero(mask.any(1)).flatten().tolist()
-    return indices if limit is None else indices[:limit]
+    wrong_a, wrong_b = (_wrong(logits[name], targets, threshold).any(1) for name in (a, b))
+    masks = {"common": wrong_a & wrong_b, "only_a": wrong_a & ~wrong_b, "only_b": ~wrong_a & wrong_b}
+    indices = {category: torch.nonzero(mask).flatten().tolist() for category, mask in masks.items()}
+    return {category: found if limit is None else found[:limit] for category, found in indices.items()}

@@ -1,16 +1,18 @@
-"""Executors: run a wave of independent jobs in-process, in a process pool (one GPU
+"""Executors: run the incomplete jobs of a study in-process, in a process pool (one GPU
 per worker where there are GPUs), or on a SLURM cluster through submitit (job arrays,
 a cap on concurrent tasks, requeue on preemption and timeout).
 
-Every executor calls the same :func:`transferscope.study.jobs.execute_job` with the
-study folder and a job id; jobs read their description from the folder, so nothing
-but two strings crosses a process or machine boundary."""
+A job starts once every job it depends on is done; one whose dependency failed is
+skipped (it stays pending). Every executor calls the same
+:func:`transferscope.study.jobs.execute_job` with the study folder and a job id; jobs
+read their description from the folder, so nothing but two strings crosses a process
+or machine boundary."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -20,8 +22,39 @@ from pydantic import Field
 
 from ..config import Settings
 from .jobs import execute_job
+from .plan import Job, levels
 
-Report = Callable[[str, str], None]  # (job id, final state)
+Report = Callable[[str, str], None]  # (job id, final state: done, failed or skipped)
+
+
+class _Tracker:
+    """Outcome of each job of this run, to decide what may start and what is skipped."""
+
+    def __init__(self, jobs: list[Job], report: Report) -> None:
+        self.jobs = {job.id: job for job in jobs}
+        self.outcome: dict[str, str] = {}
+        self.report = report
+
+    def settle(self, job_id: str, state: str) -> None:
+        self.outcome[job_id] = state
+        self.report(job_id, state)
+
+    def ready(self, job: Job) -> bool:
+        """All dependencies done (before this run, or in it)."""
+        return all(self.outcome.get(dep, "done") == "done" for dep in job.deps)
+
+    def waiting(self, job: Job) -> bool:
+        return any(dep in self.jobs and dep not in self.outcome for dep in job.deps)
+
+    def skip_blocked(self) -> None:
+        """Settle as skipped every unsettled job whose dependency failed or was skipped."""
+        changed = True
+        while changed:
+            changed = False
+            for job in self.jobs.values():
+                if job.id not in self.outcome and not self.waiting(job) and not self.ready(job):
+                    self.settle(job.id, "skipped")
+                    changed = True
 
 
 class SlurmSettings(Settings):
@@ -36,14 +69,17 @@ class SlurmSettings(Settings):
 
 
 class LocalExecutor:
-    """One job at a time, in this process."""
+    """One job at a time, in this process, in plan order."""
 
     def __init__(self, progress: bool = True) -> None:
         self.progress = progress
 
-    def run(self, root: Path, job_ids: list[str], report: Report) -> None:
-        for job_id in job_ids:
-            report(job_id, execute_job(root, job_id, progress=self.progress))
+    def run(self, root: Path, jobs: list[Job], report: Report) -> None:
+        tracker = _Tracker(jobs, report)
+        for job in jobs:
+            tracker.skip_blocked()
+            if job.id not in tracker.outcome:
+                tracker.settle(job.id, execute_job(root, job.id, progress=self.progress))
 
 
 def _start_worker(queue, threads: int) -> None:
@@ -56,14 +92,17 @@ def _start_worker(queue, threads: int) -> None:
 
 class PoolExecutor:
     """``workers`` processes, each with cores/workers torch threads; on a machine with
-    GPUs, each worker sees one GPU."""
+    GPUs, each worker sees one GPU. A job is submitted as soon as its dependencies are
+    done, so no worker idles at the end of a stage while another finishes."""
 
     def __init__(self, workers: int) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers = workers
 
-    def run(self, root: Path, job_ids: list[str], report: Report) -> None:
+    def run(self, root: Path, jobs: list[Job], report: Report) -> None:
+        if not jobs:
+            return
         context = multiprocessing.get_context("spawn")
         queue = None
         gpus = torch.cuda.device_count()
@@ -71,13 +110,24 @@ class PoolExecutor:
             queue = context.Queue()
             for worker in range(self.workers):
                 queue.put(worker % gpus)
-        workers = min(self.workers, len(job_ids))
+        workers = min(self.workers, len(jobs))
         threads = max(1, (os.cpu_count() or 1) // workers)
+        tracker = _Tracker(jobs, report)
+        running: dict[Future, str] = {}
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                  initargs=(queue, threads)) as pool:
-            futures = {pool.submit(execute_job, root, job_id, False): job_id for job_id in job_ids}
-            for future in as_completed(futures):
-                report(futures[future], future.result())
+            while len(tracker.outcome) < len(jobs):
+                tracker.skip_blocked()
+                started = set(running.values())
+                for job in jobs:
+                    if (job.id not in tracker.outcome and job.id not in started and not tracker.waiting(job)
+                            and tracker.ready(job)):
+                        running[pool.submit(execute_job, root, job.id, False)] = job.id
+                if not running:
+                    continue
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    tracker.settle(running.pop(future), future.result())
 
 
 class _SubmititJob(submitit.helpers.Checkpointable):
@@ -89,12 +139,13 @@ class _SubmititJob(submitit.helpers.Checkpointable):
 
 
 class SlurmExecutor:
-    """Job arrays through submitit (``cluster="local"`` runs them as local processes)."""
+    """Job arrays through submitit, one array per stage of the plan (``cluster="local"``
+    runs them as local processes)."""
 
     def __init__(self, settings: SlurmSettings) -> None:
         self.settings = settings
 
-    def run(self, root: Path, job_ids: list[str], report: Report) -> None:
+    def run(self, root: Path, jobs: list[Job], report: Report) -> None:
         s = self.settings
         executor = submitit.AutoExecutor(folder=root / "slurm" / "%j", cluster=s.cluster)
         executor.update_parameters(timeout_min=s.time_minutes, gpus_per_node=s.gpus_per_job,
@@ -103,9 +154,15 @@ class SlurmExecutor:
             executor.update_parameters(slurm_array_parallelism=s.max_concurrent,
                                        **({"slurm_partition": s.partition} if s.partition else {}),
                                        **{f"slurm_{k}": v for k, v in s.extra.items()})
-        submitted = executor.map_array(_SubmititJob(), [str(root)] * len(job_ids), job_ids)
-        for job_id, handle in zip(job_ids, submitted):
-            try:
-                report(job_id, handle.result())
-            except Exception:  # noqa: BLE001 - the job folder holds the error; the study goes on
-                report(job_id, "failed")
+        tracker = _Tracker(jobs, report)
+        for stage in levels(jobs):
+            tracker.skip_blocked()
+            ids = [job.id for job in stage if job.id not in tracker.outcome]
+            if not ids:
+                continue
+            submitted = executor.map_array(_SubmititJob(), [str(root)] * len(ids), ids)
+            for job_id, handle in zip(ids, submitted):
+                try:
+                    tracker.settle(job_id, handle.result())
+                except Exception:  # noqa: BLE001 - the job folder holds the error; the study goes on
+                    tracker.settle(job_id, "failed")

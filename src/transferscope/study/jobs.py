@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+import torch
 from torch import nn
 
 from ..config import DataConfig, TrainConfig
@@ -61,12 +62,15 @@ def run_of(store: Store, ref: dict) -> TrainingRun:
 
 
 def load_model(store: Store, ref: dict, checkpoint: str | int | None = None) -> nn.Module:
-    """The model of a training job at a checkpoint (``ref["checkpoint"]`` by default)."""
+    """The model of a training job at a checkpoint (``ref["checkpoint"]`` by default),
+    in eval mode, in channels_last memory when the run trained that way."""
     run = run_of(store, ref)
     config = run.config
     model = build_model(config.model.arch, domain_of(config).num_outputs, width=config.model.width,
                         blocks=config.model.blocks)
     load_into(model, run.checkpoint(ref["checkpoint"] if checkpoint is None else checkpoint))
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     return model.eval()
 
 
@@ -104,11 +108,13 @@ class AnalysisInputs:
         return run_of(self.store, self.refs[name])
 
     def test_loader(self, max_examples: int | None = None, batch_size: int | None = None):
-        return self.domain.loader("test", batch_size or self.config.eval_batch_size, limit=max_examples)
+        return self.domain.loader("test", batch_size or self.config.eval_batch_size, limit=max_examples,
+                                  channels_last=self.config.channels_last)
 
     def train_loader(self, batch_size: int | None = None):
         """Training images without augmentation, in a fixed shuffled order."""
-        return self.domain.loader("train", batch_size or self.config.batch_size, shuffle=True, seed=0)
+        return self.domain.loader("train", batch_size or self.config.batch_size, shuffle=True, seed=0,
+                                  channels_last=self.config.channels_last)
 
     def write(self, frame, name: str = "result") -> None:
         write_table(frame, self.store.job_dir(self.job) / name)
@@ -133,12 +139,11 @@ def _mistakes_job(inputs: AnalysisInputs) -> None:
     loader = inputs.test_loader(s["max_examples"])
     frame = mistakes(models, loader, threshold=s["threshold"], n_bootstrap=s["n_bootstrap"])
     inputs.write(frame)
-    first_of_each_type = frame.assign(kind=[f"{a.split(':')[0]}/{b.split(':')[0]}" for a, b in
-                                            zip(frame["model_a"], frame["model_b"])]).drop_duplicates("kind")
+    a, b = next(((a, b) for a, b in zip(frame["model_a"], frame["model_b"])
+                 if a.startswith("P-T:") and b.startswith("RI-T:")), (frame["model_a"][0], frame["model_b"][0]))
+    found = mistake_examples(models, loader, a, b, limit=8, threshold=s["threshold"])
     examples = [{"model_a": a, "model_b": b, "category": category, "index": index}
-                for a, b in first_of_each_type[["model_a", "model_b"]].itertuples(index=False)
-                for category in ("common", "only_a", "only_b")
-                for index in mistake_examples(models, loader, a, b, category, limit=8, threshold=s["threshold"])]
+                for category, indices in found.items() for index in indices]
     inputs.write(pd.DataFrame(examples, columns=["model_a", "model_b", "category", "index"]), "examples")
 
 
@@ -174,7 +179,7 @@ def _basin_job(inputs: AnalysisInputs) -> None:
     test, train = inputs.test_loader(s["max_examples"]), inputs.train_loader()
     frames = [basin(inputs.model(a), inputs.model(b), test, threshold=s["threshold"], rise=s["rise"],
                     sigmas=s["sigmas"], n_segment=s["n_segment"], n_noise=s["n_noise"],
-                    max_examples=s["max_examples"], recalibration_loader=train,
+                    max_examples=s["max_examples"], recalibration_loader=train, boundary_tol=s["boundary_tol"],
                     recalibration_batches=s["recalibration_batches"]).assign(model_a=a, model_b=b)
               for a, b in inputs.job.config["pairs"]]
     inputs.write(pd.concat(frames, ignore_index=True))
@@ -206,9 +211,8 @@ def _criticality_job(inputs: AnalysisInputs) -> None:
     from ..analysis.criticality import criticality, network_criticality
 
     s = inputs.settings
-    grid = {"alphas": [i / s["alphas"] for i in range(1, s["alphas"] + 1)],
-            "sigmas": [i / s["sigmas"] for i in range(1, s["sigmas"] + 1)]}
-    common = {"noise": s["noise"], "threshold": s["threshold"], "samples": s["samples"], **grid}
+    common = {"noise": s["noise"], "threshold": s["threshold"], "samples": s["samples"], "alphas": s["alphas"],
+              "sigmas": s["sigmas"]}
     batches = cache_batches(inputs.test_loader(s["max_examples"]))
     values, heatmaps = [], []
     for name in inputs.refs:

@@ -99,10 +99,10 @@ class Planner:
         return {"job": job.id, "checkpoint": checkpoint}
 
     def analysis(self, kind: str, target: str, models: dict[str, dict], settings: dict, cost: float,
-                 **extra: Any) -> Job:
+                 label: str = "", **extra: Any) -> Job:
         config = {"settings": settings, "models": models, **extra}
         deps = tuple(sorted({ref["job"] for ref in models.values()}))
-        return self.add(Job(kind, f"{kind} {target}", config, deps, target, cost=cost))
+        return self.add(Job(kind, f"{kind} {target}{label}", config, deps, target, cost=cost))
 
     def build(self) -> list[Job]:
         spec = self.spec
@@ -169,8 +169,10 @@ class Planner:
         crit = settings.criticality
         if crit.enabled and (crit.targets is None or target in crit.targets):
             evaluated = min(n_test, crit.max_examples or n_test)
-            cost = 2 * 4 * (6 * crit.alphas * 4 + crit.alphas * crit.sigmas) * crit.samples * evaluated
-            self.analysis("criticality", target, chosen, crit.model_dump(mode="json"), cost)
+            grid = len(crit.alphas) * len(crit.sigmas)
+            cost = 4 * (6 * len(crit.alphas) * 4 + grid) * crit.samples * evaluated
+            for name, ref in chosen.items():  # one job per model, so that they run side by side
+                self.analysis("criticality", target, {name: ref}, crit.model_dump(mode="json"), cost, f" {name}")
 
     def _pairs(self) -> list[list[str]]:
         """P-T/P-T and RI-T/RI-T pairs of consecutive seeds, and P-T/RI-T of each seed."""

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..io import write_text
-from .plan import Job, build_plan, levels
+from .plan import Job, build_plan
 from .spec import StudySpec, load_study
 from .store import STATES, Store
 
@@ -54,22 +54,16 @@ def run_study(spec: StudySpec, root: str | Path, executor, console: Console | No
         nonlocal finished
         finished += 1
         job = by_id[job_id]
-        seconds = store.seconds(job)
-        detail = f"{seconds:.1f}s" if seconds is not None else store.error(job) or ""
-        colour = "green" if state == "done" else "red"
+        if state == "skipped":
+            blocking = [by_id[d].label for d in job.deps if store.state(d) != "done"]
+            detail = f"needs {', '.join(blocking)}, which did not complete"
+        else:
+            seconds = store.seconds(job)
+            detail = f"{seconds:.1f}s" if seconds is not None else store.error(job) or ""
+        colour = {"done": "green", "skipped": "yellow"}.get(state, "red")
         console.print(f"[{finished}/{total}] {job.label} ({job.kind}) [{colour}]{state}[/] {detail}")
 
-    for wave in levels(jobs):
-        todo = [job for job in wave if store.state(job) != "done"]
-        ready = [job for job in todo if all(store.state(dep) == "done" for dep in job.deps)]
-        for job in todo:
-            if job not in ready:
-                finished += 1
-                blocking = [by_id[d].label for d in job.deps if store.state(d) != "done"]
-                console.print(f"[{finished}/{total}] {job.label} [yellow]skipped[/]: needs "
-                              f"{', '.join(blocking)} ({', '.join(sorted({store.state(d) for d in job.deps}))})")
-        if ready:
-            executor.run(root, [job.id for job in ready], announce)
+    executor.run(root, [job for job in jobs if store.state(job) != "done"], announce)
     store.write_index(jobs)
     counts = Counter(store.state(job) for job in jobs)
     console.print(f"study {spec.name}: " + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])

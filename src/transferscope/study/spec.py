@@ -61,6 +61,7 @@ class BasinSettings(Settings):
     n_segment: int = Field(20, ge=3)
     n_noise: int = Field(5, ge=1)
     recalibration_batches: int = Field(8, ge=1)
+    boundary_tol: float = Field(1e-3, gt=0, description="precision in λ of the boundary search")
     max_examples: int | None = Field(500, ge=1)
 
 
@@ -73,9 +74,11 @@ class RewindSettings(Settings):
 class CriticalitySettings(Settings):
     enabled: bool = True
     noise: Literal["absolute", "frobenius", "per_filter"] = "frobenius"
-    threshold: float = Field(1.01, gt=0)
-    alphas: int = Field(11, ge=2)
-    sigmas: int = Field(11, ge=2)
+    threshold: float = Field(1.01, gt=0, description="feasible: mean noisy loss <= threshold x loss at the end point")
+    alphas: tuple[float, ...] = Field(tuple(round(i / 11, 4) for i in range(1, 12)), min_length=1,
+                                      description="points in (0, 1] along the path (1 = end point)")
+    sigmas: tuple[float, ...] = Field(tuple(round(i / 11, 4) for i in range(1, 12)), min_length=1,
+                                      description="noise levels (relative to the module norm for noise=frobenius)")
     samples: int = Field(10, ge=1)
     max_examples: int | None = Field(512, ge=1)
     heatmap_module: str = "conv1"
