@@ -14,7 +14,6 @@ import os
 from typing import Sequence
 
 import torch
-import torchvision.transforms.functional as F
 from PIL import Image
 from rich.progress import track
 from torch import Tensor
@@ -57,6 +56,8 @@ def read_image(path: str | os.PathLike, image_size: int) -> Tensor:
             image = image.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageReadError(path, f"{type(error).__name__}: {error}") from error
+    import torchvision.transforms.functional as F  # a 3 s import: only where images are decoded
+
     image = F.center_crop(F.resize(image, image_size), image_size)
     return F.pil_to_tensor(image)
 

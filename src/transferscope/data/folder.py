@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from .domain import Domain
 from .files import IMAGENET_MEAN, IMAGENET_STD, FileImageDataset, seeded_order
@@ -37,14 +36,18 @@ def split_per_class(labels: Sequence[int], test_fraction: float, seed: int) -> t
 
 
 def image_folder_domain(root: str | os.PathLike, image_size: int = 224, test_fraction: float = 0.2, seed: int = 0,
-                        extensions: tuple[str, ...] = IMG_EXTENSIONS, name: str | None = None,
+                        extensions: tuple[str, ...] | None = None, name: str | None = None,
                         mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Domain:
     """A single-label domain from the class folders under ``root``: ``root/train`` and
     ``root/test`` when both exist (same class folders in each), else the classes under
     ``root`` split per class with ``test_fraction`` and ``seed``. Examples are stored in
     a seeded random order (see :func:`~transferscope.data.files.seeded_order`). Images:
     shorter side resized to ``image_size``, centre crop; normalised with ``mean``/``std``
-    (ImageNet's by default). ``name`` defaults to the folder's name."""
+    (ImageNet's by default). ``extensions``: torchvision's ``IMG_EXTENSIONS`` by default.
+    ``name`` defaults to the folder's name."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset  # a 3 s import
+
+    extensions = IMG_EXTENSIONS if extensions is None else extensions
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} not found")

@@ -1,6 +1,13 @@
 """The report: every figure and table of the paper for one study, as an HTML page and a
 Markdown summary."""
 
-from .page import build_report
+
+def build_report(*args, **kwargs):
+    """See :func:`transferscope.report.page.build_report` (imported on first use, so that
+    figure-writing worker processes need not load the analyses)."""
+    from .page import build_report as build
+
+    return build(*args, **kwargs)
+
 
 __all__ = ["build_report"]

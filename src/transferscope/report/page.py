@@ -6,16 +6,19 @@ missing says so instead of breaking the page."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import io
+import hashlib
+import json
+import multiprocessing
+import os
+import pickle
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import jinja2
-import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -23,9 +26,8 @@ from .. import __version__
 from ..io import write_text
 from ..study.results import collect_results
 from ..study.runner import open_study
+from .render import save_figure
 from .sections import SECTIONS
-
-matplotlib.use("Agg")
 
 
 @dataclass
@@ -41,26 +43,39 @@ class Section:
     rendered_tables: list[dict] = field(default_factory=list)
 
 
-def _save(figure: Figure, folder: Path, stem: str) -> str:
-    """Write PNG and PDF; return the PNG as base64 for embedding."""
-    folder.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    (folder / f"{stem}.png").write_bytes(buffer.getvalue())
-    figure.savefig(folder / f"{stem}.pdf")
-    return base64.b64encode(buffer.getvalue()).decode()
+def _save_all(figures: list[tuple[Figure, str]], folder: Path) -> list[str]:
+    """Write every figure (PNG + PDF), in parallel worker processes when there are
+    several cores (drawing dominates the report's time); return the PNGs as base64."""
+    workers = min(os.cpu_count() or 1, len(figures))
+    if workers < 2:
+        return [save_figure(figure, folder, stem) for figure, stem in figures]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(save_figure, pickle.dumps(figure), folder, stem) for figure, stem in figures]
+        return [future.result() for future in futures]
+
+
+def report_digest(store, jobs) -> str:
+    """What the report depends on: the state of every job, and the package version."""
+    states = sorted((job.id, store.state(job)) for job in jobs)
+    return hashlib.sha256(json.dumps([__version__, states]).encode()).hexdigest()[:16]
 
 
 def _html_table(frame: pd.DataFrame) -> str:
     return frame.to_html(classes="data", index=False, float_format=lambda v: f"{v:.4g}", na_rep="–", border=0)
 
 
-def build_report(root: str | Path) -> Path:
-    """Write ``root/report/index.html``, ``summary.md`` and ``figures/``; return the HTML path."""
+def build_report(root: str | Path, force: bool = True) -> Path:
+    """Write ``root/report/index.html``, ``summary.md`` and ``figures/``; return the HTML
+    path. With ``force=False`` an existing report is kept when no job changed state."""
     root = Path(root)
     spec, store, jobs = open_study(root)
-    tables = collect_results(spec, store, jobs)
     folder = root / "report"
+    html_path = folder / "index.html"
+    digest = report_digest(store, jobs)
+    if not force and html_path.is_file() and (folder / "digest.txt").is_file() \
+            and (folder / "digest.txt").read_text() == digest:
+        return html_path
+    tables = collect_results(spec, store, jobs)
     figures_dir = folder / "figures"
     states = Counter(store.state(job) for job in jobs)
     sections = []
@@ -70,12 +85,12 @@ def build_report(root: str | Path) -> Path:
             builder(section, tables, spec, store, jobs)
         except Exception as error:  # noqa: BLE001 - one broken section must not hide the others
             section.error = f"this section could not be drawn: {type(error).__name__}: {error}"
-        for name, figure in section.figures:
-            stem = f"{key}_{name}"
-            section.rendered_figures.append({"name": name, "name_stem": stem, "file": f"figures/{stem}.png",
-                                             "data": _save(figure, figures_dir, stem)})
         section.rendered_tables = [{"name": name, "html": _html_table(frame)} for name, frame in section.tables]
         sections.append(section)
+    drawn = [(section, name, figure, f"{section.key}_{name}") for section in sections for name, figure in section.figures]
+    images = _save_all([(figure, stem) for _, _, figure, stem in drawn], figures_dir)
+    for (section, name, _, stem), data in zip(drawn, images):
+        section.rendered_figures.append({"name": name, "name_stem": stem, "file": f"figures/{stem}.png", "data": data})
     written = {f"{f['name_stem']}.{ext}" for section in sections for f in section.rendered_figures
                for ext in ("png", "pdf")}
     for stale in figures_dir.glob("*.*"):
@@ -90,9 +105,9 @@ def build_report(root: str | Path) -> Path:
     }
     environment = jinja2.Environment(loader=jinja2.PackageLoader("transferscope.report", "templates"),
                                      autoescape=jinja2.select_autoescape(["html", "j2"]))
-    html_path = folder / "index.html"
     write_text(html_path, environment.get_template("index.html.j2").render(**context))
     write_text(folder / "summary.md", _markdown(sections, context))
+    write_text(folder / "digest.txt", digest)
     return html_path
 
 

@@ -71,7 +71,7 @@ def run_study(spec: StudySpec, root: str | Path, executor, console: Console | No
     if report:
         from ..report import build_report
 
-        path = build_report(root)
+        path = build_report(root, force=False)
         console.print(f"report: {path}")
     return dict(counts)
 
