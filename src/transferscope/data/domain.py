@@ -32,6 +32,13 @@ class Domain:
     def num_outputs(self) -> int:
         return len(self.classes)
 
+    @property
+    def image_size(self) -> int | None:
+        """Side of the (square) images, when the split knows it."""
+        if isinstance(self.train, ImageSet):
+            return int(self.train.images.shape[-1])
+        return getattr(self.train, "image_size", None)
+
     def split(self, name: str) -> ImageSet | Dataset:
         if name not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {name!r}")

@@ -51,10 +51,10 @@ def _domain(data_json: str) -> Domain:
     return load_domain(DataConfig.model_validate_json(data_json))
 
 
-def domain_of(config: TrainConfig, **unshuffled: bool) -> Domain:
-    """The run's domain (cached per process); ``unshuffled=True`` drops its block shuffle."""
-    data = config.data.model_copy(update={"block_size": None}) if unshuffled.get("unshuffled") else config.data
-    return _domain(data.model_dump_json())
+def domain_of(config: TrainConfig) -> Domain:
+    """The images of a run (cached per process); a block shuffle is not part of them but
+    of the loaders the trainer builds, so shuffled runs share the domain."""
+    return _domain(config.data.model_copy(update={"block_size": None, "shuffle_seed": 0}).model_dump_json())
 
 
 def run_of(store: Store, ref: dict) -> TrainingRun:
@@ -83,7 +83,7 @@ def _train_job(store: Store, job: Job, progress: bool) -> None:
             raise FileNotFoundError(f"pre-training saved no checkpoint at epoch {init['epoch']} ({path}); "
                                     "set the source recipe's checkpoint_every so that it does")
         config = config.model_copy(update={"init": str(path)})
-    train(config, store.job_dir(job) / "run", progress=progress)
+    train(config, store.job_dir(job) / "run", progress=progress, domain=domain_of(config))
 
 
 class AnalysisInputs:
@@ -96,7 +96,7 @@ class AnalysisInputs:
         self.refs: dict[str, dict] = job.config["models"]
         target_ref = next(ref for name, ref in self.refs.items() if name != "P")
         self.config = run_of(store, target_ref).config
-        self.domain = domain_of(self.config, unshuffled=True)
+        self.domain = domain_of(self.config)
 
     def model(self, name: str, checkpoint: str | int | None = None) -> nn.Module:
         return load_model(self.store, self.refs[name], checkpoint)

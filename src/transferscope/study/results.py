@@ -48,10 +48,12 @@ def training_tables(spec: StudySpec, store: Store, jobs: list[Job]) -> dict[str,
     if spec.shuffle.block_sizes and not swept.empty:
         tables["feature_reuse"] = feature_reuse_table(swept.rename(columns={"block": "block_size"}))
     pretrain = [job for job in jobs if job.kind == "pretrain" and store.state(job) == "done"]
-    sweep = finetuned[(finetuned["role"] == "P-T") & finetuned["permutation_seed"].isna()]
+    sweep = finetuned[(finetuned["role"] == "P-T") & finetuned["permutation_seed"].isna()
+                      & finetuned["target"].isin(spec.checkpoints.targets or [t.label for t in spec.targets])]
     if spec.checkpoints.epochs and pretrain and not sweep.empty:
         source = TrainingRun(store.job_dir(pretrain[0]) / "run").metrics
-        tables["checkpoints"] = checkpoint_table(sweep.rename(columns={"from_epoch": "checkpoint_epoch"}), source)
+        sweep = sweep.assign(from_epoch=sweep["from_epoch"].astype(int)).rename(columns={"from_epoch": "checkpoint_epoch"})
+        tables["checkpoints"] = checkpoint_table(sweep, source)
     return tables
 
 

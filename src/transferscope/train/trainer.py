@@ -98,6 +98,9 @@ class Trainer:
         if config.bf16 and self.device.type != "cuda":
             raise ValueError("bf16 autocast is for CUDA devices; set bf16=false on CPU")
         self.domain = domain or load_domain(config.data, cache_dir=cache_dir)
+        if self.domain.image_size not in (None, config.data.image_size):
+            raise ValueError(f"the domain's images are {self.domain.image_size} pixels but data.image_size is "
+                             f"{config.data.image_size}; set data.image_size to match (block sizes depend on it)")
         shuffle = block_shuffle_for(config.data)
         loader_args = dict(block_shuffle=shuffle, device=self.device, channels_last=config.channels_last,
                            num_workers=config.num_workers)

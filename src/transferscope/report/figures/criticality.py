@@ -101,12 +101,12 @@ def caption_rewind(frame: pd.DataFrame) -> str:
     for target in targets:
         part = rows if target is None else rows[rows["target"] == target]
         score = _score(part)
-        scale, unit = (100.0, "accuracy points") if score == "accuracy" else (1.0, "AUC")
+        scale, unit, digits = (100.0, "accuracy points", 1) if score == "accuracy" else (1.0, "AUC", 3)
         part = part.assign(drop=(part[f"base_{score}"] - part[score]) * scale)
         modules = list(dict.fromkeys(part["module"]))
         for name, group in part.groupby("role", sort=False):
             drops = group.groupby("module")["drop"].mean().reindex(modules)
-            listed = ", ".join(f"{module} {value:.1f}" for module, value in drops.items())
+            listed = ", ".join(f"{module} {value:.{digits}f}" for module, value in drops.items())
             where = f"{target} " if target is not None else ""
             parts.append(f"{where}{name} ({unit}): {listed} (most critical {drops.idxmax()})")
     return ("Rewinding one module to its initial value while the others keep their trained values "

@@ -71,9 +71,11 @@ def caption_feature_reuse(table: pd.DataFrame) -> str:
         frame = frame.set_index("block_size")
         order = [b for b in block_order(frame.index)]
         first, last = order[0], order[-1]
-        parts.append(f"{target}: P-T − RI-T relative drop {frame.loc[first, 'final_score_relative_drop']:.0f}% "
-                     f"unshuffled, {frame.loc[last, 'final_score_relative_drop']:.0f}% at block {last}; "
-                     f"speed drop {frame.loc[last, 'optimization_speed_relative_drop']:.0f}% at block {last}")
+        parts.append(f"{target}: 100·(P-T − RI-T)/P-T of the final score is "
+                     f"{frame.loc[first, 'final_score_relative_drop']:.0f}% unshuffled and "
+                     f"{frame.loc[last, 'final_score_relative_drop']:.0f}% at block {last}; of the optimization speed "
+                     f"{frame.loc[first, 'optimization_speed_relative_drop']:.0f}% unshuffled and "
+                     f"{frame.loc[last, 'optimization_speed_relative_drop']:.0f}% at block {last}")
     return ("The paper found that P-T keeps an advantage over RI-T even on fully shuffled images, above all in "
             "optimization speed, so part of what transfers is low-level statistics, not feature reuse; the "
             "final-performance gap shrinks as blocks get smaller, most for targets close to the source. Here: "
