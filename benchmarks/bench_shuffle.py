@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
 import torch
 from torch.nn import functional as F
@@ -84,8 +85,8 @@ def main() -> None:
             shuffle = BlockShuffle(block_size, seed=1)
             if not torch.equal(shuffle(images), per_image_unfold(images, shuffle)):
                 raise AssertionError(f"outputs differ for block size {block_size} on {tuple(images.shape)}")
-            gather = seconds(lambda: shuffle(images), args.repeats, device)
-            unfold = seconds(lambda: per_image_unfold(images, shuffle), args.repeats, device)
+            gather = seconds(partial(shuffle, images), args.repeats, device)
+            unfold = seconds(partial(per_image_unfold, images, shuffle), args.repeats, device)
             print(f"{f'{n}x{c}x{size}x{size}':>18} {block_size!s:>6} {n / gather:>14,.0f} {n / unfold:>14,.0f} "
                   f"{unfold / gather:>7.1f}x")
 

@@ -383,6 +383,6 @@ def test_largest_feasible_search_finds_the_prefix_end(size):
     for low in range(-1, size):
         for last in range(low, size):  # indices <= last are feasible
             probed = []
-            found = _largest_feasible(lambda i: probed.append(i) or i <= last, low, size)
+            found = _largest_feasible(lambda i, probed=probed, last=last: probed.append(i) or i <= last, low, size)
             assert found == last and all(low < i < size for i in probed)
             assert len(probed) <= 2 * math.ceil(math.log2(size + 1)) + 1

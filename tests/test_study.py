@@ -267,6 +267,16 @@ def test_other_executors_run_the_jobs(tmp_path, executor):
         assert any((tmp_path / "out" / "slurm").iterdir())
 
 
+def test_slurm_executor_without_slurm_says_so_and_runs_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(_train_only()))
+    result = CliRunner().invoke(app, ["run", str(study), "--out", str(tmp_path / "out"), "--executor", "slurm"])
+    assert result.exit_code != 0
+    assert "sbatch" in result.output and "cluster=local" in result.output
+    assert not (tmp_path / "out" / "jobs").exists()
+
+
 def test_report_on_a_partial_study_says_what_is_missing(tmp_path):
     spec = StudySpec.model_validate(tiny_spec())
 

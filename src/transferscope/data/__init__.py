@@ -12,5 +12,6 @@ from .synthetic import SYNTHETIC_DOMAINS, synthetic_domain
 from .tensors import ImageLoader, ImageSet, random_crop_flip
 
 __all__ = [
-    "SYNTHETIC_DOMAINS", "save_preview", "synthetic_domain", "BlockShuffle", "Domain", "FileImageDataset", "ImageReadError", "block_shuffle_for", "chexpert_domain",
-    "chexpert_targets", "domainnet_domain", "image_folder_domain", "load_domain", "read_image", "to_image_set", "ImageLoader", "ImageSet", "random_crop_flip"]
+    "SYNTHETIC_DOMAINS", "BlockShuffle", "Domain", "FileImageDataset", "ImageLoader", "ImageReadError", "ImageSet",
+    "block_shuffle_for", "chexpert_domain", "chexpert_targets", "domainnet_domain", "image_folder_domain",
+    "load_domain", "random_crop_flip", "read_image", "save_preview", "synthetic_domain", "to_image_set"]

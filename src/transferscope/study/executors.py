@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Literal
@@ -64,7 +65,8 @@ class SlurmSettings(Settings):
     cpus_per_job: int = Field(8, ge=1)
     mem_gb: int = Field(32, ge=1)
     max_concurrent: int = Field(64, ge=1, description="cap on array tasks running at once")
-    cluster: Literal["slurm", "local", "debug"] | None = Field(None, description="None = SLURM if available")
+    cluster: Literal["slurm", "local", "debug"] = Field("slurm", description="local or debug: submitit runs the "
+                                                        "jobs here (to test a study before the cluster)")
     extra: dict[str, str] = Field(default_factory=dict, description="more slurm_* parameters for submitit")
 
 
@@ -143,6 +145,10 @@ class SlurmExecutor:
     runs them as local processes)."""
 
     def __init__(self, settings: SlurmSettings) -> None:
+        if settings.cluster == "slurm" and shutil.which("sbatch") is None:
+            raise ValueError("--executor slurm: SLURM is not available here (no sbatch on PATH); run from a login node "
+                             "of the cluster, use --executor pool on this machine, or --slurm cluster=local to try "
+                             "the submitit path with local processes")
         self.settings = settings
 
     def run(self, root: Path, jobs: list[Job], report: Report) -> None:
