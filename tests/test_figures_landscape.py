@@ -102,9 +102,7 @@ def test_basin_table_and_caption():
     study = _basin_study()
     table = basin_table(study)
     assert len(table) == 2
-    assert {"mu", "epsilon", "alpha_lo", "alpha_hi", "basin_delta", "basin_sigma", "paper_delta_values",
-            "paper_note"} <= set(table)
-    assert (table["paper_delta_values"] == PAPER_DELTAS).all()
+    assert {"mu", "epsilon", "alpha_lo", "alpha_hi", "basin_delta", "basin_sigma", "at_grid_min"} <= set(table)
     assert table["basin_sigma"].to_numpy() == pytest.approx(table["basin_delta"].to_numpy() / math.sqrt(50))
     first = study[study["pair"] == "P-T:s0|P-T:s1"].iloc[0]
     assert table.loc[0, "mu"] == first["mu"] and table.loc[0, "epsilon"] == first["epsilon"]
@@ -112,7 +110,8 @@ def test_basin_table_and_caption():
     assert PAPER_DELTAS in caption and "μ + 2ε" in caption
     for _, row in table.iterrows():
         assert f"ε {row['epsilon']:.3g}, μ {row['mu']:.3g}" in caption
-        assert f"smallest δ {row['basin_delta']:.3g}" in caption
+        bound = "≤ " if row["at_grid_min"] else ""
+        assert f"smallest δ {bound}{row['basin_delta']:.3g}" in caption
 
 
 def test_basin_table_rejects_other_frames():

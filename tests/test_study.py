@@ -172,6 +172,9 @@ def test_tiny_study_runs_every_analysis_and_reports(finished_study):
     for title in ("Fig. 2", "Fig. 3", "Sec. 3.2", "Table 1", "Table 2", "Fig. 4", "Definition 3.1", "Fig. 5",
                   "Fig. 6", "Fig. 7", "spectra"):
         assert title in html, title
+    assert "<td>P-T&amp;P-T</td>" in html  # Table 1 rows keep their pair labels
+    summary = (folder / "report" / "summary.md").read_text()
+    assert "| P-T&P-T " in summary and "| real " in summary  # and so do Table 1 and 2 in the summary
     figures = {p.name for p in (folder / "report" / "figures").glob("*.png")}
     assert len(figures) >= 12
     assert {p.stem for p in (folder / "report" / "figures").glob("*.pdf")} == {Path(f).stem for f in figures}

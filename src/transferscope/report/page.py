@@ -60,8 +60,14 @@ def report_digest(store, jobs) -> str:
     return hashlib.sha256(json.dumps([__version__, states]).encode()).hexdigest()[:16]
 
 
+def _with_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """A named index (the pairs of Table 1, the targets of Table 2) as leading columns."""
+    return frame.reset_index() if any(name is not None for name in frame.index.names) else frame
+
+
 def _html_table(frame: pd.DataFrame) -> str:
-    return frame.to_html(classes="data", index=False, float_format=lambda v: f"{v:.4g}", na_rep="–", border=0)
+    return _with_labels(frame).to_html(classes="data", index=False, float_format=lambda v: f"{v:.4g}", na_rep="–",
+                                       border=0)
 
 
 def build_report(root: str | Path, force: bool = True) -> Path:
@@ -121,7 +127,7 @@ def _markdown(sections: list[Section], context: dict) -> str:
                 lines += [text, ""]
         lines += [f"![{f['name']}]({f['file']})" for f in section.rendered_figures]
         for name, frame in section.tables:
-            lines += ["", f"**{name}**", "", frame.to_markdown(index=False, floatfmt=".4g")]
+            lines += ["", f"**{name}**", "", _with_labels(frame).to_markdown(index=False, floatfmt=".4g")]
         lines.append("")
     return "\n".join(lines)
 
