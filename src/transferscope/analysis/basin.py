@@ -24,7 +24,10 @@ Procedure for two solutions θ_a, θ_b (S is a segment of their line, Θ(α) =
 - Boundary: walk outward from α = 1 (and from α = 0) in doubling steps
   (``initial_step``, 2·``initial_step``, …) until the loss exceeds the level
   (1 + ``threshold``)·max(ℓ(θ_a), ℓ(θ_b)); refine the crossing inside the last step
-  with Brent's method (``boundary_tol`` in α). S = [Θ(α_lo), Θ(α_hi)].
+  with Brent's method (``boundary_tol`` in α). S = [Θ(α_lo), Θ(α_hi)]. Keep the
+  threshold small (default 5%) so the boundary sits at the foot of the walls: when
+  the level already exceeds μ + rise·ε, conditions 2 and 3 hold for every δ > 0 and
+  the δ found is only the smallest of the grid (the report marks it "≤").
 - μ and ε: the uniform expectation over S by the midpoint rule on ``n_segment``
   evenly spaced α in [α_lo, α_hi]; ε = mean |ℓ − μ|, the smallest ε that satisfies
   condition 1.
@@ -84,7 +87,7 @@ def basin_along(
     n: int,
     distance: float,
     *,
-    threshold: float = 0.5,
+    threshold: float = 0.05,
     sigmas: Sequence[float] = DEFAULT_SIGMAS,
     n_segment: int = 20,
     n_noise: int = 10,
@@ -159,7 +162,7 @@ def basin(
     model_b: nn.Module,
     loader: Batches,
     *,
-    threshold: float = 0.5,
+    threshold: float = 0.05,
     sigmas: Sequence[float] = DEFAULT_SIGMAS,
     n_segment: int = 20,
     n_noise: int = 10,

@@ -94,9 +94,9 @@ def mistakes(section, tables, spec, store, jobs) -> None:
         indices = sorted(set(chosen["index"]))
         images, labels, classes = _test_images(spec.target(target).data, indices)
         position = {index: i for i, index in enumerate(indices)}
-        by_category = {f"{category} ({a if category == 'only_a' else b if category == 'only_b' else 'both'} wrong)":
-                       [position[i] for i in chosen[chosen["category"] == category]["index"]]
-                       for category in ("common", "only_a", "only_b")}
+        row_titles = {"common": "both wrong", "only_a": f"only {a}\nwrong", "only_b": f"only {b}\nwrong"}
+        by_category = {title: [position[i] for i in chosen[chosen["category"] == category]["index"]]
+                       for category, title in row_titles.items()}
         section.figures.append(("examples", mistake_figures.plot_mistake_examples(
             images, by_category, classes, labels, title=f"{target}: mistakes of {a} and {b}")))
     columns = ["target", "model_a", "model_b", "common_fraction", "only_a_fraction", "only_b_fraction",

@@ -55,7 +55,7 @@ class InterpolationSettings(Settings):
 
 class BasinSettings(Settings):
     enabled: bool = True
-    threshold: float = Field(0.5, gt=0, description="boundary: loss passes (1 + threshold) × the larger endpoint loss")
+    threshold: float = Field(0.05, gt=0, description="boundary: loss passes (1 + threshold) × the larger endpoint loss")
     rise: float = Field(2.0, gt=0, description="walls: conditions 2-3 ask the loss to reach μ + rise·ε")
     sigmas: tuple[float, ...] = (0.002, 0.005, 0.01, 0.02, 0.05)
     n_segment: int = Field(20, ge=3)
