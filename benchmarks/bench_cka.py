@@ -4,6 +4,12 @@ timed side by side (interleaved repeats), and its largest error against a float6
 reference computed from the stored features with Song et al.'s HSIC_1 formula.
 
     .venv/bin/python benchmarks/bench_cka.py [--width 16 --image-size 32 --examples 2000 --batch-size 256]
+    .venv/bin/python benchmarks/bench_cka.py --arch resnet18 --image-size 112 --examples 512 --batch-size 64
+
+The Gram matrices cost n·d multiply-adds per example and hooked module (n the batch,
+d the module's output size); the forward pass costs about C_in·k² per output value of
+every convolution. So the ratio is worst for narrow networks on small images with large
+batches, and falls with width, depth and batch size; the script prints both FLOP counts.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ TARGET_RATIO = 1.10
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="small_resnet", help="small_resnet or a torchvision classifier (resnet18, ...)")
     parser.add_argument("--width", type=int, default=16, help="small_resnet base width")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--examples", type=int, default=2000)
@@ -88,12 +95,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    models = {name: build_model("small_resnet", args.classes, width=args.width) for name in ("a", "b")}
+    models = {name: build_model(args.arch, args.classes, width=args.width) for name in ("a", "b")}
     images = torch.randint(0, 256, (args.examples, 3, args.image_size, args.image_size), dtype=torch.uint8)
     data = ImageSet(images, torch.randint(0, args.classes, (args.examples,)))
     loader = ImageLoader(data, args.batch_size, mean=[0.5] * 3, std=[0.25] * 3)
     n_layers = len(modules(models["a"]))
-    print(f"two small_resnet(width={args.width}) x {n_layers} modules ({n_layers ** 2} layer pairs), "
+    arch = f"small_resnet(width={args.width})" if args.arch == "small_resnet" else args.arch
+    print(f"two {arch} x {n_layers} modules ({n_layers ** 2} layer pairs), "
           f"{args.examples} examples {args.image_size}x{args.image_size}, batch {args.batch_size}, "
           f"{torch.get_num_threads()} threads")
 
