@@ -40,16 +40,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=7, help="interleaved timing repeats (min and median kept)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     return parser.parse_args()
 
 
 @torch.no_grad()
 def bare_forward(models: dict[str, torch.nn.Module], loader) -> None:
+    """The two forward passes alone, inputs moved to the models' device as
+    compare_representations moves them; waits for the GPU to finish."""
     for model in models.values():
         model.eval()
+    device = next(next(iter(models.values())).parameters()).device
     for inputs, _ in loader:
         for model in models.values():
-            model(inputs)
+            model(inputs.to(device))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def unbiased_hsic(K: np.ndarray, L: np.ndarray) -> float:
@@ -69,7 +75,7 @@ def numpy_reference(models: dict[str, torch.nn.Module], loader: ImageLoader) -> 
     (name_a, a), (name_b, b) = models.items()
     features: dict[tuple[str, str], np.ndarray] = {}
     handles = [module.register_forward_hook(lambda m, i, out, key=(name, layer): features.__setitem__(
-        key, out.flatten(1).double().numpy()))
+        key, out.flatten(1).double().cpu().numpy()))
         for name, model in models.items() for layer, module in modules(model).items()]
     layers_a, layers_b = list(modules(a)), list(modules(b))
     cross = np.zeros((len(layers_a), len(layers_b)))
@@ -95,7 +101,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    models = {name: build_model(args.arch, args.classes, width=args.width) for name in ("a", "b")}
+    models = {name: build_model(args.arch, args.classes, width=args.width).to(args.device) for name in ("a", "b")}
     images = torch.randint(0, 256, (args.examples, 3, args.image_size, args.image_size), dtype=torch.uint8)
     data = ImageSet(images, torch.randint(0, args.classes, (args.examples,)))
     loader = ImageLoader(data, args.batch_size, mean=[0.5] * 3, std=[0.25] * 3)
@@ -103,7 +109,7 @@ def main() -> None:
     arch = f"small_resnet(width={args.width})" if args.arch == "small_resnet" else args.arch
     print(f"two {arch} x {n_layers} modules ({n_layers ** 2} layer pairs), "
           f"{args.examples} examples {args.image_size}x{args.image_size}, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads")
+          + (f"{torch.get_num_threads()} CPU threads" if args.device == "cpu" else torch.cuda.get_device_name()))
 
     first_batch = [next(iter(loader))]
     with FlopCounterMode(display=False) as bare_flops:

@@ -18,6 +18,7 @@ from ..evaluation import cache_batches
 from ..io import write_table
 from ..models import build_model, load_into
 from ..train import TrainingRun, train
+from ..train.trainer import resolve_device
 from ..train.run_dir import checkpoint_path
 from .plan import Job
 from .store import Store
@@ -63,12 +64,14 @@ def run_of(store: Store, ref: dict) -> TrainingRun:
 
 def load_model(store: Store, ref: dict, checkpoint: str | int | None = None) -> nn.Module:
     """The model of a training job at a checkpoint (``ref["checkpoint"]`` by default),
-    in eval mode, in channels_last memory when the run trained that way."""
+    in eval mode, on the run's device (``auto``: the GPU when there is one), in
+    channels_last memory when the run trained that way."""
     run = run_of(store, ref)
     config = run.config
     model = build_model(config.model.arch, domain_of(config).num_outputs, width=config.model.width,
                         blocks=config.model.blocks)
     load_into(model, run.checkpoint(ref["checkpoint"] if checkpoint is None else checkpoint))
+    model = model.to(resolve_device(config.device))
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model.eval()
