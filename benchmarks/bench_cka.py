@@ -78,13 +78,14 @@ def numpy_reference(models: dict[str, torch.nn.Module], loader: ImageLoader) -> 
         key, out.flatten(1).double().cpu().numpy()))
         for name, model in models.items() for layer, module in modules(model).items()]
     layers_a, layers_b = list(modules(a)), list(modules(b))
+    device = next(a.parameters()).device
     cross = np.zeros((len(layers_a), len(layers_b)))
     self_a, self_b = np.zeros(len(layers_a)), np.zeros(len(layers_b))
     try:
         with eval_mode(a), eval_mode(b):
             for inputs, _ in loader:
-                a(inputs)
-                b(inputs)
+                a(inputs.to(device))
+                b(inputs.to(device))
                 grams_a = [features[(name_a, layer)] @ features[(name_a, layer)].T for layer in layers_a]
                 grams_b = [features[(name_b, layer)] @ features[(name_b, layer)].T for layer in layers_b]
                 self_a += [unbiased_hsic(K, K) for K in grams_a]

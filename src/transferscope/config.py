@@ -87,6 +87,8 @@ class TrainConfig(Settings):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     bf16: bool = Field(False, description="bf16 autocast (CUDA only)")
     channels_last: bool = False
+    deterministic: bool = Field(True, description="CUDA: deterministic cuDNN/cuBLAS kernels, so reruns and resumed "
+                                                 "runs give identical weights (CPU runs always do)")
     num_workers: int = Field(0, ge=0)
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ as an uninterrupted one.
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from contextlib import contextmanager
@@ -33,6 +34,18 @@ from .run_dir import TrainingRun, checkpoint_path
 
 class TrainingFailed(RuntimeError):
     """A run stopped (non-finite loss, bad data); its status.json says why."""
+
+
+NONFINITE_CHECK_STEPS = 25
+
+
+def use_deterministic_cuda() -> None:
+    """Deterministic cuDNN convolutions and cuBLAS products for this process: CUDA's
+    fastest kernels add in a varying order, so two runs' weights would differ in the last
+    bits (and a resumed run would not match an uninterrupted one)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,6 +108,8 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.progress = progress
         self.device = resolve_device(config.device)
+        if config.deterministic and self.device.type == "cuda":
+            use_deterministic_cuda()
         if config.bf16 and self.device.type != "cuda":
             raise ValueError("bf16 autocast is for CUDA devices; set bf16=false on CPU")
         self.domain = domain or load_domain(config.data, cache_dir=cache_dir)
@@ -219,11 +234,6 @@ class Trainer:
                 else:
                     logits = model(x)
                     loss = loss_fn(logits, y)
-            if not torch.isfinite(loss):
-                message = (f"loss became {loss.item()} at epoch {epoch}, step {step} (lr {config.lr}); "
-                           "lower the learning rate, check the data for NaN/inf values, or turn bf16 off")
-                self._status("failed", error=message, epoch=epoch)
-                raise TrainingFailed(message)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -234,6 +244,15 @@ class Trainer:
                 else:
                     correct += ((logits > 0) == y.bool()).float().mean(1).sum()
             seen += len(x)
+            # A NaN/inf loss stays in the running sum; reading it waits for the GPU, so on CUDA
+            # look every NONFINITE_CHECK_STEPS steps (the failed run's weights are never saved).
+            if (self.device.type == "cpu" or (step + 1) % NONFINITE_CHECK_STEPS == 0
+                    or step == len(self.train_loader) - 1) and not torch.isfinite(loss_sum):
+                where = f"step {step}" if self.device.type == "cpu" else f"step {step} or earlier"
+                message = (f"loss became {loss_sum.item()} at epoch {epoch}, {where} (lr {config.lr}); "
+                           "lower the learning rate, check the data for NaN/inf values, or turn bf16 off")
+                self._status("failed", error=message, epoch=epoch)
+                raise TrainingFailed(message)
             if bar is not None and (step % 10 == 0 or seen == len(self.train_loader) * config.batch_size):
                 done_before = (epoch - self.first_epoch) * len(self.train_loader) * config.batch_size
                 bar.update(task, completed=done_before + seen, description=f"{self.out_dir.name} epoch {epoch}/{config.epochs} "
