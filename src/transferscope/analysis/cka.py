@@ -86,16 +86,21 @@ def _median(values: Tensor) -> Tensor:
 def gram_matrix(features: Tensor, kernel: Kernel = "linear", bandwidth: float = 0.5) -> Tensor:
     """The ``n x n`` float64 Gram matrix of ``features`` ``(n, ...)`` for the linear or RBF
     kernel (module docstring). The features are centred over the examples first, in
-    float32 on CPU (float64 for float64 features or on an accelerator, where float32
-    products may run in TF32); autocast is off."""
+    float32 (float64 features stay float64) with full-precision float32 products (no
+    TF32 on GPUs, whose float64 units may be 64x slower); autocast is off."""
     features = features.detach().flatten(1)
-    dtype = torch.float64 if features.dtype == torch.float64 or features.device.type != "cpu" else torch.float32
-    with torch.autocast(features.device.type, enabled=False):
-        work = features.to(dtype)
-        # The mean as a GEMV (far faster than a column reduction on CPU); its rounding error is
-        # a row/column effect on the Gram matrix, which H.H and U-centring remove exactly.
-        centred = work - torch.full((len(work),), 1 / len(work), dtype=dtype, device=work.device) @ work
-        gram = (centred @ centred.T).double()
+    dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.autocast(features.device.type, enabled=False):
+            work = features.to(dtype)
+            # The mean as a GEMV (far faster than a column reduction on CPU); its rounding error is
+            # a row/column effect on the Gram matrix, which H.H and U-centring remove exactly.
+            centred = work - torch.full((len(work),), 1 / len(work), dtype=dtype, device=work.device) @ work
+            gram = (centred @ centred.T).double()
+    finally:
+        torch.set_float32_matmul_precision(precision)
     if kernel == "linear":
         return gram
     norms = gram.diagonal()
