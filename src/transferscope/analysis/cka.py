@@ -27,7 +27,7 @@ computes CKA on all ``n`` examples at once. Values are never clipped: HSIC_1 can
 CKA negative.
 
 Numerics: features are centred over the examples in float32 (float64 when they are
-float64, or on an accelerator) before their Gram matrix is taken, which changes neither
+float64; never TF32 on a GPU) before their Gram matrix is taken, which changes neither
 the centred Gram matrix nor pairwise distances but removes the cancellation of large
 means; everything after the Gram matrix is float64.
 """
