@@ -225,9 +225,9 @@ def interpolate(
     ``recalibration_batches`` batches of ``recalibration_loader`` (None = all), also
     cached once. ``batched``: evaluate ``vmap_chunk`` values of α per forward pass
     with ``torch.func.vmap`` (BatchNorm in eval mode only); "auto" turns it on when
-    the model is on CUDA, small (VMAP_MAX_PARAMETERS) and the BN mode allows it. The caller's models are never
-    modified. Returns one row per α: ``alpha, split, loss, accuracy|auc, n, bn,
-    recalibration_batches, batched``.
+    the model is on CUDA, has at most ``VMAP_MAX_PARAMETERS`` parameters and the BN
+    mode allows it. The caller's models are never modified. Returns one row per α:
+    ``alpha, split, loss, accuracy|auc, n, bn, recalibration_batches, batched``.
     """
     values = _check_alphas(alphas)
     if batched not in (True, False, "auto"):
@@ -240,7 +240,7 @@ def interpolate(
                          "use batched=False, or bn='interpolate' or 'keep_a'")
     use_vmap = batched is True or (batched == "auto" and path.bn_mode in EVAL_MODE_BN
                                    and model_device(model_a).type == "cuda"
-                                   and sum(p.numel() for p in model_a.parameters()) <= VMAP_MAX_PARAMETERS)
+                                   and path.n_parameters <= VMAP_MAX_PARAMETERS)
     batches = cache_batches(loader, max_examples)
     if use_vmap:
         results = _evaluate_batched(path, values, batches, vmap_chunk)
