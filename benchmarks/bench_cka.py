@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from transferscope.analysis.cka import compare_representations
 from transferscope.data import ImageLoader, ImageSet
-from transferscope.evaluation import eval_mode
+from transferscope.evaluation import eval_mode, model_device
 from transferscope.models import build_model, modules
 
 TARGET_RATIO = 1.10
@@ -50,7 +50,7 @@ def bare_forward(models: dict[str, torch.nn.Module], loader) -> None:
     compare_representations moves them; waits for the GPU to finish."""
     for model in models.values():
         model.eval()
-    device = next(next(iter(models.values())).parameters()).device
+    device = model_device(next(iter(models.values())))
     for inputs, _ in loader:
         for model in models.values():
             model(inputs.to(device))
@@ -78,7 +78,7 @@ def numpy_reference(models: dict[str, torch.nn.Module], loader: ImageLoader) -> 
         key, out.flatten(1).double().cpu().numpy()))
         for name, model in models.items() for layer, module in modules(model).items()]
     layers_a, layers_b = list(modules(a)), list(modules(b))
-    device = next(a.parameters()).device
+    device = model_device(a)
     cross = np.zeros((len(layers_a), len(layers_b)))
     self_a, self_b = np.zeros(len(layers_a)), np.zeros(len(layers_b))
     try:
