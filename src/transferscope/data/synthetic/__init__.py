@@ -56,10 +56,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..io import atomic_path
-from .chexpert import LABELS as XRAY_LABELS
-from .domain import Domain
-from .tensors import ImageSet
+from ...io import atomic_path
+from ..chexpert import LABELS as XRAY_LABELS
+from ..domain import Domain
+from ..tensors import ImageSet
 
 GENERATOR_VERSION = 1
 SYNTHETIC_DOMAINS = ("source", "real", "clipart", "sketch", "xray")
