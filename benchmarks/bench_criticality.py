@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from transferscope.analysis.criticality import criticality, criticality_value
+from transferscope.analysis.module_criticality import criticality, criticality_value
 from transferscope.evaluation import loss_fn
 from transferscope.models import build_model
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from transferscope.analysis.criticality import (
+from transferscope.analysis.module_criticality import (
     criticality,
     criticality_value,
     network_criticality,
@@ -378,7 +378,7 @@ def test_clear_errors(resnets):
 
 @pytest.mark.parametrize("size", [1, 2, 5, 11])
 def test_largest_feasible_search_finds_the_prefix_end(size):
-    from transferscope.analysis.criticality import _largest_feasible
+    from transferscope.analysis.module_criticality import _largest_feasible
 
     for low in range(-1, size):
         for last in range(low, size):  # indices <= last are feasible

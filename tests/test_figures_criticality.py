@@ -7,7 +7,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from transferscope.analysis.criticality import criticality, criticality_value, network_criticality
+from transferscope.analysis.module_criticality import criticality, criticality_value, network_criticality
 from transferscope.analysis.rewind import rewind
 from transferscope.models import build_model
 from transferscope.report.figures.criticality import (

@@ -8,7 +8,7 @@ reaches the rest of its module."""
 from .basin import basin
 from .checkpoints import checkpoint_table
 from .cka import cka, compare_representations
-from .criticality import criticality, criticality_value, network_criticality
+from .module_criticality import criticality, criticality_value, network_criticality
 from .distance import param_distance
 from .feature_reuse import feature_reuse_table, optimization_speed, relative_drop, summarize_run
 from .interpolation import barrier, interpolate

@@ -211,7 +211,7 @@ def _rewind_job(inputs: AnalysisInputs) -> None:
 def _criticality_job(inputs: AnalysisInputs) -> None:
     """Per-module criticality (value by bisection) for the direct and optimization
     paths from θ_F and θ_opt, and the full (α, σ) grid of one module for Fig. 6."""
-    from ..analysis.criticality import criticality, network_criticality
+    from ..analysis.module_criticality import criticality, network_criticality
 
     s = inputs.settings
     common = {"noise": s["noise"], "threshold": s["threshold"], "samples": s["samples"], "alphas": s["alphas"],

@@ -1,8 +1,8 @@
 """Figs. 5-6 of Neyshabur, Sedghi & Zhang (2020): module rewinding and module criticality.
 
 Frames: :func:`transferscope.analysis.rewind.rewind` output (Fig. 5),
-:func:`transferscope.analysis.criticality.network_criticality` output (bars) and
-:func:`transferscope.analysis.criticality.criticality` grids (Fig. 6 heatmaps), each
+:func:`transferscope.analysis.module_criticality.network_criticality` output (bars) and
+:func:`transferscope.analysis.module_criticality.criticality` grids (Fig. 6 heatmaps), each
 with a ``model`` column (``"<role>:<tag>"`` such as ``"P-T:s0"``, ``"RI-T:s1"``) and,
 in a study, a ``target`` column.
 """
