@@ -215,3 +215,27 @@ def test_cache_batches_limit(limit, sizes, consumed):
     assert torch.equal(torch.cat([b[1] for b in cached]), y[:total])
     with pytest.raises(ValueError, match="no examples"):
         cache_batches([])
+
+
+@pytest.mark.parametrize("targets, message", [
+    (torch.tensor([0, 1, 5, 2]), r"labels run from 0 to 5, but the model has 5 outputs .*num_classes"),
+    (torch.tensor([0, -1, 2, 2]), r"labels run from -1 to 2"),
+    (torch.tensor([0.0, 1.0, 2.0, 3.0]), r"class-index targets must be int64, got torch.float32: convert them with .long\(\)"),
+    (torch.ones(4, 3), r"the targets have 3 labels but the model has 5 outputs: build the model with num_classes=3"),
+    (torch.full((4, 5), 0.5), r"multi-label targets must be 0 or 1, got 0.5"),
+    (torch.zeros(4, 5, 1), r"targets must be int64 \(N,\) class indices or float \(N, L\) 0/1 labels"),
+    (torch.zeros(3, dtype=torch.long), r"3 targets for 4 outputs"),
+])
+def test_targets_that_do_not_fit_the_outputs_are_errors(targets, message):
+    logits = torch.randn(4, 5)
+    with pytest.raises(ValueError, match=message):
+        metrics(logits, targets)
+    model = nn.Linear(2, 5)
+    with pytest.raises(ValueError, match=message):
+        evaluate(model, [(torch.randn(4, 2), targets)])
+
+
+def test_targets_that_fit_pass_the_check():
+    logits = torch.randn(4, 5)
+    assert metrics(logits, torch.tensor([0, 4, 2, 1]))["n"] == 4
+    assert "auc" in metrics(logits, torch.tensor([[0, 1, 1, 0, 1]] * 2 + [[1, 0, 0, 1, 0]] * 2).float())

@@ -128,9 +128,12 @@ def test_extrapolation_equals_manual_build(pair, data):
 def test_negative_extrapolated_variance_warns(pair, data):
     a, b = pair
     test, _ = data
-    with pytest.warns(RuntimeWarning, match="running_var.*bn='recalibrate'"):
+    with pytest.warns(RuntimeWarning) as record:
         frame = interpolate(a, b, test, [4.0], bn="interpolate")  # 4·var_b − 3·var_a < 0 somewhere
-    assert np.isnan(frame["loss"].iloc[0])
+    messages = [str(warning.message) for warning in record]
+    assert any("running_var" in m and "bn='recalibrate'" in m for m in messages)
+    assert any("at α in [4.0]" in m and "NaN or inf" in m for m in messages)
+    assert np.isnan(frame["loss"].iloc[0]) and np.isnan(frame["accuracy"].iloc[0])  # not argmax-of-NaN class 0
 
 
 def test_models_are_not_modified(pair, data):

@@ -186,3 +186,12 @@ def test_clear_errors():
     x = torch.zeros(8, 2, 1, 3)
     with pytest.raises(ValueError, match="threshold has 2 values but the targets have 3 labels"):
         mistakes(models, [(x, targets)], threshold=[0.5, 0.5])
+
+
+def test_labels_outside_the_models_classes_are_an_error():
+    models, loader, _, _ = _designed(5, 5, 5, 5, n_classes=4)
+    x, y = loader[0]
+    with pytest.raises(ValueError, match="labels run from 0 to 7, but the model has 4 outputs"):
+        mistakes(models, [(x, torch.where(y == 3, 7, y))], n_bootstrap=10)
+    with pytest.raises(ValueError, match="the targets have 3 labels but the model has 4 outputs"):
+        mistakes(models, [(x, torch.ones(len(y), 3))], n_bootstrap=10)

@@ -5,12 +5,19 @@ recalibration, and fixed evaluation subsets cached once.
 The task is read from the targets: int64 ``(N,)`` class indices -> cross-entropy and
 top-1 accuracy; float ``(N, L)`` 0/1 labels -> binary cross-entropy on logits and the
 mean over labels of the ROC AUC (CheXpert's metric, Neyshabur et al. 2020 Sec. 2).
+
+Targets are checked against the model's outputs wherever they are read (int64 labels in
+``[0, outputs)``, or one 0/1 column per output), and a model whose outputs are NaN or
+inf is an error naming it (:func:`predict`): the argmax of NaN is class 0, which would
+pass for a real prediction. :func:`metrics` scores non-finite logits as NaN.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from typing import Iterable, Iterator
+
+import math
 
 import pandas as pd
 import torch
@@ -48,9 +55,63 @@ def per_label_auc(logits: Tensor, targets: Tensor) -> list[float]:
     return [roc_auc(logits[:, j].cpu(), targets[:, j].cpu()) for j in range(targets.shape[1])]
 
 
+def check_targets(logits: Tensor, targets: Tensor) -> None:
+    """Raise ``ValueError`` when ``targets`` do not fit ``logits`` (N, outputs): class
+    indices must be int64 in ``[0, outputs)``, multi-label targets 0/1 with one column
+    per output."""
+    if logits.ndim != 2:
+        raise ValueError(f"the model's outputs must be (N, outputs) logits, got shape {tuple(logits.shape)}")
+    outputs = logits.shape[1]
+    if targets.ndim not in (1, 2):
+        raise ValueError(f"targets must be int64 (N,) class indices or float (N, L) 0/1 labels, "
+                         f"got shape {tuple(targets.shape)}")
+    if len(targets) != len(logits):
+        raise ValueError(f"{len(targets)} targets for {len(logits)} outputs: each batch must pair inputs and targets")
+    if is_multilabel(targets):
+        if targets.shape[1] != outputs:
+            raise ValueError(f"the targets have {targets.shape[1]} labels but the model has {outputs} outputs: "
+                             f"build the model with num_classes={targets.shape[1]}")
+        if not ((targets == 0) | (targets == 1)).all():
+            odd = targets[(targets != 0) & (targets != 1)][0].item()
+            raise ValueError(f"multi-label targets must be 0 or 1, got {odd}: binarise the labels "
+                             f"(class indices must be an int64 (N,) tensor)")
+        return
+    if targets.dtype != torch.int64:
+        raise ValueError(f"class-index targets must be int64, got {targets.dtype}: convert them with .long() "
+                         f"(multi-label 0/1 targets must have shape (N, L))")
+    if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= outputs):
+        raise ValueError(f"target labels run from {int(targets.min())} to {int(targets.max())}, but the model has "
+                         f"{outputs} outputs (labels 0 to {outputs - 1}): build the model with num_classes = the "
+                         f"data's number of classes, or fix the labels")
+
+
+def nonfinite_weights(model: nn.Module) -> list[str]:
+    """Names of the floating parameters and buffers of ``model`` holding NaN or inf."""
+    return [name for name, tensor in model.state_dict().items()
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+
+
+def nonfinite_error(name: str, model: nn.Module | None = None) -> ValueError:
+    """The error for a model whose outputs (or weights) are NaN or inf, naming it and
+    the non-finite weights of ``model`` when there are any."""
+    broken = nonfinite_weights(model) if model is not None else []
+    if broken:
+        cause = (f"{len(broken)} of its weight tensors hold NaN/inf (e.g. {', '.join(map(repr, broken[:3]))}): "
+                 "a diverged run or a damaged checkpoint; retrain (e.g. with a lower learning rate) or load an "
+                 "earlier checkpoint")
+    else:
+        cause = "check its weights and the inputs for NaN/inf values, or huge values that overflow"
+    return ValueError(f"{name} gives NaN or inf outputs, so its loss and accuracy would be meaningless; {cause}")
+
+
 def metrics(logits: Tensor, targets: Tensor) -> dict[str, float]:
-    """``{"loss", "accuracy"}`` or ``{"loss", "auc"}`` (mean AUC over labels with both classes)."""
+    """``{"loss", "accuracy"}`` or ``{"loss", "auc"}`` (mean AUC over labels with both
+    classes); both NaN when any logit is NaN or inf. Targets are checked with
+    :func:`check_targets`."""
     logits, targets = logits.float().cpu(), targets.cpu()
+    check_targets(logits, targets)
+    if not bool(torch.isfinite(logits).all()):
+        return {"loss": math.nan, "n": len(targets), score_name(targets): math.nan}
     out = {"loss": float(loss_fn(logits, targets)), "n": len(targets)}
     if is_multilabel(targets):
         aucs = torch.tensor(per_label_auc(logits, targets), dtype=torch.float64)
@@ -83,20 +144,29 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Batches) -> tuple[Tensor, Tensor]:
-    """Logits and targets of ``model`` (in eval mode, mode restored) over all batches."""
+def predict(model: nn.Module, batches: Batches, name: str | None = None,
+            allow_nonfinite: bool = False) -> tuple[Tensor, Tensor]:
+    """Logits and targets of ``model`` (in eval mode, mode restored) over all batches.
+    Targets are checked with :func:`check_targets`; NaN or inf outputs raise
+    ``ValueError`` naming the model (``name``, default its class) unless
+    ``allow_nonfinite``."""
     device = model_device(model)
     logits, targets = [], []
     with eval_mode(model):
         for x, y in batches:
             logits.append(model(x.to(device)).float().cpu())
             targets.append(y.cpu())
+            check_targets(logits[-1], targets[-1])
+            if not allow_nonfinite and not bool(torch.isfinite(logits[-1]).all()):
+                raise nonfinite_error(name or f"the model ({type(model).__name__})", model)
     return torch.cat(logits), torch.cat(targets)
 
 
-def evaluate(model: nn.Module, batches: Batches) -> dict[str, float]:
-    """Loss and accuracy (or mean AUC) of ``model`` in eval mode over ``batches``."""
-    return metrics(*predict(model, batches))
+def evaluate(model: nn.Module, batches: Batches, name: str | None = None,
+             allow_nonfinite: bool = False) -> dict[str, float]:
+    """Loss and accuracy (or mean AUC) of ``model`` in eval mode over ``batches``;
+    ``name`` and ``allow_nonfinite`` as in :func:`predict`."""
+    return metrics(*predict(model, batches, name, allow_nonfinite))
 
 
 def cache_batches(batches: Batches, max_examples: int | None = None) -> list[tuple[Tensor, Tensor]]:

@@ -44,6 +44,8 @@ from transferscope.evaluation import (
     has_batchnorm,
     metrics,
     model_device,
+    nonfinite_error,
+    nonfinite_weights,
     recalibrate_batchnorm,
 )
 
@@ -104,6 +106,9 @@ class LinearPath:
     def __init__(self, model_a: nn.Module, model_b: nn.Module, bn: str = "auto",
                  recalibration_loader: Batches | None = None, recalibration_batches: int | None = None) -> None:
         check_same_architecture(model_a, model_b)
+        for name, model in (("model_a", model_a), ("model_b", model_b)):
+            if nonfinite_weights(model):
+                raise nonfinite_error(name, model)
         self.bn_mode = resolve_bn_mode(model_a, bn, recalibration_loader is not None)
         self.recalibration_batches = recalibration_batches if self.bn_mode == "recalibrate" else None
         self.recalibration_data = None
@@ -161,8 +166,9 @@ class LinearPath:
         return self.model
 
     def evaluate(self, alpha: float, batches: Batches, noise: Tensor | None = None) -> dict[str, float]:
-        """Loss and accuracy (or mean AUC) at Θ(α) (+ noise) over ``batches``."""
-        return evaluate(self.load(alpha, noise), batches)
+        """Loss and accuracy (or mean AUC) at Θ(α) (+ noise) over ``batches``; NaN when
+        the outputs there are NaN or inf (far along the path, the weights can overflow)."""
+        return evaluate(self.load(alpha, noise), batches, allow_nonfinite=True)
 
     def stacked(self, alphas: Sequence[float]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Parameters and floating buffers at every α, each with a leading α axis."""
@@ -204,6 +210,15 @@ def _check_alphas(alphas: Iterable[float]) -> list[float]:
     return values.tolist()
 
 
+def _warn_nonfinite(alphas: Sequence[float], results: Sequence[dict]) -> None:
+    """Warn naming the α whose loss is NaN or inf (their loss and score are reported as such)."""
+    bad = [alpha for alpha, result in zip(alphas, results) if not np.isfinite(result["loss"])]
+    if bad:
+        warnings.warn(f"at α in {bad} the interpolated model's outputs or loss are NaN or inf (the weights are "
+                      "extrapolated far from both models, or BatchNorm statistics broke); their loss and score are "
+                      "NaN or inf in the table", RuntimeWarning, stacklevel=3)
+
+
 def interpolate(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -226,7 +241,9 @@ def interpolate(
     cached once. ``batched``: evaluate ``vmap_chunk`` values of α per forward pass
     with ``torch.func.vmap`` (BatchNorm in eval mode only); "auto" turns it on when
     the model is on CUDA, has at most ``VMAP_MAX_PARAMETERS`` parameters and the BN
-    mode allows it. The caller's models are never modified. Returns one row per α:
+    mode allows it. A model with NaN or inf weights is an error; an α whose outputs
+    are NaN or inf (far outside [0, 1]) gets a NaN loss and score and a RuntimeWarning.
+    The caller's models are never modified. Returns one row per α:
     ``alpha, split, loss, accuracy|auc, n, bn, recalibration_batches, batched``.
     """
     values = _check_alphas(alphas)
@@ -246,6 +263,7 @@ def interpolate(
         results = _evaluate_batched(path, values, batches, vmap_chunk)
     else:
         results = [path.evaluate(alpha, batches) for alpha in values]
+    _warn_nonfinite(values, results)
     settings = {"bn": path.bn_mode, "recalibration_batches": path.recalibration_batches, "batched": use_vmap}
     rows = [{"alpha": alpha, "split": split, **result, **settings} for alpha, result in zip(values, results)]
     return pd.DataFrame(rows)

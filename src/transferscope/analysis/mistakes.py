@@ -77,7 +77,7 @@ def _predict_together(models: Mapping[str, nn.Module], loader: Batches) -> tuple
     targets = []
     for x, y in loader:
         for name, model in models.items():
-            logits[name].append(predict(model, [(x, y)])[0])
+            logits[name].append(predict(model, [(x, y)], name=f"model {name!r}")[0])
         targets.append(y.cpu())
     if not targets:
         raise ValueError("the loader yielded no examples")

@@ -100,7 +100,7 @@ def rewind(
     work = copy.deepcopy(model)
     trained = copy.deepcopy(work.state_dict())
     buffers = _buffer_names(work)
-    base = {name: evaluate(work, batches) for name, batches in splits.items()}
+    base = {name: evaluate(work, batches, name="the trained model") for name, batches in splits.items()}
     rows = []
     for module, keys in groups.items():
         work.load_state_dict(trained)
@@ -111,7 +111,7 @@ def rewind(
         if bn == "recalibrate":
             recalibrate_batchnorm(work, recalibration_loader)
         for split, batches in splits.items():
-            scores = evaluate(work, batches)
+            scores = evaluate(work, batches, name=f"the model with {module!r} rewound (bn={bn!r})")
             rows.append({"module": module, "split": split,
                          **{name: value for name, value in scores.items() if name != "n"},
                          **{f"base_{name}": value for name, value in base[split].items() if name != "n"},
