@@ -12,7 +12,6 @@ import pytest
 import torch
 from matplotlib.path import Path as PolygonPath
 
-from transferscope.data import synthetic
 from transferscope.data.preview import save_preview
 from transferscope.data.synthetic import (
     POLYGONS,
@@ -20,6 +19,9 @@ from transferscope.data.synthetic import (
     SYNTHETIC_DOMAINS,
     TARGET_SHAPES,
     XRAY_PREVALENCE,
+    domains,
+    geometry,
+    render,
     synthetic_domain,
 )
 
@@ -122,7 +124,7 @@ def test_classes_are_balanced(name, num_classes, tmp_path):
 
 
 def test_xray_labels_have_the_designed_prevalences_and_correlations(tmp_path):
-    labels = synthetic._xray_targets(20_000, np.random.default_rng(0)).double()
+    labels = domains._xray_targets(20_000, np.random.default_rng(0)).double()
     prevalence = labels.mean(0)  # binomial standard error <= 0.0035
     assert torch.allclose(prevalence, torch.tensor(XRAY_PREVALENCE, dtype=torch.float64), atol=0.015)
     assert (prevalence > 0.1).all() and (prevalence < 0.5).all()
@@ -142,7 +144,7 @@ def test_cache_hit_returns_identical_tensors_without_regenerating(tmp_path, monk
     def fail(*args, **kwargs):
         raise AssertionError("a cache hit must not regenerate")
 
-    monkeypatch.setattr(synthetic, "generate_split", fail)
+    monkeypatch.setattr(domains, "generate_split", fail)
     again = make("clipart", tmp_path)
     assert torch.equal(first.train.images, again.train.images) and torch.equal(first.test.targets,
                                                                                again.test.targets)
@@ -257,10 +259,10 @@ def test_regular_triangle_matches_a_float64_reference():
                                        ("frame", 1.56 ** 2 - 0.84 ** 2), ("pill", math.pi * 0.42 ** 2 + 0.84)])
 def test_antialiased_coverage_integrates_to_the_exact_area(name, area):
     size = 256
-    X, Y = synthetic._grid(size)
+    X, Y = geometry.pixel_grid(size)
     x, y = X.expand(1, 1, size, size) * 1.2, Y.expand(1, 1, size, size) * 1.2  # object units, 1.2 = half width
     shape = {**SOURCE_SHAPES, **TARGET_SHAPES}[name]
-    coverage = synthetic._coverage(shape(x, y) / 1.2, 2.0 / size)  # image units
+    coverage = geometry.coverage(shape(x, y) / 1.2, 2.0 / size)  # image units
     measured = float(coverage.double().mean()) * 2.4 ** 2
     assert measured == pytest.approx(area, rel=2e-3)
 
@@ -269,7 +271,7 @@ def test_translate_moves_a_field_by_the_given_offset_with_y_up():
     field = torch.zeros(1, 1, 16, 16)
     field[0, 0, 8, 8] = 1.0
     pixel = 2.0 / 16
-    moved = synthetic._translate(field, torch.tensor(2 * pixel).view(1, 1, 1, 1), torch.tensor(3 * pixel).view(1, 1, 1, 1))
+    moved = geometry.translate(field, torch.tensor(2 * pixel).view(1, 1, 1, 1), torch.tensor(3 * pixel).view(1, 1, 1, 1))
     assert moved[0, 0, 5, 10] == pytest.approx(1.0) and float(moved.sum()) == pytest.approx(1.0)
 
 
@@ -277,5 +279,5 @@ def test_hsv_matches_colorsys():
     rng = np.random.default_rng(2)
     hsv = rng.uniform(0, 1, (50, 3))
     expected = np.array([colorsys.hsv_to_rgb(*row) for row in hsv])
-    got = synthetic._hsv(*(torch.tensor(hsv[:, j], dtype=torch.float32).view(-1, 1, 1, 1) for j in range(3)))
+    got = render._hsv(*(torch.tensor(hsv[:, j], dtype=torch.float32).view(-1, 1, 1, 1) for j in range(3)))
     np.testing.assert_allclose(got.view(50, 3).double().numpy(), expected, atol=1e-6)
