@@ -1,19 +1,38 @@
 """Settings, in one home: pydantic models read by the Python API, the YAML files and
-the CLI alike. Unknown keys are errors that name the key; every value is validated."""
+the CLI alike. Unknown keys are errors that name the key; every value is validated
+(float settings must be finite). :func:`load_yaml` reads a settings file (a key given
+twice is an error) and :func:`explain` turns a validation error into one line per key."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 
-BlockSize = StrictInt | Literal["*"]
+
+def check_block_size(value: Any) -> int | str:
+    """A block size is a positive int (pixels) or ``"*"`` (every scalar); anything else raises."""
+    if value == "*" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(f"block_size must be a positive int or '*', got {value!r}")
+
+
+def _check_device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N (N a GPU index) or mps, got {value!r}")
+    return value
+
+
+BlockSize = Annotated[int | Literal["*"], PlainValidator(check_block_size, json_schema_input_type=int | Literal["*"])]
+Device = Annotated[str, AfterValidator(_check_device)]
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def digest(self) -> str:
         """Content hash of the resolved settings (order-independent), 12 hex digits."""
@@ -28,19 +47,14 @@ class DataConfig(Settings):
     name: str = Field("real", description="synthetic domain (source, real, clipart, sketch, xray) or DomainNet domain")
     root: str | None = Field(None, description="data set folder (real data only)")
     image_size: int = Field(32, ge=8)
-    n_train: int | None = Field(None, ge=1, description="training examples (subsample of real data when smaller)")
+    n_train: int | None = Field(None, ge=1, description="training examples (a seeded subsample of real data when "
+                                "smaller; per class for folder)")
     n_test: int | None = Field(None, ge=1)
-    num_classes: int | None = Field(None, ge=2, description="classes of a synthetic domain")
+    num_classes: int | None = Field(None, ge=2, description="classes of a synthetic domain; folder and domainnet: "
+                                    "keep the first num_classes classes (by name / by label)")
     seed: int = Field(0, description="seed of the synthetic generator or of the real-data subsample")
     block_size: BlockSize | None = Field(None, description="block shuffle: block size in pixels or '*'; None = unshuffled")
     shuffle_seed: int = 0
-
-    @field_validator("block_size")
-    @classmethod
-    def _positive(cls, value: BlockSize | None) -> BlockSize | None:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("block_size must be a positive int or '*'")
-        return value
 
     @model_validator(mode="after")
     def _block_divides(self) -> "DataConfig":
@@ -48,6 +62,9 @@ class DataConfig(Settings):
             raise ValueError(f"block_size {self.block_size} does not divide image_size {self.image_size}")
         if self.kind != "synthetic" and not self.root:
             raise ValueError(f"data kind {self.kind!r} needs root: the folder of the data set")
+        if self.kind == "chexpert" and self.num_classes is not None:
+            raise ValueError("num_classes does not apply to data kind 'chexpert', whose labels are its five "
+                             "observations; remove num_classes")
         return self
 
 
@@ -84,7 +101,7 @@ class TrainConfig(Settings):
     checkpoint_every: int = Field(1, ge=1, description="save weights every k epochs (epoch 0 and the last always)")
     eval_batch_size: int = Field(256, ge=1)
     clean_train_examples: int | None = Field(1000, ge=1, description="train examples for the eval-mode train accuracy")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    device: Device = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
     bf16: bool = Field(False, description="bf16 autocast (CUDA only)")
     channels_last: bool = False
     deterministic: bool = Field(True, description="CUDA: deterministic cuDNN/cuBLAS kernels, so reruns and resumed "
@@ -119,3 +136,67 @@ def apply_overrides(settings: dict[str, Any], overrides: list[str]) -> dict[str,
                 raise ValueError(f"override {item!r}: {key!r} is not a section")
         node[leaf] = yaml.safe_load(raw)
     return result
+
+
+def load_yaml(path: str | Path) -> Any:
+    """The YAML document in ``path``; invalid YAML, or a key given twice in one mapping
+    (where YAML would keep the last silently), is a ``ValueError`` naming the file and line."""
+    import yaml
+
+    path = Path(path)
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                if isinstance(key, (str, int, float, bool)) and key in first_line:
+                    raise ValueError(f"{path}, line {line}: key {key!r} is given twice in one mapping (first on line "
+                                     f"{first_line[key]}); keep one")
+                first_line.setdefault(key, line)
+            return super().construct_mapping(node, deep)
+
+    try:
+        return yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {error}") from error
+
+
+def explain(error: ValidationError, model: type[BaseModel]) -> str:
+    """One line per invalid key of ``model``'s settings: ``  key.path: message``;
+    unknown keys list the allowed ones."""
+    items = error.errors()
+    lines = []
+    for item in items:
+        loc = item["loc"]
+        if item["type"] == "too_short" and any(other["loc"][:len(loc)] == loc != other["loc"] for other in items):
+            continue  # a tuple counts only its valid items: its length error follows from the ones listed
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            allowed = f"; allowed keys: {', '.join(parent.model_fields)}" if parent is not None else ""
+            message = f"unknown key{allowed}"
+        elif item["type"] == "literal_error":
+            message = f"invalid value {item.get('input')!r}; {item['msg'].lower()}"
+        lines.append(f"  {'.'.join(str(part) for part in loc)}: {message}")
+    return "\n".join(lines)
+
+
+def _model_at(model: type[BaseModel], path: tuple) -> type[BaseModel] | None:
+    """The settings model found by following ``path`` (field names, list indices) from ``model``."""
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        model = _settings_model(field.annotation) if field is not None else None
+        if model is None:
+            return None
+    return model
+
+
+def _settings_model(annotation) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((found for arg in get_args(annotation) if (found := _settings_model(arg)) is not None), None)

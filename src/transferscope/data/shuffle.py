@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..config import check_block_size
+
 
 class BlockShuffle:
     """Callable on ``(C, H, W)`` or ``(N, C, H, W)`` tensors; returns the same shape.
@@ -20,10 +22,7 @@ class BlockShuffle:
     """
 
     def __init__(self, block_size: int | str, seed: int = 0) -> None:
-        if block_size != "*" and not (isinstance(block_size, int) and not isinstance(block_size, bool)
-                                      and block_size >= 1):
-            raise ValueError(f"block_size must be a positive int or '*', got {block_size!r}")
-        self.block_size = block_size
+        self.block_size = check_block_size(block_size)
         self.seed = seed
         self._index: dict[tuple[int, int, int], Tensor] = {}
 

@@ -6,12 +6,11 @@ Unknown keys and invalid values are errors naming the key and the allowed values
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
-from ..config import BlockSize, DataConfig, ModelConfig, Settings, TrainConfig
+from ..config import BlockSize, DataConfig, ModelConfig, Settings, TrainConfig, explain, load_yaml
 
 _PER_RUN = {"data", "model", "init", "seed"}
 Recipe = create_model(
@@ -178,46 +177,10 @@ def load_study(path: str | Path) -> StudySpec:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"study file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path} is not valid YAML: {error}") from error
+    raw = load_yaml(path)
     if not isinstance(raw, dict):
         raise ValueError(f"{path} must hold a mapping of study settings at the top level")
     try:
         return StudySpec.model_validate(raw)
     except ValidationError as error:
-        raise ValueError(f"invalid study file {path}:\n{_explain(error)}") from None
-
-
-def _explain(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"])
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            parent = _model_at(StudySpec, item["loc"][:-1])
-            allowed = f"; allowed keys: {', '.join(parent.model_fields)}" if parent is not None else ""
-            message = f"unknown key{allowed}"
-        elif item["type"] == "literal_error":
-            message = f"invalid value {item.get('input')!r}; {item['msg'].lower()}"
-        lines.append(f"  {key}: {message}")
-    return "\n".join(lines)
-
-
-def _model_at(model: type[BaseModel], path: tuple) -> type[BaseModel] | None:
-    """The settings model found by following ``path`` (field names, list indices) from ``model``."""
-    for part in path:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part)
-        model = _settings_model(field.annotation) if field is not None else None
-        if model is None:
-            return None
-    return model
-
-
-def _settings_model(annotation) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    return next((found for arg in get_args(annotation) if (found := _settings_model(arg)) is not None), None)
+        raise ValueError(f"invalid study file {path}:\n{explain(error, StudySpec)}") from None
