@@ -13,12 +13,15 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from pydantic import ValidationError
 
+from transferscope.config import DataConfig
 from transferscope.data.chexpert import chexpert_domain, chexpert_targets
+from transferscope.data.domain import load_domain
 from transferscope.data.domainnet import domainnet_domain
 from transferscope.data.files import (IMAGENET_MEAN, IMAGENET_STD, FileImageDataset, ImageReadError, read_image,
                                       to_image_set)
-from transferscope.data.folder import image_folder_domain
+from transferscope.data.folder import image_folder_domain, stratified_subsample
 from transferscope.data.tensors import ImageSet
 
 SIZE = 16
@@ -353,3 +356,68 @@ def test_to_image_set_matches_items(tmp_path):
     assert inputs.shape == (3, 3, SIZE, SIZE) and targets.dtype == torch.float32 and targets.shape == (3, 5)
     with pytest.raises(ValueError, match="empty dataset"):
         to_image_set(domain.train.subset([]))
+
+
+# ---------------------------------------------------------------- settings honoured per kind
+
+
+def test_stratified_subsample_keeps_each_class_share():
+    labels = [0] * 5 + [1] * 3 + [2] * 2
+    chosen = stratified_subsample(labels, 5, seed=0)
+    assert torch.bincount(torch.tensor(labels)[chosen]).tolist() == [3, 1, 1]  # quotas 2.5, 1.5, 1: largest remainder
+    assert chosen == stratified_subsample(labels, 5, seed=0) and chosen == sorted(set(chosen))
+    assert {tuple(stratified_subsample(labels, 5, seed=s)) for s in range(5)} != {tuple(chosen)}
+    assert stratified_subsample(labels, None, 0) == stratified_subsample(labels, 10, 0) == list(range(10))
+
+
+def test_image_folder_honours_n_train_n_test_and_num_classes(tmp_path):
+    folder_fixture(tmp_path / "pets", per_class=5)  # split 0.4: 3 train and 2 test images per class
+    full = image_folder_domain(tmp_path / "pets", image_size=SIZE, test_fraction=0.4, seed=1)
+    small = image_folder_domain(tmp_path / "pets", image_size=SIZE, test_fraction=0.4, seed=1, n_train=6, n_test=3)
+    assert torch.bincount(small.train.targets).tolist() == [2, 2, 2]
+    assert torch.bincount(small.test.targets).tolist() == [1, 1, 1]
+    assert set(small.train.paths) <= set(full.train.paths) and set(small.test.paths) <= set(full.test.paths)
+    again = image_folder_domain(tmp_path / "pets", image_size=SIZE, test_fraction=0.4, seed=1, n_train=6, n_test=3)
+    assert again.train.paths == small.train.paths
+    two = image_folder_domain(tmp_path / "pets", image_size=SIZE, num_classes=2)
+    assert two.classes == ["cat", "dog"] and two.num_outputs == 2
+    assert {Path(p).parent.name for p in two.train.paths + two.test.paths} == {"cat", "dog"}
+    with pytest.raises(ValueError, match=r"num_classes 4 asked for, but .*pets has 3 class folders \(cat, dog, emu\)"):
+        image_folder_domain(tmp_path / "pets", num_classes=4)
+
+
+def test_folder_settings_reach_the_domain(tmp_path):
+    folder_fixture(tmp_path / "set" / "train", per_class=4)
+    folder_fixture(tmp_path / "set" / "test", per_class=2)
+    domain = load_domain(DataConfig(kind="folder", root=str(tmp_path / "set"), image_size=SIZE, n_train=4, n_test=2,
+                                    num_classes=2))
+    assert domain.classes == ["cat", "dog"]
+    assert torch.bincount(domain.train.targets).tolist() == [2, 2] and torch.bincount(domain.test.targets).tolist() == [1, 1]
+    everything = load_domain(DataConfig(kind="folder", root=str(tmp_path / "set"), image_size=SIZE, n_train=100))
+    assert len(everything.train) == 12 and everything.num_outputs == 3
+
+
+@pytest.mark.parametrize("layout", ["split here", "train and test"])
+def test_a_one_class_folder_is_an_error(tmp_path, layout):
+    if layout == "split here":
+        folder_fixture(tmp_path / "set", classes=("cat",), per_class=5)
+    else:
+        for split in ("train", "test"):
+            folder_fixture(tmp_path / "set" / split, classes=("cat",), per_class=2)
+    with pytest.raises(ValueError, match=r"domain 'set' has 1 class\(es\) \['cat'\].*at least two classes"):
+        image_folder_domain(tmp_path / "set", image_size=SIZE)
+
+
+def test_domainnet_honours_num_classes(tmp_path):
+    domainnet_fixture(tmp_path)
+    two = domainnet_domain(tmp_path, "real", image_size=SIZE, n_train=None, n_test=None, num_classes=2)
+    assert two.classes == ["zebra", "apple"]
+    assert len(two.train) == 8 and len(two.test) == 4 and int(two.train.targets.max()) == 1
+    assert load_domain(DataConfig(kind="domainnet", root=str(tmp_path), image_size=SIZE, num_classes=2)).num_outputs == 2
+    with pytest.raises(ValueError, match="num_classes 4 asked for, but the real split files of .* name 3 classes"):
+        domainnet_domain(tmp_path, "real", image_size=SIZE, num_classes=4)
+
+
+def test_chexpert_rejects_num_classes():
+    with pytest.raises(ValidationError, match="num_classes does not apply to data kind 'chexpert'"):
+        DataConfig(kind="chexpert", root="/data/CheXpert-v1.0-small", num_classes=3)

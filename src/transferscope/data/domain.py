@@ -28,6 +28,12 @@ class Domain:
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
 
+    def __post_init__(self) -> None:
+        if not self.multilabel and len(self.classes) < 2:
+            raise ValueError(f"domain {self.name!r} has {len(self.classes)} class(es) {self.classes}, and accuracy "
+                             "over one class means nothing: give at least two classes (an image folder needs one "
+                             "sub-folder per class)")
+
     @property
     def num_outputs(self) -> int:
         return len(self.classes)
@@ -69,7 +75,7 @@ def load_domain(config: "DataConfig", cache_dir: str | None = None) -> Domain:
         from .domainnet import domainnet_domain
 
         return domainnet_domain(config.root, config.name, image_size=config.image_size, n_train=config.n_train,
-                                n_test=config.n_test, seed=config.seed)
+                                n_test=config.n_test, num_classes=config.num_classes, seed=config.seed)
     if config.kind == "chexpert":
         from .chexpert import chexpert_domain
 
@@ -77,7 +83,8 @@ def load_domain(config: "DataConfig", cache_dir: str | None = None) -> Domain:
                                n_test=config.n_test, seed=config.seed)
     from .folder import image_folder_domain
 
-    return image_folder_domain(config.root, image_size=config.image_size, seed=config.seed)
+    return image_folder_domain(config.root, image_size=config.image_size, seed=config.seed, n_train=config.n_train,
+                               n_test=config.n_test, num_classes=config.num_classes)
 
 
 def block_shuffle_for(config: "DataConfig") -> BlockShuffle | None:

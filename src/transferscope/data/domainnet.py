@@ -75,10 +75,11 @@ def class_names(lines: Sequence[SplitLine]) -> list[str]:
 
 
 def domainnet_domain(root: str | os.PathLike, name: str, image_size: int = 224, n_train: int | None = 50_000,
-                     n_test: int | None = 50_000, seed: int = 2020, mean: Sequence[float] = IMAGENET_MEAN,
-                     std: Sequence[float] = IMAGENET_STD) -> Domain:
+                     n_test: int | None = 50_000, seed: int = 2020, num_classes: int | None = None,
+                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Domain:
     """The DomainNet domain ``name`` (e.g. real, clipart, quickdraw) under ``root``.
 
+    ``num_classes`` keeps the classes with labels ``0 .. num_classes - 1`` (None = all).
     Train and test each keep a seeded random ``n_train`` / ``n_test`` of their split
     file when larger (``None`` = all), stored in seeded random order (see
     :func:`~transferscope.data.files.seeded_order`). Images: shorter side resized to
@@ -88,6 +89,13 @@ def domainnet_domain(root: str | os.PathLike, name: str, image_size: int = 224, 
     train_lines = read_split_file(root / f"{name}_train.txt")
     test_lines = read_split_file(root / f"{name}_test.txt")
     classes = class_names(train_lines + test_lines)
+    if num_classes is not None:
+        if num_classes > len(classes):
+            raise ValueError(f"num_classes {num_classes} asked for, but the {name} split files of {root} name "
+                             f"{len(classes)} classes: lower num_classes")
+        classes = classes[:num_classes]
+        train_lines, test_lines = ([line for line in lines if line.label < num_classes]
+                                   for lines in (train_lines, test_lines))
 
     def split(lines: list[SplitLine], keep: int | None) -> FileImageDataset:
         order = seeded_order(len(lines), seed, keep).tolist()

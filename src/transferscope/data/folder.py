@@ -5,7 +5,9 @@
     <root>/test/<class>/<image>
 
 Class folders and image files are found with ``torchvision.datasets.folder``
-(``find_classes``, ``make_dataset``, ``IMG_EXTENSIONS``).
+(``find_classes``, ``make_dataset``, ``IMG_EXTENSIONS``). ``num_classes`` keeps the
+first classes in sorted order; ``n_train`` / ``n_test`` keep a seeded subsample with each
+class's share (when smaller than the split); at least two classes are required.
 """
 
 from __future__ import annotations
@@ -20,27 +22,61 @@ from .domain import Domain
 from .files import IMAGENET_MEAN, IMAGENET_STD, FileImageDataset, seeded_order
 
 
+def shuffled_classes(labels: Sequence[int], seed: int) -> list[list[int]]:
+    """The indices of each class (classes in label order), each list in a seeded random order."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.as_tensor(labels)
+    return [torch.nonzero(labels == label).flatten()[torch.randperm(int((labels == label).sum()),
+                                                                    generator=generator)].tolist()
+            for label in labels.unique().tolist()]
+
+
 def split_per_class(labels: Sequence[int], test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices of a seeded train/test split that puts ``round(test_fraction * n_c)`` of
     each class's ``n_c`` examples in test."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.as_tensor(labels)
     train, test = [], []
-    for label in labels.unique().tolist():
-        members = torch.nonzero(labels == label).flatten()
-        members = members[torch.randperm(len(members), generator=generator)].tolist()
+    for members in shuffled_classes(labels, seed):
         n_test = round(test_fraction * len(members))
         test += members[:n_test]
         train += members[n_test:]
     return train, test
 
 
+def stratified_subsample(labels: Sequence[int], keep: int | None, seed: int) -> list[int]:
+    """Sorted indices of a seeded subsample of ``keep`` examples in which each class has
+    its share of ``labels`` (quotas ``keep * n_c / n`` rounded by largest remainder);
+    all indices when ``keep`` is None or not smaller than ``len(labels)``."""
+    if keep is None or keep >= len(labels):
+        return list(range(len(labels)))
+    members = shuffled_classes(labels, seed)
+    quotas = torch.tensor([len(m) * keep / len(labels) for m in members], dtype=torch.float64)
+    take = quotas.floor().long()
+    by_remainder = torch.argsort(take - quotas, stable=True)  # largest fractional part first
+    take[by_remainder[:keep - int(take.sum())]] += 1
+    return sorted(index for chosen, k in zip(members, take.tolist()) for index in chosen[:k])
+
+
+def first_classes(classes: list[str], class_to_idx: dict[str, int], num_classes: int | None,
+                  root: Path) -> tuple[list[str], dict[str, int]]:
+    """The first ``num_classes`` of the sorted ``classes`` and their indices (all when
+    None); more than there are is an error."""
+    if num_classes is not None and num_classes > len(classes):
+        raise ValueError(f"num_classes {num_classes} asked for, but {root} has {len(classes)} class folders "
+                         f"({', '.join(classes)}): lower num_classes or add class folders")
+    kept = classes[:num_classes]
+    return kept, {c: class_to_idx[c] for c in kept}
+
+
 def image_folder_domain(root: str | os.PathLike, image_size: int = 224, test_fraction: float = 0.2, seed: int = 0,
+                        n_train: int | None = None, n_test: int | None = None, num_classes: int | None = None,
                         extensions: tuple[str, ...] | None = None, name: str | None = None,
                         mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Domain:
     """A single-label domain from the class folders under ``root``: ``root/train`` and
     ``root/test`` when both exist (same class folders in each), else the classes under
-    ``root`` split per class with ``test_fraction`` and ``seed``. Examples are stored in
+    ``root`` split per class with ``test_fraction`` and ``seed``. ``num_classes`` keeps
+    the first classes in sorted order (None = all; at least two); ``n_train`` /
+    ``n_test`` keep a :func:`stratified_subsample` of each split, seeded with ``seed``
+    (None, or more than the split holds = all). Examples are stored in
     a seeded random order (see :func:`~transferscope.data.files.seeded_order`). Images:
     shorter side resized to ``image_size``, centre crop; normalised with ``mean``/``std``
     (ImageNet's by default). ``extensions``: torchvision's ``IMG_EXTENSIONS`` by default.
@@ -63,12 +99,13 @@ def image_folder_domain(root: str | os.PathLike, image_size: int = 224, test_fra
             raise ValueError(f"class folders of {root / 'test'} differ from those of {root / 'train'}: "
                              f"missing in test {sorted(set(classes) - set(test_classes))}, "
                              f"not in train {sorted(set(test_classes) - set(classes))}")
+        classes, class_to_idx = first_classes(classes, class_to_idx, num_classes, root)
         train = make_dataset(root / "train", class_to_idx, extensions=extensions)
         test = make_dataset(root / "test", class_to_idx, extensions=extensions)
     else:
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
-        classes, class_to_idx = find_classes(root)
+        classes, class_to_idx = first_classes(*find_classes(root), num_classes, root)
         samples = make_dataset(root, class_to_idx, extensions=extensions)
         train_index, test_index = split_per_class([label for _, label in samples], test_fraction, seed)
         train, test = [samples[i] for i in train_index], [samples[i] for i in test_index]
@@ -76,9 +113,10 @@ def image_folder_domain(root: str | os.PathLike, image_size: int = 224, test_fra
             raise ValueError(f"test_fraction {test_fraction} leaves no {'test' if train else 'training'} image "
                              f"from the {len(samples)} images in {root}: {'raise' if train else 'lower'} it")
 
-    def dataset(samples: list[tuple[str, int]]) -> FileImageDataset:
+    def dataset(samples: list[tuple[str, int]], keep: int | None) -> FileImageDataset:
+        samples = [samples[i] for i in stratified_subsample([label for _, label in samples], keep, seed)]
         order = seeded_order(len(samples), seed).tolist()
         return FileImageDataset([samples[i][0] for i in order], [samples[i][1] for i in order], image_size, classes)
 
-    return Domain(name=name or root.name, train=dataset(train), test=dataset(test), classes=classes,
+    return Domain(name=name or root.name, train=dataset(train, n_train), test=dataset(test, n_test), classes=classes,
                   multilabel=False, mean=list(mean), std=list(std))
