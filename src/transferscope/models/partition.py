@@ -14,6 +14,7 @@ from typing import Sequence
 from torch import nn
 
 RESNET_MODULES = ("conv1", "layer1", "layer2", "layer3", "layer4", "fc")
+NETWORK = "network"  # row label of whole-network values beside per-module ones (criticality, distance)
 
 
 class ModuleNotFoundInModel(KeyError):
