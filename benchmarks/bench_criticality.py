@@ -97,10 +97,10 @@ def main() -> None:
     naive_total = fast_total = 0.0
     for module in args.modules:
         start = time.perf_counter()
-        grid = criticality(final, initial, evaluation, module, method="grid", cache_prefix=False, **settings)
+        grid = criticality(final, initial, evaluation, modules=[module], method="grid", cache_prefix=False, **settings)
         naive_time = time.perf_counter() - start
         start = time.perf_counter()
-        fast = criticality(final, initial, evaluation, module, method="bisection", cache_prefix=True, **settings)
+        fast = criticality(final, initial, evaluation, modules=[module], method="bisection", cache_prefix=True, **settings)
         fast_time = time.perf_counter() - start
         naive_total, fast_total = naive_total + naive_time, fast_total + fast_time
         values = [criticality_value(frame) for frame in (grid, fast)]

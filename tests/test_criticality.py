@@ -105,7 +105,7 @@ def _numpy_mlp_grid(final, initial, batches, layer, noise, alphas, sigmas, sampl
 def test_grid_matches_numpy_reference(noise):
     final, initial = _mlp_pair()
     batches = _mlp_data()
-    grid = criticality(final, initial, batches, "0", noise=noise, alphas=ALPHAS, sigmas=SIGMAS, samples=3, seed=4,
+    grid = criticality(final, initial, batches, modules=["0"], noise=noise, alphas=ALPHAS, sigmas=SIGMAS, samples=3, seed=4,
                        threshold=1.05)
     reference, base = _numpy_mlp_grid(final, initial, batches, "0", noise, ALPHAS, SIGMAS, 3, 4, 1.05)
     assert len(grid) == len(ALPHAS) * len(SIGMAS)
@@ -122,13 +122,13 @@ def test_grid_matches_numpy_reference(noise):
 
 def test_tiny_noise_at_the_end_point_is_feasible_and_scores_delta_over_sigma():
     final, initial = _mlp_pair()
-    grid = criticality(final, initial, _mlp_data(), "2", alphas=[1.0], sigmas=[1e-6], samples=2)
+    grid = criticality(final, initial, _mlp_data(), modules=["2"], alphas=[1.0], sigmas=[1e-6], samples=2)
     row = grid.iloc[0]
     assert row["feasible"] and row["loss_mean"] == pytest.approx(row["base_loss"], rel=1e-4)
     delta = sum(float((final.state_dict()[k].double() - initial.state_dict()[k].double()).pow(2).sum())
                 for k in ("2.weight", "2.bias"))
     assert criticality_value(grid) == pytest.approx(delta / 1e-12, rel=1e-9)
-    nothing = criticality(final, initial, _mlp_data(), "2", alphas=[1.0], sigmas=[1.0], samples=2, noise="absolute",
+    nothing = criticality(final, initial, _mlp_data(), modules=["2"], alphas=[1.0], sigmas=[1.0], samples=2, noise="absolute",
                           threshold=1e-3, threshold_mode="absolute")
     assert not nothing["feasible"].any() and criticality_value(nothing) == math.inf
 
@@ -137,7 +137,7 @@ def test_each_grid_point_matches_an_independent_torch_computation_with_bn(resnet
     final, initial = resnets
     batches = _image_data()
     alphas, sigmas = [0.3, 1.0], [0.05, 0.5]
-    grid = criticality(final, initial, batches, "conv1", noise="per_filter", alphas=alphas, sigmas=sigmas, samples=2,
+    grid = criticality(final, initial, batches, modules=["conv1"], noise="per_filter", alphas=alphas, sigmas=sigmas, samples=2,
                        seed=3)
     keys = module_state_keys(final)["conv1"]
     params = [k for k in keys if k in dict(final.named_parameters())]
@@ -164,7 +164,7 @@ def test_each_grid_point_matches_an_independent_torch_computation_with_bn(resnet
                                            for x, y in batches]))
             row = grid[(grid["alpha"] == alpha) & (grid["sigma"] == sigma)].iloc[0]
             assert row["loss_mean"] == pytest.approx(np.mean(losses), rel=1e-5)
-    assert (grid["bn"] == "stats-follow-path").all()
+    assert (grid["bn"] == "follow").all()
 
 
 def _count_calls(module):
@@ -179,9 +179,9 @@ def test_activation_cache_equals_full_forward_and_skips_the_prefix(resnets):
     calls = _count_calls(final.layer1)  # deep copies keep the hook: it counts the analysis' calls
     batches = _image_data(n=16)
     settings = dict(alphas=[0.2, 1.0], sigmas=[0.02, 0.2], samples=2, seed=1)
-    fast = criticality(final, initial, batches, "layer3", **settings)
+    fast = criticality(final, initial, batches, modules=["layer3"], **settings)
     fast_calls = len(calls)
-    naive = criticality(final, initial, batches, "layer3", cache_prefix=False, **settings)
+    naive = criticality(final, initial, batches, modules=["layer3"], cache_prefix=False, **settings)
     pd.testing.assert_frame_equal(fast, naive)
     assert fast_calls <= 4 * len(batches)  # base, capture and check passes only
     assert len(calls) - fast_calls >= 2 * 2 * 2 * len(batches)  # the naive grid runs layer1 at every draw
@@ -197,9 +197,9 @@ def test_activation_cache_on_torchvision_resnet():
     batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))]
     settings = dict(alphas=[0.5, 1.0], sigmas=[0.05], samples=1)
     calls = _count_calls(final.maxpool)  # between the stem and layer1, outside the partition
-    fast = criticality(final, initial, batches, "layer2", **settings)
+    fast = criticality(final, initial, batches, modules=["layer2"], **settings)
     assert len(calls) <= 4
-    naive = criticality(final, initial, batches, "layer2", cache_prefix=False, **settings)
+    naive = criticality(final, initial, batches, modules=["layer2"], cache_prefix=False, **settings)
     pd.testing.assert_frame_equal(fast, naive)
 
 
@@ -225,9 +225,42 @@ def test_activation_cache_falls_back_when_the_suffix_is_not_reproduced():
             param.add_(0.3 * torch.randn_like(param))
     settings = dict(alphas=[0.5, 1.0], sigmas=[0.1, 0.5], samples=2)
     with pytest.warns(UserWarning, match="full forward"):
-        fast = criticality(final, initial, _mlp_data(), "b", **settings)
-    naive = criticality(final, initial, _mlp_data(), "b", cache_prefix=False, **settings)
+        fast = criticality(final, initial, _mlp_data(), modules=["b"], **settings)
+    naive = criticality(final, initial, _mlp_data(), modules=["b"], cache_prefix=False, **settings)
     pd.testing.assert_frame_equal(fast, naive)
+
+
+class WideningSkip(nn.Module):
+    """As SkipOverModule, but ``a`` widens its input: on cached inputs the skip
+    connection adds tensors of different sizes and the forward raises."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.c(self.b(h) + h)
+
+
+def test_a_suffix_that_cannot_run_is_an_error_naming_its_cause():
+    torch.manual_seed(0)
+    initial = WideningSkip()
+    final = copy.deepcopy(initial)
+    settings = dict(modules=["b"], alphas=[1.0], sigmas=[0.1], samples=1)
+    with pytest.raises(RuntimeError, match="from module 'b' on its cached inputs failed.*cache_prefix=False") as raised:
+        criticality(final, initial, _mlp_data(), **settings)
+    assert "size of tensor" in str(raised.value.__cause__)
+    assert len(criticality(final, initial, _mlp_data(), cache_prefix=False, **settings)) == 1
+
+
+def test_several_modules_in_one_call_equal_one_call_each():
+    final, initial = _mlp_pair()
+    settings = dict(alphas=[0.5, 1.0], sigmas=[0.05, 0.5], samples=2)
+    both = criticality(final, initial, _mlp_data(), modules=["2", "0"], **settings)
+    each = [criticality(final, initial, _mlp_data(), modules=[module], **settings) for module in ("2", "0")]
+    pd.testing.assert_frame_equal(both, pd.concat(each, ignore_index=True))
+    assert list(criticality(final, initial, _mlp_data(), **settings)["module"].unique()) == ["0", "2"]
 
 
 def _is_monotone(grid):
@@ -245,9 +278,9 @@ def test_bisection_gives_the_grid_value_when_feasibility_is_monotone(module, thr
     batches = _mlp_data()
     sigmas = np.geomspace(1e-3, 1.0, 9)
     settings = dict(alphas=np.linspace(0, 1, 6), sigmas=sigmas, samples=4, threshold=threshold, noise="frobenius")
-    grid = criticality(final, initial, batches, module, **settings)
+    grid = criticality(final, initial, batches, modules=[module], **settings)
     assert _is_monotone(grid) and not grid["feasible"].all()
-    bisection = criticality(final, initial, batches, module, method="bisection", **settings)
+    bisection = criticality(final, initial, batches, modules=[module], method="bisection", **settings)
     assert criticality_value(bisection) == criticality_value(grid) < math.inf
     assert len(bisection) < len(grid) and (bisection["method"] == "bisection").all()
     merged = bisection.merge(grid, on=["alpha", "sigma"], suffixes=("", "_grid"))
@@ -275,10 +308,10 @@ def test_optimization_path_along_a_straight_line_equals_the_direct_path():
     batches = _mlp_data()
     middle = {k: 0.7 * initial.state_dict()[k] + 0.3 * final.state_dict()[k] for k in final.state_dict()}
     settings = dict(alphas=[0.0, 0.2, 0.3, 0.9, 1.0], sigmas=[0.05, 0.5], samples=2)
-    direct = criticality(final, initial, batches, "0", **settings)
-    two = criticality(final, initial, batches, "0", path="optimization",
+    direct = criticality(final, initial, batches, modules=["0"], **settings)
+    two = criticality(final, initial, batches, modules=["0"], path="optimization",
                       path_states=[initial.state_dict(), final.state_dict()], **settings)
-    three = criticality(final, initial, batches, "0", path="optimization",
+    three = criticality(final, initial, batches, modules=["0"], path="optimization",
                         path_states=[initial, middle, final], **settings)
     columns = ["alpha", "sigma", "loss_mean", "feasible", "measure"]
     pd.testing.assert_frame_equal(direct[columns], two[columns])
@@ -286,15 +319,15 @@ def test_optimization_path_along_a_straight_line_equals_the_direct_path():
     assert (three["path"] == "optimization").all()
     # a detour changes the losses away from the end points
     detour = {k: v + 1.0 for k, v in middle.items()}
-    bent = criticality(final, initial, batches, "0", path="optimization", path_states=[initial, detour, final],
+    bent = criticality(final, initial, batches, modules=["0"], path="optimization", path_states=[initial, detour, final],
                        **settings)
     assert not np.allclose(direct["loss_mean"], bent["loss_mean"])
     assert bent["delta_norm_sq"].iloc[0] == direct["delta_norm_sq"].iloc[0]
     # the whole run serves start="best": the path stops at the best checkpoint
     after = {k: v - 1.0 for k, v in final.state_dict().items()}
-    best = criticality(final, initial, batches, "0", path="optimization", start="best", best_state=middle,
+    best = criticality(final, initial, batches, modules=["0"], path="optimization", start="best", best_state=middle,
                        path_states=[initial, middle, final, after], **settings)
-    to_middle = criticality(final, initial, batches, "0", path="optimization", start="best", best_state=middle,
+    to_middle = criticality(final, initial, batches, modules=["0"], path="optimization", start="best", best_state=middle,
                             path_states=[initial, middle], **settings)
     pd.testing.assert_frame_equal(best, to_middle)
     assert best["delta_norm_sq"].iloc[0] < direct["delta_norm_sq"].iloc[0]
@@ -305,11 +338,11 @@ def test_start_best_uses_the_best_checkpoint():
     best, _ = _mlp_pair(seed=1)
     batches = _mlp_data()
     settings = dict(alphas=[0.5, 1.0], sigmas=[0.1], samples=2)
-    same = criticality(final, initial, batches, "0", start="best", best_state=final.state_dict(), **settings)
+    same = criticality(final, initial, batches, modules=["0"], start="best", best_state=final.state_dict(), **settings)
     pd.testing.assert_frame_equal(same.drop(columns="start"),
-                                  criticality(final, initial, batches, "0", **settings).drop(columns="start"))
-    other = criticality(final, initial, batches, "0", start="best", best_state=best, **settings)
-    reference = criticality(best, initial, batches, "0", **settings)
+                                  criticality(final, initial, batches, modules=["0"], **settings).drop(columns="start"))
+    other = criticality(final, initial, batches, modules=["0"], start="best", best_state=best, **settings)
+    reference = criticality(best, initial, batches, modules=["0"], **settings)
     assert other["base_loss"].iloc[0] == reference["base_loss"].iloc[0]
     assert np.array_equal(other["loss_mean"], reference["loss_mean"])
 
@@ -324,10 +357,10 @@ def test_noise_generator_draws():
 def test_samples_differ_and_seeds_reproduce():
     final, initial = _mlp_pair()
     settings = dict(alphas=[1.0], sigmas=[0.5], samples=4)
-    grid = criticality(final, initial, _mlp_data(), "0", seed=2, **settings)
+    grid = criticality(final, initial, _mlp_data(), modules=["0"], seed=2, **settings)
     assert grid["loss_std"].iloc[0] > 0  # four different draws
-    pd.testing.assert_frame_equal(grid, criticality(final, initial, _mlp_data(), "0", seed=2, **settings))
-    assert grid["loss_mean"].iloc[0] != criticality(final, initial, _mlp_data(), "0", seed=3, **settings)[
+    pd.testing.assert_frame_equal(grid, criticality(final, initial, _mlp_data(), modules=["0"], seed=2, **settings))
+    assert grid["loss_mean"].iloc[0] != criticality(final, initial, _mlp_data(), modules=["0"], seed=3, **settings)[
         "loss_mean"].iloc[0]
 
 
@@ -335,7 +368,7 @@ def test_models_are_unchanged(resnets):
     final, initial = resnets
     final = copy.deepcopy(final).train()
     before = copy.deepcopy(final.state_dict())
-    criticality(final, initial, _image_data(), "layer2", alphas=[0.5], sigmas=[0.1], samples=1)
+    criticality(final, initial, _image_data(), modules=["layer2"], alphas=[0.5], sigmas=[0.1], samples=1)
     assert final.training and all(m.training for m in final.modules())
     assert all(torch.equal(before[k], v) for k, v in final.state_dict().items())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in final.modules())
@@ -346,9 +379,9 @@ def test_network_criticality_sums_modules():
     batches = _mlp_data()
     settings = dict(alphas=[0.5, 1.0], sigmas=[0.01, 0.1], samples=2)
     frame = network_criticality(final, initial, batches, **settings)
-    assert list(frame["module"]) == ["0", "2", "total"]
+    assert list(frame["module"]) == ["0", "2", "network"]
     for module in ("0", "2"):
-        value = criticality_value(criticality(final, initial, batches, module, **settings))
+        value = criticality_value(criticality(final, initial, batches, modules=[module], **settings))
         assert frame.loc[frame["module"] == module, "criticality"].iloc[0] == value
     assert frame["criticality"].iloc[-1] == pytest.approx(frame["criticality"].iloc[:2].sum())
 
@@ -356,22 +389,26 @@ def test_network_criticality_sums_modules():
 def test_clear_errors(resnets):
     final, initial = resnets
     batches = _image_data()
-    with pytest.raises(KeyError, match="layer9"):
-        criticality(final, initial, batches, "layer9")
+    with pytest.raises(ValueError, match="no module named 'layer9'.*top-level modules are: conv1"):
+        criticality(final, initial, batches, modules=["layer9"])
+    with pytest.raises(ValueError, match="layer9"):
+        network_criticality(final, initial, batches, modules=["fc", "layer9"])
+    with pytest.raises(ValueError, match=r"modules=\['fc'\]"):
+        criticality(final, initial, batches, modules="fc")
     with pytest.raises(ValueError, match="path_states"):
-        criticality(final, initial, batches, "fc", path="optimization")
+        criticality(final, initial, batches, modules=["fc"], path="optimization")
     with pytest.raises(ValueError, match="best_state"):
-        criticality(final, initial, batches, "fc", start="best")
+        criticality(final, initial, batches, modules=["fc"], start="best")
     with pytest.raises(ValueError, match="noise must be one of"):
-        criticality(final, initial, batches, "fc", noise="gaussian")
+        criticality(final, initial, batches, modules=["fc"], noise="gaussian")
     with pytest.raises(ValueError, match="sigmas"):
-        criticality(final, initial, batches, "fc", sigmas=[0.0, 0.5])
-    with pytest.raises(ValueError, match="start at model_initial"):
-        criticality(final, initial, batches, "fc", path="optimization", path_states=[final, final])
+        criticality(final, initial, batches, modules=["fc"], sigmas=[0.0, 0.5])
+    with pytest.raises(ValueError, match="start at initial"):
+        criticality(final, initial, batches, modules=["fc"], path="optimization", path_states=[final, final])
     with pytest.raises(ValueError, match="reach the end point"):
-        criticality(final, initial, batches, "fc", path="optimization", path_states=[initial, initial])
+        criticality(final, initial, batches, modules=["fc"], path="optimization", path_states=[initial, initial])
     with pytest.raises(ValueError, match="shape"):
-        criticality(final, build_model("small_resnet", 9, width=8), batches, "fc")
+        criticality(final, build_model("small_resnet", 9, width=8), batches, modules=["fc"])
     with pytest.raises(ValueError, match="several modules"):
         criticality_value(pd.DataFrame({"module": ["a", "b"], "feasible": [True, True], "measure": [1.0, 2.0]}))
 

@@ -92,8 +92,8 @@ def test_rewind_and_criticality_on_cuda_equal_cpu(toy_domain):
     initial, final = _models()
     batches = _batches(toy_domain)
     grid = {"alphas": [0.5, 1.0], "sigmas": [0.05, 0.2, 0.5], "samples": 2, "threshold": 1.05}
-    on_cpu = criticality(final, initial.state_dict(), batches, "layer1", **grid)
-    on_gpu = criticality(copy.deepcopy(final).cuda(), initial.state_dict(), batches, "layer1", **grid)
+    on_cpu = criticality(final, initial.state_dict(), batches, modules=["layer1"], **grid)
+    on_gpu = criticality(copy.deepcopy(final).cuda(), initial.state_dict(), batches, modules=["layer1"], **grid)
     np.testing.assert_allclose(on_gpu["loss_mean"], on_cpu["loss_mean"], rtol=1e-4)
     rewound_cpu = rewind(final, initial.state_dict(), {"test": batches})
     rewound_gpu = rewind(copy.deepcopy(final).cuda(), initial.state_dict(), {"test": batches})

@@ -109,7 +109,7 @@ def test_caption_criticality_states_network_values(criticality_frame):
     caption = caption_criticality(criticality_frame)
     rows = criticality_frame[(criticality_frame["model"] == "RI-T:s0") & (criticality_frame["path"] == "direct")
                              & (criticality_frame["start"] == "final")]
-    total = rows.loc[rows["module"] == "total", "criticality"].iloc[0]
+    total = rows.loc[rows["module"] == "network", "criticality"].iloc[0]
     assert f"RI-T network {total:.3g}" in caption
     assert "direct path from θ_F" in caption and "optimization path from θ_opt" in caption
 
@@ -118,7 +118,7 @@ def test_plot_criticality_heatmaps():
     pretrained, _ = _mlp_models()
     final = _perturbed(pretrained, 0.05, seed=3)
     middle = _perturbed(pretrained, 0.02, seed=4)
-    grids = [criticality(final, pretrained, _mlp_batches(), "2", path=path, start=end, best_state=final,
+    grids = [criticality(final, pretrained, _mlp_batches(), modules=["2"], path=path, start=end, best_state=final,
                          path_states=[pretrained, middle, final], **SETTINGS)
              for path in ("direct", "optimization") for end in ("final", "best")]
     figure = plot_criticality_heatmaps(grids)

@@ -32,11 +32,11 @@ Noise, per tensor W of module i (``noise``); W^F is its end value, θ_i^F the mo
 - ``"per_filter"``: std σ · ‖W^F[j]‖ / √numel(W^F[j]) for output filter j (index on
   dim 0; the filters of a 1-D tensor are its entries).
 
-BatchNorm (``bn="stats-follow-path"``): the module's BN affine parameters are
-parameters like any other (they move along the path, get noise and count in the
-norm); its running statistics move along the path but get no noise and do not count
-in the norm; integer buffers stay at the end value. The network is evaluated in eval
-mode.
+BatchNorm (``bn`` column ``"follow"``, the one mode here): the module's BN affine
+parameters are parameters like any other (they move along the path, get noise and
+count in the norm); its running statistics follow the path but get no noise and do not
+count in the norm; integer buffers stay at the end value. The network is evaluated in
+eval mode.
 
 Randomness: the noise of grid point (α index a, σ index s, sample k) comes from a
 fresh ``torch.Generator`` seeded by ``SeedSequence(seed, spawn_key=(a, s, k))``
@@ -45,8 +45,9 @@ bisection see the same draws (the TensorFlow reference consumed one generator).
 
 Cost: the modules that run before module i never change, so their output (the input
 of module i) is computed once and each evaluation runs module i and the rest of the
-network only (``cache_prefix``; checked against the full forward at a perturbed point
-before use, full forward otherwise). ``method="bisection"`` returns the value
+network only (:class:`transferscope.cached_prefix.CachedPrefixEvaluator`; checked
+against the full forward at a perturbed point before use, full forward otherwise).
+``method="bisection"`` returns the value
 without the heatmap: for each α (ascending) it searches the σ grid for the largest
 feasible σ (steps of 1, 2, 4, … up from the bottom, then bisection), assuming
 feasibility is monotone in σ (the feasible σ form an interval starting at the
@@ -61,6 +62,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Mapping, Sequence
 
@@ -69,8 +71,10 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..evaluation import Batches, cache_batches, loss_fn, model_device
-from ..models import module_state_keys
+from ..cached_prefix import CachedPrefixEvaluator
+from ..evaluation import Batches, cache_batches
+from ..models import NETWORK, module_state_keys
+from ..models.partition import ModuleNotFoundInModel
 from .rewind import ModelOrState, as_state_dict, check_state
 
 DEFAULT_GRID = tuple(np.arange(1, 12) / 11)  # 11 points in (0, 1]
@@ -79,8 +83,10 @@ STARTS = ("final", "best")
 NOISES = ("absolute", "frobenius", "per_filter")
 THRESHOLD_MODES = ("relative", "absolute")
 METHODS = ("grid", "bisection")
-BN_HANDLING = "stats-follow-path"
-CHECK_TOLERANCE = 1e-5
+BN_MODE = "follow"  # running statistics move with the module along the path (module docstring)
+POINT_COLUMNS = ["module", "alpha", "sigma", "loss_mean", "loss_std", "n_samples", "feasible", "measure"]
+SETTING_COLUMNS = ["path", "start", "noise", "threshold", "threshold_mode", "samples", "seed", "method", "split",
+                   "n_examples", "bn", "delta_norm_sq", "base_loss", "loss_limit"]
 
 State = dict[str, Tensor]
 
@@ -158,121 +164,14 @@ def _largest_feasible(feasible: Callable[[int], bool], low: int, high: int) -> i
     return low
 
 
-def _clone(value: Any) -> Any:
-    return value.detach().clone() if isinstance(value, Tensor) else value
-
-
-class _PassThrough(nn.Module):
-    """Stands in for a module whose output is cached: returns its first input unchanged."""
-
-    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: ARG002
-        return x
-
-
-class _Evaluator:
-    """Mean loss of ``model`` (eval mode) over fixed batches with its current weights.
-
-    After :meth:`cache_prefix`, only module ``start`` and what runs after it are
-    computed: ``start`` receives its inputs captured once, and the modules that ran
-    (every time) before it are swapped for pass-throughs during the forward.
-    """
-
-    def __init__(self, model: nn.Module, batches: Batches) -> None:
-        self.model = model
-        device = model_device(model)
-        self.batches = [(x.to(device), y.to(device)) for x, y in batches]
-        self.n = sum(len(y) for _, y in self.batches)
-        self.start: nn.Module | None = None
-        self.inputs: list[tuple[tuple, dict]] = []
-        self.prefix: list[str] = []
-
-    def full_logits(self) -> list[Tensor]:
-        return [self.model(x) for x, _ in self.batches]
-
-    def suffix_logits(self) -> list[Tensor]:
-        assert self.start is not None
-        batch = [0]
-
-        def feed(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:  # noqa: ARG001
-            cached_args, cached_kwargs = self.inputs[batch[0]]
-            return tuple(map(_clone, cached_args)), {name: _clone(v) for name, v in cached_kwargs.items()}
-
-        handle = self.start.register_forward_pre_hook(feed, with_kwargs=True)
-        originals = {name: self.model.get_submodule(name) for name in self.prefix}
-        try:
-            for name in self.prefix:
-                self._set(name, _PassThrough())
-            logits = []
-            for index, (x, _) in enumerate(self.batches):
-                batch[0] = index
-                logits.append(self.model(x))
-            return logits
-        finally:
-            handle.remove()
-            for name, module in originals.items():
-                self._set(name, module)
-
-    def logits(self) -> list[Tensor]:
-        return self.suffix_logits() if self.start is not None else self.full_logits()
-
-    def mean_loss(self, logits: list[Tensor]) -> float:
-        total = sum(float(loss_fn(out.float(), y, reduction="none").double().sum())
-                    for out, (_, y) in zip(logits, self.batches))
-        return total / self.n
-
-    def loss(self) -> float:
-        return self.mean_loss(self.logits())
-
-    def _set(self, name: str, module: nn.Module) -> None:
-        parent, _, child = name.rpartition(".")
-        setattr(self.model.get_submodule(parent), child, module)
-
-    def cache_prefix(self, start_name: str, perturbed_keys: Sequence[str]) -> bool:
-        """Capture the inputs of ``start_name`` and find the modules to skip; False
-        (nothing cached) when ``start_name`` does not run exactly once per forward or
-        nothing runs before it."""
-        prefix = self._modules_before(start_name, perturbed_keys)
-        if not prefix:
-            return False  # nothing runs before the module: the full forward is the suffix
-        start = self.model.get_submodule(start_name)
-        captured: list[tuple[tuple, dict]] = []
-        handle = start.register_forward_pre_hook(
-            lambda module, args, kwargs: captured.append((tuple(map(_clone, args)),
-                                                          {k: _clone(v) for k, v in kwargs.items()})),
-            with_kwargs=True)
-        try:
-            self.full_logits()
-        finally:
-            handle.remove()
-        self.start, self.inputs, self.prefix = start, captured, prefix
-        return True
-
-    def drop_prefix(self) -> None:
-        self.start, self.inputs, self.prefix = None, [], []
-
-    def _modules_before(self, start_name: str, perturbed_keys: Sequence[str]) -> list[str] | None:
-        """Outermost modules whose every call ends before ``start_name`` begins and
-        that hold no perturbed tensor (from one forward recorded with hooks)."""
-        events: list[str] = []
-        record: Callable[..., None] = lambda name, *_: events.append(name)  # noqa: E731
-        handles = []
-        named = [name for name, _ in self.model.named_modules() if name]
-        try:
-            for name in named:
-                module = self.model.get_submodule(name)
-                handles.append(module.register_forward_pre_hook(partial(record, name)))
-                handles.append(module.register_forward_hook(partial(record, name)))
-            self.model(self.batches[0][0])
-        finally:
-            for handle in handles:
-                handle.remove()
-        if events.count(start_name) != 2:
-            return None
-        begin = events.index(start_name)
-        last_event = {name: index for index, name in enumerate(events)}
-        done = {name for name, index in last_event.items() if index < begin
-                and not any(key.startswith(name + ".") for key in perturbed_keys)}
-        return [name for name in done if name.rpartition(".")[0] not in done]
+def _module_names(model: nn.Module, modules: Sequence[str] | None) -> list[str]:
+    """The modules to measure: ``modules``, checked, or the partition's."""
+    if isinstance(modules, str):
+        raise ValueError(f"modules must be a list of module names, e.g. modules=[{modules!r}]")
+    try:
+        return list(module_state_keys(model, modules))
+    except ModuleNotFoundInModel as error:  # its message lists the modules that exist
+        raise ValueError(str(error)) from error
 
 
 def _module_keys(model: nn.Module, module: str) -> list[str]:
@@ -294,13 +193,185 @@ def _same_module_tensors(a: Mapping[str, Tensor], b: Mapping[str, Tensor], keys:
     return all(torch.equal(a[key].detach().cpu(), b[key].detach().cpu()) for key in keys)
 
 
+def _check_settings(path: str, path_states: Sequence[ModelOrState] | None, start: str,
+                    best_state: ModelOrState | None, noise: str, threshold: float, threshold_mode: str, samples: int,
+                    seed: int, method: str) -> None:
+    """Raise ``ValueError`` for an unknown choice or a missing input, naming the fix."""
+    for value, name, allowed in ((path, "path", PATHS), (start, "start", STARTS), (noise, "noise", NOISES),
+                                 (threshold_mode, "threshold_mode", THRESHOLD_MODES), (method, "method", METHODS)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    if path == "optimization" and (path_states is None or len(path_states) < 2):
+        raise ValueError("path='optimization' needs path_states=[state at epoch 0, ..., state at the end point] "
+                         "(at least two checkpoints of the run)")
+    if start == "best" and best_state is None:
+        raise ValueError("start='best' needs best_state=<the best checkpoint (θ_opt) as a model or state dict>")
+    if samples < 1 or seed < 0 or threshold <= 0:
+        raise ValueError(f"need samples >= 1, seed >= 0 and threshold > 0; got samples={samples}, seed={seed}, "
+                         f"threshold={threshold}")
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The (α, σ) grid, the noise draws at each point and how the grid is searched."""
+
+    alphas: np.ndarray
+    sigmas: np.ndarray
+    samples: int
+    seed: int
+    method: str
+
+
+class _MovingModule:
+    """Module ``name`` of a working copy of the model (eval mode), placed at θ_i(α)
+    (:meth:`move_to`) plus noise on its parameters (:meth:`add_noise`).
+
+    ``moving``: its floating tensors (parameters and BatchNorm statistics), which
+    follow the path; ``params``: its parameters, which get the noise and make up
+    ‖θ_i^F − θ_i^0‖ (``delta_norm_sq``).
+    """
+
+    def __init__(self, model: nn.Module, initial: ModelOrState, name: str, *, path: str,
+                 path_states: Sequence[ModelOrState] | None, start: str, best_state: ModelOrState | None,
+                 noise: str) -> None:
+        self.name, self.model = name, copy.deepcopy(model).eval()
+        self.state = self.model.state_dict()
+        keys = _module_keys(model, name)
+        parameter_names = {key for key, _ in self.model.named_parameters()}
+        self.params = [key for key in keys if key in parameter_names]
+        self.moving = [key for key in keys if self.state[key].is_floating_point()]
+        if not self.params:
+            raise ValueError(f"module {name!r} has no parameters to perturb")
+        initial_values = self._module_tensors(initial, "initial")
+        if start == "best":
+            check_state(as_state_dict(best_state), self.model, list(self.state), "best_state")
+            self.model.load_state_dict(as_state_dict(best_state))
+        end = {key: self.state[key].clone() for key in self.moving}
+        if path == "optimization":
+            self.point = self._optimization_path(initial_values, end, path_states, start)
+        else:
+            self.point = partial(_direct_point, initial_values, end, keys=self.moving)
+        self.delta_norm_sq = sum(float((end[key].double() - initial_values[key].double()).pow(2).sum())
+                                 for key in self.params)
+        self.scales = {key: scale.to(self.state[key].device, self.state[key].dtype)
+                       for key, scale in _noise_scales(end, self.params, noise).items()}
+        self.values: State = {}
+
+    def _module_tensors(self, model_or_state: ModelOrState, what: str) -> State:
+        state = as_state_dict(model_or_state)
+        check_state(state, self.model, self.moving, what)
+        return {key: state[key].detach().to(self.state[key].device) for key in self.moving}
+
+    def _optimization_path(self, initial: State, end: State, path_states: Sequence[ModelOrState],
+                           start: str) -> Callable[[float], State]:
+        """θ_i(α) along the checkpoints, up to the first that reaches the end point."""
+        states = [self._module_tensors(state, f"path_states[{index}]") for index, state in enumerate(path_states)]
+        arrivals = [index for index, state in enumerate(states) if _same_module_tensors(state, end, self.moving)]
+        if not _same_module_tensors(states[0], initial, self.moving) or not arrivals:
+            raise ValueError(f"path_states must start at initial and reach the end point ({start!r}: "
+                             f"{'best_state' if start == 'best' else 'model'}) for module {self.name!r}; "
+                             "pass the run's checkpoints from epoch 0")
+        states = states[:arrivals[0] + 1]
+        return partial(point_on_path, states, path_positions(states, self.params), keys=self.moving)
+
+    def move_to(self, alpha: float) -> None:
+        """Set the module to θ_i(α), without noise."""
+        self.values = self.point(alpha)
+        for key in self.moving:
+            self.state[key].copy_(self.values[key])
+
+    def add_noise(self, sigma: float, generator: torch.Generator) -> None:
+        """Set the module's parameters to θ_i(α) + σ·scale·u, u ~ N(0, I) from ``generator``."""
+        for key in self.params:
+            draw = torch.randn(self.state[key].shape, generator=generator).to(self.state[key].device,
+                                                                              self.state[key].dtype)
+            self.state[key].copy_(self.values[key] + sigma * self.scales[key] * draw)
+
+
+def _cache_prefix(module: _MovingModule, evaluator: CachedPrefixEvaluator, grid: _Grid) -> None:
+    """Evaluate from the module on (its cached inputs) when that reproduces the full
+    forward at a perturbed point (the first α, the largest σ); warn and keep full
+    forward passes otherwise."""
+    if not evaluator.cache_inputs_of(module.name, module.moving):
+        return
+    largest = len(grid.sigmas) - 1
+    module.move_to(float(grid.alphas[0]))
+    module.add_noise(float(grid.sigmas[largest]), noise_generator(grid.seed, 0, largest, 0))
+    if not evaluator.suffix_matches_full_forward():
+        warnings.warn(f"running {type(module.model).__name__} from {module.name!r} on cached inputs does not "
+                      "reproduce the full forward; evaluating with full forward passes instead", stacklevel=2)
+        evaluator.clear_cache()
+
+
+class _Search:
+    """Evaluates (α, σ) points of one module's grid, one row per point in ``rows``."""
+
+    def __init__(self, module: _MovingModule, evaluator: CachedPrefixEvaluator, grid: _Grid, limit: float) -> None:
+        self.module, self.evaluator, self.grid, self.limit = module, evaluator, grid, limit
+        self.rows: list[dict[str, Any]] = []
+
+    def is_feasible(self, alpha_index: int, sigma_index: int, *, stop_early: bool) -> bool:
+        """Mean loss over the noise draws at (α, σ) ≤ ε, with the module already at θ_i(α);
+        ``stop_early``: stop drawing once the mean is bound to exceed ε."""
+        alpha, sigma = float(self.grid.alphas[alpha_index]), float(self.grid.sigmas[sigma_index])
+        losses = []
+        for sample in range(self.grid.samples):
+            self.module.add_noise(sigma, noise_generator(self.grid.seed, alpha_index, sigma_index, sample))
+            losses.append(self.evaluator.loss())
+            if stop_early and sum(losses) > self.limit * self.grid.samples:
+                break  # losses are >= 0: the mean over all samples exceeds the limit already
+        feasible = len(losses) == self.grid.samples and float(np.mean(losses)) <= self.limit
+        self.rows.append({"alpha": alpha, "sigma": sigma, "loss_mean": float(np.mean(losses)),
+                          "loss_std": float(np.std(losses)), "n_samples": len(losses), "feasible": feasible,
+                          "measure": alpha ** 2 * self.module.delta_norm_sq / sigma ** 2})
+        return feasible
+
+    def every_point(self) -> None:
+        for alpha_index, alpha in enumerate(self.grid.alphas):
+            self.module.move_to(float(alpha))
+            for sigma_index in range(len(self.grid.sigmas)):
+                self.is_feasible(alpha_index, sigma_index, stop_early=False)
+
+    def bisection(self) -> None:
+        """For each α (ascending), the largest feasible σ among those that could lower
+        the best μ so far (module docstring)."""
+        best, delta_norm_sq, sigmas = math.inf, self.module.delta_norm_sq, self.grid.sigmas
+        for alpha_index, alpha in enumerate(self.grid.alphas):
+            if best == 0:
+                break
+            # σ at or below this bound cannot give α²‖Δ‖²/σ² < best: treat them as settled
+            bound = 0.0 if math.isinf(best) else alpha * math.sqrt(delta_norm_sq / best)
+            settled = int(np.searchsorted(sigmas, bound, side="right")) - 1
+            self.module.move_to(float(alpha))
+            largest = _largest_feasible(partial(self.is_feasible, alpha_index, stop_early=True), settled, len(sigmas))
+            if largest > settled:
+                best = alpha ** 2 * delta_norm_sq / sigmas[largest] ** 2
+
+
+def _module_grid(module: _MovingModule, batches: Batches, grid: _Grid, *, threshold: float, threshold_mode: str,
+                 cache_prefix: bool) -> pd.DataFrame:
+    """The evaluated points of one module, with its base loss, ε and ‖Δ‖²."""
+    evaluator = CachedPrefixEvaluator(module.model, batches)
+    base_loss = evaluator.loss()
+    limit = threshold * base_loss if threshold_mode == "relative" else threshold
+    if cache_prefix:
+        _cache_prefix(module, evaluator, grid)
+    search = _Search(module, evaluator, grid, limit)
+    if grid.method == "grid":
+        search.every_point()
+    else:
+        search.bisection()
+    return pd.DataFrame(search.rows).assign(module=module.name, n_examples=evaluator.n_examples, bn=BN_MODE,
+                                            delta_norm_sq=module.delta_norm_sq, base_loss=base_loss, loss_limit=limit)
+
+
 @torch.no_grad()
 def criticality(
-    model_final: nn.Module,
-    model_initial: ModelOrState,
+    model: nn.Module,
+    initial: ModelOrState,
     loader: Batches,
-    module: str,
     *,
+    modules: Sequence[str] | None = None,
     path: str = "direct",
     path_states: Sequence[ModelOrState] | None = None,
     start: str = "final",
@@ -317,141 +388,92 @@ def criticality(
     split: str = "test",
     cache_prefix: bool = True,
 ) -> pd.DataFrame:
-    """The (α, σ) grid of module criticality for ``module`` (module docstring).
+    """The (α, σ) grid of module criticality for each of ``modules``.
 
-    ``model_final``: the trained model (its architecture, and θ^F for
-    ``start="final"``); ``model_initial``: model or state dict of θ^0; ``best_state``:
-    θ_opt for ``start="best"``; ``path_states``: the run's checkpoints from θ^0 (used up
-    to the first that equals the end point) for ``path="optimization"``. Grids default to 11 points in (0, 1] (α may
-    include 0); ``split`` names the data of ``loader`` (first ``max_examples``).
+    Module i moves to θ_i(α) + u (noise on its parameters, std σ per the ``noise``
+    rule), every other module at its end value; (α, σ) is feasible when the mean loss
+    over ``samples`` draws is at most ε, and
 
-    Returns one row per evaluated (alpha, sigma) (all of them for ``method="grid"``):
-    ``loss_mean, loss_std`` (population std) over the ``n_samples`` noise draws,
-    ``feasible``, ``measure`` = α²‖θ^F − θ^0‖²/σ², ``delta_norm_sq``, ``base_loss``
-    (at Θ^F), ``loss_limit`` (ε) and the settings. :func:`criticality_value` gives μ.
+        μ_i = min over feasible (α, σ) of  α² · ‖θ_i^F − θ_i^0‖²_F / σ²
+
+    (:func:`criticality_value`; paths, noise, BatchNorm and the search in the module
+    docstring).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The trained network: its architecture, and θ^F for ``start="final"``. Not changed.
+    initial : torch.nn.Module or mapping of str to Tensor
+        θ^0, the start of the path (the run's epoch-0 checkpoint), as a model or state dict.
+    loader : iterable of (Tensor, Tensor)
+        Evaluation batches; the first ``max_examples`` examples are cached once.
+    modules : sequence of str, optional
+        Modules to measure (exact names; a partition module takes its group, e.g. the
+        stem BatchNorm with ``conv1``). Default: :func:`transferscope.models.modules`.
+    path : {"direct", "optimization"}
+        The straight line from θ_i^0 to θ_i^F, or the polyline through ``path_states``.
+    path_states : sequence of models or state dicts, optional
+        The run's checkpoints from θ^0 on, used up to the first that equals the end
+        point; required for ``path="optimization"``.
+    start : {"final", "best"}
+        The end point Θ^F: ``model`` itself, or ``best_state`` (θ_opt).
+    best_state : torch.nn.Module or mapping of str to Tensor, optional
+        θ_opt, required for ``start="best"``.
+    noise : {"absolute", "frobenius", "per_filter"}
+        Scale of the noise per coordinate at a given σ (module docstring).
+    threshold : float
+        ε = threshold · L(Θ^F) (``threshold_mode="relative"``) or ε = threshold (``"absolute"``).
+    threshold_mode : {"relative", "absolute"}
+    alphas, sigmas : sequence of float, optional
+        The grid: α in [0, 1], σ in (0, 1]; default 11 points in (0, 1] each.
+    samples : int
+        Noise draws per grid point.
+    seed : int
+        Seed of the noise (:func:`noise_generator`: one generator per (α, σ, sample)).
+    max_examples : int, optional
+        Evaluate on the first ``max_examples`` examples of ``loader`` (default: all).
+    method : {"grid", "bisection"}
+        Every grid point, or the bisection over σ that finds μ with fewer points.
+    split : str
+        Name of the data in ``loader``, recorded in the ``split`` column.
+    cache_prefix : bool
+        Run only module i and what follows on its cached inputs
+        (:class:`transferscope.cached_prefix.CachedPrefixEvaluator`) when that reproduces
+        the full forward pass.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per evaluated (module, alpha, sigma) (every grid point for
+        ``method="grid"``): ``loss_mean``, ``loss_std`` (population std) over the
+        ``n_samples`` draws, ``feasible``, ``measure`` = α²‖θ_i^F − θ_i^0‖²/σ², the
+        settings, ``n_examples``, ``bn`` ("follow"), ``delta_norm_sq``, ``base_loss``
+        (at Θ^F) and ``loss_limit`` (ε).
+
+    Raises
+    ------
+    ValueError
+        For an unknown module (naming those that exist), an unknown choice, a missing
+        ``path_states`` or ``best_state``, or states of another architecture.
+
+    References
+    ----------
+    Chatterji, Neyshabur & Sedghi (2020), "The intriguing role of module criticality in
+    the generalization of deep networks", ICLR. Neyshabur, Sedghi & Zhang (2020), "What is
+    being transferred in transfer learning?", NeurIPS, Definition 3.2 and Fig. 6.
     """
-    for value, name, allowed in ((path, "path", PATHS), (start, "start", STARTS), (noise, "noise", NOISES),
-                                 (threshold_mode, "threshold_mode", THRESHOLD_MODES), (method, "method", METHODS)):
-        if value not in allowed:
-            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    if path == "optimization" and (path_states is None or len(path_states) < 2):
-        raise ValueError("path='optimization' needs path_states=[state at epoch 0, ..., state at the end point] "
-                         "(at least two checkpoints of the run)")
-    if start == "best" and best_state is None:
-        raise ValueError("start='best' needs best_state=<the best checkpoint (θ_opt) as a model or state dict>")
-    if samples < 1 or seed < 0 or threshold <= 0:
-        raise ValueError(f"need samples >= 1, seed >= 0 and threshold > 0; got samples={samples}, seed={seed}, "
-                         f"threshold={threshold}")
-    alpha_grid, sigma_grid = _grid(alphas, "alphas", low_open=False), _grid(sigmas, "sigmas", low_open=True)
-
-    keys = _module_keys(model_final, module)
-    work = copy.deepcopy(model_final).eval()
-    own = work.state_dict()
-    parameter_names = {name for name, _ in work.named_parameters()}
-    params = [key for key in keys if key in parameter_names]
-    moving = [key for key in keys if own[key].is_floating_point()]  # parameters and BN statistics
-    if not params:
-        raise ValueError(f"module {module!r} has no parameters to perturb")
-
-    def module_tensors(model_or_state: ModelOrState, what: str) -> State:
-        state = as_state_dict(model_or_state)
-        check_state(state, work, moving, what)
-        return {key: state[key].detach().to(own[key].device) for key in moving}
-
-    initial = module_tensors(model_initial, "model_initial")
-    if start == "best":
-        check_state(as_state_dict(best_state), work, list(own), "best_state")
-        work.load_state_dict(as_state_dict(best_state))
-    end = {key: own[key].clone() for key in moving}
-    if path == "optimization":
-        states = [module_tensors(state, f"path_states[{index}]") for index, state in enumerate(path_states)]
-        arrivals = [index for index, state in enumerate(states) if _same_module_tensors(state, end, moving)]
-        if not _same_module_tensors(states[0], initial, moving) or not arrivals:
-            raise ValueError(f"path_states must start at model_initial and reach the end point ({start!r}: "
-                             f"{'best_state' if start == 'best' else 'model_final'}) for module {module!r}; "
-                             "pass the run's checkpoints from epoch 0")
-        states = states[:arrivals[0] + 1]  # the path ends where the run first reaches the end point
-        positions = path_positions(states, params)
-        point = lambda alpha: point_on_path(states, positions, alpha, moving)  # noqa: E731
-    else:
-        point = lambda alpha: _direct_point(initial, end, alpha, moving)  # noqa: E731
-
-    delta_norm_sq = sum(float((end[key].double() - initial[key].double()).pow(2).sum()) for key in params)
-    scales = {key: scale.to(own[key].device, own[key].dtype) for key, scale in _noise_scales(end, params, noise).items()}
-    evaluator = _Evaluator(work, cache_batches(loader, max_examples))
-    base_loss = evaluator.loss()
-    limit = threshold * base_loss if threshold_mode == "relative" else threshold
-
-    def set_point(alpha_index: int) -> State:
-        values = point(float(alpha_grid[alpha_index]))
-        for key in moving:
-            own[key].copy_(values[key])
-        return values
-
-    def add_noise(values: State, alpha_index: int, sigma_index: int, sample: int) -> None:
-        generator = noise_generator(seed, alpha_index, sigma_index, sample)
-        sigma = float(sigma_grid[sigma_index])
-        for key in params:
-            draw = torch.randn(own[key].shape, generator=generator).to(own[key].device, own[key].dtype)
-            own[key].copy_(values[key] + sigma * scales[key] * draw)
-
-    if cache_prefix and evaluator.cache_prefix(module, moving):
-        add_noise(set_point(0), 0, len(sigma_grid) - 1, 0)
-        try:
-            full, suffix = evaluator.full_logits(), evaluator.suffix_logits()
-            same = all(torch.allclose(a, b, rtol=CHECK_TOLERANCE, atol=CHECK_TOLERANCE, equal_nan=True)
-                       for a, b in zip(suffix, full))
-        except Exception:  # noqa: BLE001 - a forward that cannot run on cached inputs falls back below
-            same = False
-        if not same:
-            warnings.warn(f"running {type(work).__name__} from {module!r} on cached inputs does not reproduce the "
-                          "full forward; evaluating with full forward passes instead", stacklevel=2)
-            evaluator.drop_prefix()
-
-    rows = []
-
-    def evaluate_point(alpha_index: int, values: State, sigma_index: int, *, stop_early: bool) -> bool:
-        losses = []
-        for sample in range(samples):
-            add_noise(values, alpha_index, sigma_index, sample)
-            losses.append(evaluator.loss())
-            if stop_early and sum(losses) > limit * samples:
-                break  # losses are >= 0: the mean over all samples exceeds the limit already
-        alpha, sigma = float(alpha_grid[alpha_index]), float(sigma_grid[sigma_index])
-        feasible = len(losses) == samples and float(np.mean(losses)) <= limit
-        rows.append({"alpha": alpha, "sigma": sigma, "loss_mean": float(np.mean(losses)),
-                     "loss_std": float(np.std(losses)), "n_samples": len(losses), "feasible": feasible,
-                     "measure": alpha ** 2 * delta_norm_sq / sigma ** 2})
-        return feasible
-
-    if method == "grid":
-        for alpha_index in range(len(alpha_grid)):
-            values = set_point(alpha_index)
-            for sigma_index in range(len(sigma_grid)):
-                evaluate_point(alpha_index, values, sigma_index, stop_early=False)
-    else:
-        best = math.inf
-        for alpha_index, alpha in enumerate(alpha_grid):
-            if best == 0:
-                break
-            # σ at or below this bound cannot give α²‖Δ‖²/σ² < best: treat them as settled
-            bound = 0.0 if math.isinf(best) else alpha * math.sqrt(delta_norm_sq / best)
-            settled = int(np.searchsorted(sigma_grid, bound, side="right")) - 1
-            values = set_point(alpha_index)
-            largest = _largest_feasible(partial(evaluate_point, alpha_index, values, stop_early=True), settled,
-                                        len(sigma_grid))
-            if largest > settled:
-                best = alpha ** 2 * delta_norm_sq / sigma_grid[largest] ** 2
-
-    frame = pd.DataFrame(rows)
-    settings = {"module": module, "path": path, "start": start, "noise": noise, "threshold": threshold,
-                "threshold_mode": threshold_mode, "samples": samples, "seed": seed, "method": method, "split": split,
-                "n": evaluator.n, "bn": BN_HANDLING, "delta_norm_sq": delta_norm_sq, "base_loss": base_loss,
-                "loss_limit": limit}
-    for name, value in settings.items():
-        frame[name] = value
-    columns = ["module", "alpha", "sigma", "loss_mean", "loss_std", "n_samples", "feasible", "measure"]
-    return frame[columns + [name for name in settings if name not in columns]]
+    _check_settings(path, path_states, start, best_state, noise, threshold, threshold_mode, samples, seed, method)
+    grid = _Grid(_grid(alphas, "alphas", low_open=False), _grid(sigmas, "sigmas", low_open=True), samples, seed, method)
+    names = _module_names(model, modules)
+    batches = cache_batches(loader, max_examples)
+    frames = [_module_grid(_MovingModule(model, initial, name, path=path, path_states=path_states, start=start,
+                                         best_state=best_state, noise=noise),
+                           batches, grid, threshold=threshold, threshold_mode=threshold_mode, cache_prefix=cache_prefix)
+              for name in names]
+    frame = pd.concat(frames, ignore_index=True).assign(
+        path=path, start=start, noise=noise, threshold=threshold, threshold_mode=threshold_mode, samples=samples,
+        seed=seed, method=method, split=split)
+    return frame[POINT_COLUMNS + SETTING_COLUMNS]
 
 
 def _best_row(frame: pd.DataFrame) -> pd.Series | None:
@@ -463,42 +485,68 @@ def _best_row(frame: pd.DataFrame) -> pd.Series | None:
 
 
 def criticality_value(frame: pd.DataFrame) -> float:
-    """μ = min over feasible rows of α²‖θ^F − θ^0‖²_F/σ² (Definition 3.2); +inf if none."""
+    """The criticality μ_i of one module from its :func:`criticality` grid.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The rows of one module (``frame.groupby("module")`` for several).
+
+    Returns
+    -------
+    float
+        μ_i = min over feasible rows of α²‖θ_i^F − θ_i^0‖²_F/σ² (Definition 3.2);
+        +inf when no row is feasible.
+
+    References
+    ----------
+    Neyshabur, Sedghi & Zhang (2020), Definition 3.2; Chatterji et al. (2020).
+    """
     row = _best_row(frame)
     return math.inf if row is None else float(row["measure"])
 
 
+def _module_summary(grid: pd.DataFrame) -> dict[str, Any]:
+    """μ_i of one module, its minimising (α, σ) (NaN when nothing is feasible) and settings."""
+    best, first = _best_row(grid), grid.iloc[0]
+    return {"module": first["module"], "criticality": math.inf if best is None else float(best["measure"]),
+            "alpha": math.nan if best is None else best["alpha"], "sigma": math.nan if best is None else best["sigma"],
+            **{column: first[column] for column in SETTING_COLUMNS}}
+
+
 def network_criticality(
-    model_final: nn.Module,
-    model_initial: ModelOrState,
+    model: nn.Module,
+    initial: ModelOrState,
     loader: Batches,
-    modules: Sequence[str] | None = None,
     *,
-    max_examples: int | None = None,
+    modules: Sequence[str] | None = None,
     **settings: Any,
 ) -> pd.DataFrame:
-    """Σ_i μ_i over the partition modules (Chatterji et al. 2020; Neyshabur et al. 2020
-    Sec. 3.4). ``settings`` go to :func:`criticality`.
+    """Network criticality: Σ_i μ_i over the modules.
 
-    One row per module (``criticality``, the minimising ``alpha`` and ``sigma``, NaN
-    when nothing is feasible, ``delta_norm_sq``, ``base_loss`` and the settings) and a
-    row ``module="total"`` with the sum.
+    Parameters
+    ----------
+    model, initial, loader, modules
+        As in :func:`criticality`.
+    **settings
+        Further keyword settings of :func:`criticality` (``path``, ``method``,
+        ``max_examples``, …).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per module: ``criticality`` (μ_i), the minimising ``alpha`` and
+        ``sigma`` (NaN when nothing is feasible), the settings, ``n_examples``, ``bn``,
+        ``delta_norm_sq`` and ``base_loss``; then a row ``module="network"`` with
+        Σ_i μ_i and Σ_i ‖θ_i^F − θ_i^0‖².
+
+    References
+    ----------
+    Chatterji, Neyshabur & Sedghi (2020); Neyshabur, Sedghi & Zhang (2020), Sec. 3.4.
     """
-    batches = cache_batches(loader, max_examples)
-    names = list(module_state_keys(model_final, modules))
-    rows = []
-    for name in names:
-        grid = criticality(model_final, model_initial, batches, name, **settings)
-        best = _best_row(grid)
-        first = grid.iloc[0]
-        rows.append({"module": name, "criticality": criticality_value(grid),
-                     "alpha": math.nan if best is None else best["alpha"],
-                     "sigma": math.nan if best is None else best["sigma"],
-                     **{column: first[column] for column in grid.columns
-                        if column not in ("module", "alpha", "sigma", "loss_mean", "loss_std", "n_samples",
-                                          "feasible", "measure")}})
-    frame = pd.DataFrame(rows)
-    total = {column: frame[column].iloc[0] for column in frame.columns}
-    total.update(module="total", criticality=float(frame["criticality"].sum()), alpha=math.nan, sigma=math.nan,
-                 delta_norm_sq=float(frame["delta_norm_sq"].sum()), base_loss=math.nan, loss_limit=math.nan)
-    return pd.concat([frame, pd.DataFrame([total])], ignore_index=True)
+    grid = criticality(model, initial, loader, modules=modules, **settings)
+    frame = pd.DataFrame([_module_summary(part) for _, part in grid.groupby("module", sort=False)])
+    network = {column: frame[column].iloc[0] for column in frame.columns}
+    network.update(module=NETWORK, criticality=float(frame["criticality"].sum()), alpha=math.nan, sigma=math.nan,
+                   delta_norm_sq=float(frame["delta_norm_sq"].sum()), base_loss=math.nan, loss_limit=math.nan)
+    return pd.concat([frame, pd.DataFrame([network])], ignore_index=True)

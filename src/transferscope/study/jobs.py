@@ -229,7 +229,8 @@ def _criticality_job(inputs: AnalysisInputs) -> None:
                 settings = {**common, **variant, "path": path, "start": start}
                 values.append(network_criticality(final, initial, batches, method="bisection", **settings)
                               .assign(model=name))
-                heatmaps.append(criticality(final, initial, batches, s["heatmap_module"], method="grid", **settings)
+                heatmaps.append(criticality(final, initial, batches, modules=[s["heatmap_module"]], method="grid",
+                                            **settings)
                                 .assign(model=name))
     inputs.write(pd.concat(values, ignore_index=True))
     inputs.write(pd.concat(heatmaps, ignore_index=True), "grid")

@@ -18,6 +18,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
+from ...models import NETWORK
 from .names import role
 
 PANELS = (("direct", "final"), ("direct", "best"), ("optimization", "final"), ("optimization", "best"))
@@ -127,7 +128,7 @@ def plot_criticality_bars(frame: pd.DataFrame, target: str | None = None) -> Fig
     scale; ∞ marks modules with no feasible grid point."""
     rows, target = _criticality_rows(frame, target)
     panels = [panel for panel in PANELS if ((rows["path"] == panel[0]) & (rows["start"] == panel[1])).any()]
-    modules = list(dict.fromkeys(rows.loc[rows["module"] != "total", "module"]))
+    modules = list(dict.fromkeys(rows.loc[rows["module"] != NETWORK, "module"]))
     roles = list(dict.fromkeys(rows["role"]))
     columns = 2 if len(panels) > 1 else 1
     figure = Figure(figsize=(5.5 * columns, 3.6 * math.ceil(len(panels) / columns)), layout="constrained")
@@ -139,9 +140,9 @@ def plot_criticality_bars(frame: pd.DataFrame, target: str | None = None) -> Fig
         top = float(finite.max()) * 3 if len(finite) else 1.0
         for index, name in enumerate(roles):
             part = panel[panel["role"] == name]
-            stats = part[part["module"] != "total"].groupby("module")["criticality"].agg(["mean", "min", "max"])
+            stats = part[part["module"] != NETWORK].groupby("module")["criticality"].agg(["mean", "min", "max"])
             stats = stats.reindex(modules)
-            total = part.loc[part["module"] == "total", "criticality"].mean()
+            total = part.loc[part["module"] == NETWORK, "criticality"].mean()
             x = np.arange(len(modules)) + (index - (len(roles) - 1) / 2) * width
             shown = stats["mean"].where(np.isfinite(stats["mean"]), top)
             bars = ax.bar(x, shown, width, yerr=[(stats["mean"] - stats["min"]).where(np.isfinite(stats["mean"]), 0),
@@ -171,9 +172,9 @@ def caption_criticality(frame: pd.DataFrame, target: str | None = None) -> str:
     for (path, start), panel in rows.groupby(["path", "start"], sort=False):
         per_role = []
         for name, part in panel.groupby("role", sort=False):
-            modules = part[part["module"] != "total"].groupby("module", sort=False)["criticality"].mean()
+            modules = part[part["module"] != NETWORK].groupby("module", sort=False)["criticality"].mean()
             infinite = int((~np.isfinite(modules)).sum())
-            per_role.append(f"{name} network {part.loc[part['module'] == 'total', 'criticality'].mean():.3g}, "
+            per_role.append(f"{name} network {part.loc[part['module'] == NETWORK, 'criticality'].mean():.3g}, "
                             f"most critical {modules.idxmax()}" + (f", {infinite} module(s) with no feasible point"
                                                                     if infinite else ""))
         parts.append(f"{path} path {START_LABEL[start]}: " + "; ".join(per_role))

@@ -1,0 +1,115 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from transferscope.cached_prefix import CachedPrefixEvaluator
+from transferscope.evaluation import loss_fn
+from transferscope.models import build_model, module_state_keys
+
+
+def _batches(n=8, size=16, classes=4, batch=4, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, size, size, generator=generator)
+    y = torch.randint(0, classes, (n,), generator=generator)
+    return [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
+
+
+def _perturb(model, keys, scale=0.5, seed=1):
+    """Move the parameters among ``keys`` (BatchNorm statistics stay valid)."""
+    generator = torch.Generator().manual_seed(seed)
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for key in keys:
+            if key in parameters:
+                parameters[key].add_(scale * torch.randn(parameters[key].shape, generator=generator))
+
+
+def _count_calls(module):
+    calls = []
+    module.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize(("arch", "module", "skipped", "size"),
+                         [("small_resnet", "layer3", "layer1", 16), ("resnet18", "layer2", "maxpool", 32)])
+def test_suffix_equals_the_full_forward_after_the_module_moves(arch, module, skipped, size):
+    torch.manual_seed(0)
+    model = build_model(arch, 4, width=8).eval()
+    batches = _batches(size=size)
+    evaluator = CachedPrefixEvaluator(model, batches)
+    keys = module_state_keys(model)[module]
+    assert evaluator.cache_inputs_of(module, changing=keys) and evaluator.cached_module == module
+    calls = _count_calls(getattr(model, skipped))
+    _perturb(model, keys)  # the module moves after its inputs were cached
+    suffix = evaluator.logits()
+    assert not calls  # the prefix did not run
+    with torch.no_grad():
+        full = [model(x) for x, _ in batches]
+    assert all(torch.equal(a, b) for a, b in zip(suffix, full))  # exact on the CPU
+    expected = sum(float(loss_fn(out, y, reduction="none").double().sum()) for out, (_, y) in zip(full, batches)) / 8
+    assert evaluator.loss() == expected and evaluator.n_examples == 8
+    assert evaluator.suffix_matches_full_forward()
+    assert not any(m._forward_pre_hooks for m in model.modules())  # only the counting hook is left
+    assert all(type(getattr(model, name)).__name__ != "_PassThrough" for name, _ in model.named_children())
+    evaluator.clear_cache()
+    assert evaluator.cached_module is None
+    calls.clear()
+    evaluator.logits()
+    assert len(calls) == len(batches)  # full forward passes again
+
+
+def test_nothing_is_cached_without_a_prefix_or_for_a_module_called_twice():
+    torch.manual_seed(0)
+    model = build_model("small_resnet", 4, width=8).eval()
+    evaluator = CachedPrefixEvaluator(model, _batches())
+    assert not evaluator.cache_inputs_of("conv1")  # it runs first
+    twice = nn.Sequential(nn.Linear(6, 6), nn.ReLU())
+    shared = nn.Sequential(twice[0], nn.Linear(6, 6), twice[0], nn.Linear(6, 3)).eval()
+    evaluator = CachedPrefixEvaluator(shared, [(torch.randn(4, 6), torch.tensor([0, 1, 2, 0]))])
+    assert not evaluator.cache_inputs_of("0") and evaluator.cached_module is None
+
+
+def test_nothing_is_cached_when_a_changing_module_runs_before():
+    torch.manual_seed(0)
+    model = build_model("small_resnet", 4, width=8).eval()
+    evaluator = CachedPrefixEvaluator(model, _batches())
+    assert not evaluator.cache_inputs_of("layer3", changing=module_state_keys(model)["layer1"])
+    assert evaluator.cache_inputs_of("layer3", changing=module_state_keys(model)["layer4"])
+
+
+class SkipOverModule(nn.Module):
+    """``c`` reads the output of ``a`` past ``b`` too; ``widen`` makes that output wider."""
+
+    def __init__(self, widen=False):
+        super().__init__()
+        self.a = nn.Linear(6, 8 if widen else 6)
+        self.b, self.c = nn.Linear(8 if widen else 6, 8 if widen else 6), nn.Linear(8 if widen else 6, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.c(self.b(h) + h)
+
+
+def test_a_skip_over_the_module_is_detected_and_a_failing_suffix_raises():
+    torch.manual_seed(0)
+    batches = [(torch.randn(4, 6), torch.tensor([0, 1, 2, 0]))]
+    same_width = CachedPrefixEvaluator(SkipOverModule(), batches)
+    assert same_width.cache_inputs_of("b")
+    assert not same_width.suffix_matches_full_forward()
+    wider = CachedPrefixEvaluator(SkipOverModule(widen=True), batches)
+    assert wider.cache_inputs_of("b")
+    with pytest.raises(RuntimeError, match="from module 'b' on its cached inputs failed") as raised:
+        wider.suffix_matches_full_forward()
+    assert isinstance(raised.value.__cause__, RuntimeError) and "size of tensor" in str(raised.value.__cause__)
+    assert isinstance(wider.model.a, nn.Linear)  # restored after the failure
+
+
+def test_a_deep_copy_keeps_working_with_its_own_cache():
+    torch.manual_seed(0)
+    model = build_model("small_resnet", 4, width=8).eval()
+    work = copy.deepcopy(model)
+    evaluator = CachedPrefixEvaluator(work, _batches())
+    assert evaluator.cache_inputs_of("fc", changing=module_state_keys(work)["fc"])
+    assert evaluator.loss() == CachedPrefixEvaluator(model, _batches()).loss()
