@@ -144,8 +144,9 @@ class Trainer:
         write_json(self.out_dir / "status.json", {"state": state, "digest": self.config.digest(), **extra})
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
-        test = evaluate(model, self.test_batches)
-        clean = evaluate(model, self.clean_train_batches)
+        # NaN outputs score NaN here; the training loop's loss check stops a diverged run
+        test = evaluate(model, self.test_batches, allow_nonfinite=True)
+        clean = evaluate(model, self.clean_train_batches, allow_nonfinite=True)
         key = "auc" if "auc" in test else "accuracy"
         return {"test_loss": test["loss"], f"test_{key}": test[key], f"train_clean_{key}": clean[key]}
 
