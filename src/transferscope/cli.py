@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-import yaml
 from rich.console import Console
 
 app = typer.Typer(help="What is being transferred in transfer learning? Every analysis of Neyshabur, Sedghi & "
@@ -123,17 +122,17 @@ def train(config: Path = typer.Argument(..., help="training config YAML (TrainCo
     """Train one run (P, P-T with init=..., or RI-T) from a YAML file."""
     from pydantic import ValidationError
 
-    from .config import TrainConfig, apply_overrides
+    from .config import TrainConfig, apply_overrides, explain, load_yaml
     from .train import TrainingFailed
     from .train import train as train_run
 
     if not config.is_file():
         _fail(f"config file not found: {config}")
     try:
-        settings = TrainConfig.model_validate(apply_overrides(yaml.safe_load(config.read_text()) or {}, overrides or []))
+        settings = TrainConfig.model_validate(apply_overrides(load_yaml(config) or {}, overrides or []))
         result = train_run(settings, out, progress=sys.stderr.isatty())
     except ValidationError as error:
-        _fail(f"invalid training config {config}:\n{error}")
+        _fail(f"invalid training config {config}:\n{explain(error, TrainConfig)}")
     except (ValueError, FileNotFoundError) as error:
         _fail(str(error))
     except TrainingFailed as error:
