@@ -52,3 +52,11 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     return pd.read_parquet(Path(path).with_suffix(".parquet"))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> None:
+    """Delete the temporary files that :func:`atomic_path` leaves under ``folder`` when
+    its process is killed mid-write (call only while nothing else writes there)."""
+    for path in Path(folder).rglob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)

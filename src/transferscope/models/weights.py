@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -39,7 +40,12 @@ def load_weights(path: str | os.PathLike) -> StateDict:
     if not path.is_file():
         raise FileNotFoundError(f"weight file not found: {path}")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as error:
+            raise ValueError(f"{path} is damaged ({error}): it is not a complete safetensors file; delete it and "
+                             "rerun the job that wrote it (for a training checkpoint: delete the run's folder and "
+                             "train it again)") from error
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - re-raised with the file named

@@ -59,19 +59,30 @@ class TrainingRun:
         return read_table(self.path / "metrics")
 
     def epochs(self) -> list[int]:
-        """Epochs with a saved checkpoint, ascending (0 is the initialisation)."""
+        """Epochs with a checkpoint, ascending (0 is the initialisation): for a complete run
+        every epoch its config saves (0, every ``checkpoint_every``, the last), else those
+        saved so far."""
+        if self.complete:
+            config = self.config
+            return [e for e in range(config.epochs + 1) if e % config.checkpoint_every == 0 or e == config.epochs]
         found = (CHECKPOINT.fullmatch(p.name) for p in (self.path / "checkpoints").glob("epoch_*.safetensors"))
         return sorted(int(m.group(1)) for m in found if m)
 
     def checkpoint(self, epoch: int | str) -> dict[str, Tensor]:
-        """Weights at an epoch, or ``"best"`` / ``"final"`` / ``"init"``."""
+        """Weights at an epoch, or ``"best"`` / ``"final"`` (the config's last epoch) /
+        ``"init"``; a missing file is an error naming it."""
         if epoch == "best":
-            return load_weights(self.path / "checkpoints" / "best.safetensors")
-        if epoch == "final":
-            epoch = self.epochs()[-1]
-        if epoch == "init":
-            epoch = 0
-        return load_weights(checkpoint_path(self.path, int(epoch)))
+            path = self.path / "checkpoints" / "best.safetensors"
+        else:
+            epoch = {"final": self.config.epochs, "init": 0}.get(epoch, epoch)
+            path = checkpoint_path(self.path, int(epoch))
+        if not path.is_file() and not self.complete:
+            raise FileNotFoundError(f"checkpoint {path} does not exist yet: the run in {self.path} is "
+                                    f"{self.status['state']}; finish training it first")
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} is missing from a complete run; delete {self.path} "
+                                    "(in a study, its job folder) and train it again")
+        return load_weights(path)
 
     @property
     def best_epoch(self) -> int:

@@ -5,17 +5,23 @@ for the paper's Fixup ResNet-50), constant/step/multistep/cosine schedules, opti
 mixup (Zhang et al. 2018), augmentation off for shuffled data. A checkpoint at epoch 0
 (before any update) and every ``checkpoint_every`` epochs plus the best one; per-epoch
 metrics as a tidy table. Every source of randomness is seeded from ``(seed, epoch)``,
-so a killed run resumes from its last finished epoch and ends with the same weights
-as an uninterrupted one.
+so a killed run resumes from its last finished epoch (or, when its ``resume.pt`` is
+damaged, trains again from epoch 0) and ends with the same weights as an uninterrupted
+one. A run folder is bound to the run's identity (:func:`run_identity`), not to how
+its init path is spelled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import shutil
 import time
+import warnings
 from pathlib import Path
 from contextlib import contextmanager
+from functools import cached_property
 from typing import Callable, Iterator
 
 import numpy as np
@@ -27,7 +33,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data import Domain, block_shuffle_for, load_domain
 from ..evaluation import evaluate, loss_fn
-from ..io import atomic_path, read_json, write_json, write_table
+from ..io import atomic_path, read_json, remove_stale_temporaries, write_json, write_table
 from ..models import build_model, init_for_finetuning, load_weights, save_weights
 from .run_dir import TrainingRun, checkpoint_path
 
@@ -92,6 +98,19 @@ def build_run_model(config: TrainConfig, domain: Domain) -> nn.Module:
     return model
 
 
+def run_identity(config: TrainConfig) -> str:
+    """Digest of what decides a run's numbers: its config with ``init`` replaced by the
+    SHA-256 of the init weights, so a moved or differently spelled init is the same run."""
+    if config.init is None:
+        return config.digest()
+    path = Path(config.init)
+    if not path.is_file():
+        raise FileNotFoundError(f"init weights not found: {path}; set init to the pre-trained weights file")
+    with path.open("rb") as file:
+        content = hashlib.file_digest(file, "sha256").hexdigest()
+    return config.model_copy(update={"init": f"sha256:{content}"}).digest()
+
+
 def _mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Generator, generator: torch.Generator):
     """Mixup: x' = λx + (1−λ)x[π], λ ~ Beta(α, α); returns x', y, y[π], λ."""
     lam = float(rng.beta(alpha, alpha))
@@ -130,18 +149,38 @@ class Trainer:
                                                       limit=config.clean_train_examples, **loader_args)
 
     # ----------------------------------------------------------------- bookkeeping
+    @cached_property
+    def identity(self) -> str:
+        return run_identity(self.config)
+
     def _check_folder(self) -> None:
+        """Refuse a folder holding finished epochs of a run with another identity; start over
+        in one whose run never finished an epoch; record this config (init as spelled now)."""
         config_path = self.out_dir / "config.json"
+        config_json = self.config.model_dump(mode="json")
         if config_path.is_file():
-            stored = TrainConfig.model_validate(read_json(config_path))
-            if stored.digest() != self.config.digest():
-                raise ValueError(f"{self.out_dir} holds a run with a different config; use another out_dir "
-                                 "or delete the folder to start over")
-        else:
-            write_json(config_path, self.config.model_dump(mode="json"))
+            run = TrainingRun(self.out_dir)
+            if (self.out_dir / "resume.pt").is_file() or max(run.epochs(), default=0) >= 1:
+                # folders written before run identities hold the whole config's digest
+                if run.status.get("digest") not in (self.identity, self.config.digest()):
+                    raise ValueError(f"{self.out_dir} holds a run with a different config; use another out_dir or "
+                                     "delete the folder to start over (that run has finished epochs; the content "
+                                     "of the init weights is part of a run's config)")
+            elif read_json(config_path) != config_json:
+                self._start_over()
+        if not config_path.is_file() or read_json(config_path) != config_json:
+            write_json(config_path, config_json)
+
+    def _start_over(self) -> None:
+        """Delete what a run that never finished an epoch wrote (status first, so the folder
+        never looks complete with the new config)."""
+        (self.out_dir / "status.json").unlink(missing_ok=True)
+        shutil.rmtree(self.out_dir / "checkpoints", ignore_errors=True)
+        for suffix in (".parquet", ".csv"):
+            (self.out_dir / "metrics").with_suffix(suffix).unlink(missing_ok=True)
 
     def _status(self, state: str, **extra) -> None:
-        write_json(self.out_dir / "status.json", {"state": state, "digest": self.config.digest(), **extra})
+        write_json(self.out_dir / "status.json", {"state": state, "digest": self.identity, **extra})
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
         # NaN outputs score NaN here; the training loop's loss check stops a diverged run
@@ -156,29 +195,25 @@ class Trainer:
         ``on_epoch_end(epoch)`` is called after an epoch's files are written."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._check_folder()
+        remove_stale_temporaries(self.out_dir)
         if TrainingRun(self.out_dir).complete:
             return TrainingRun(self.out_dir)
         config = self.config
-        model = build_run_model(config, self.domain).to(self.device)
-        if config.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(parameter_groups(model, config.lr, config.bias_lr_factor), lr=config.lr,
-                                    momentum=config.momentum, weight_decay=config.weight_decay,
-                                    nesterov=config.nesterov)
-        scheduler = make_scheduler(config, optimizer)
+        resume_path = self.out_dir / "resume.pt"
+        model, optimizer, scheduler = self._fresh_state()
         rows: list[dict] = []
         best = {"score": -math.inf, "epoch": 0}
         start = 1
-        resume_path = self.out_dir / "resume.pt"
         if resume_path.is_file():
-            state = torch.load(resume_path, map_location=self.device, weights_only=True)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            best = {"score": state["best_score"], "epoch": state["best_epoch"]}
-            start = state["epoch"] + 1
-            rows = [row for row in TrainingRun(self.out_dir).metrics.to_dict("records") if row["epoch"] < start]
-        else:
+            try:
+                start, best, rows = self._resume(resume_path, model, optimizer, scheduler)
+            except Exception as error:  # noqa: BLE001 - any damage: train again from epoch 0, named below
+                reason = f"{type(error).__name__}: {str(error).strip().partition(chr(10))[0]}"
+                warnings.warn(f"cannot resume from {resume_path} ({reason}); deleting it and training the run "
+                              "again from epoch 0 (same seeds, so the same weights)", stacklevel=2)
+                resume_path.unlink()
+                model, optimizer, scheduler = self._fresh_state()
+        if start == 1:
             rows.append(self._epoch_zero(model, best))
         self._status("running", epoch=start - 1)
         self.first_epoch = start
@@ -205,6 +240,29 @@ class Trainer:
         self._status("complete", epoch=config.epochs, best_epoch=best["epoch"], best_score=best["score"],
                      final=rows[-1])
         return TrainingRun(self.out_dir)
+
+    def _fresh_state(self) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """The run's model at epoch 0 (on its device), its optimizer and lr schedule."""
+        config = self.config
+        model = build_run_model(config, self.domain).to(self.device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(parameter_groups(model, config.lr, config.bias_lr_factor), lr=config.lr,
+                                    momentum=config.momentum, weight_decay=config.weight_decay,
+                                    nesterov=config.nesterov)
+        return model, optimizer, make_scheduler(config, optimizer)
+
+    def _resume(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, dict, list[dict]]:
+        """Load ``resume.pt`` into the model, optimizer and schedule; returns the first epoch
+        to train, the best score so far and the metrics rows before it."""
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = state["epoch"] + 1
+        rows = [row for row in TrainingRun(self.out_dir).metrics.to_dict("records") if row["epoch"] < start]
+        return start, {"score": state["best_score"], "epoch": state["best_epoch"]}, rows
 
     def _epoch_zero(self, model: nn.Module, best: dict) -> dict:
         row = {"epoch": 0, "train_loss": float("nan"), "train_running_accuracy": float("nan"), "lr": self.config.lr,
