@@ -3,12 +3,13 @@
 ::
 
     run/
-      config.json                 the resolved TrainConfig
+      config.json                 the resolved TrainConfig (init as spelled at the last start)
       checkpoints/epoch_000.safetensors …  weights at epoch 0 (before any update) and every k epochs
       checkpoints/best.safetensors          best by the test metric
       metrics.parquet, metrics.csv          one row per epoch
       resume.pt                   weights + optimizer + scheduler after the last finished epoch
-      status.json                 running / complete / failed (written last)
+      status.json                 running / complete / failed, and the run's identity digest
+                                  (its config with the init file's content hash; written last)
 """
 
 from __future__ import annotations
