@@ -181,7 +181,8 @@ def _module_keys(model: nn.Module, module: str) -> list[str]:
     return list(groups[module]) if module in groups else list(module_state_keys(model, [module])[module])
 
 
-def _grid(values: Sequence[float] | None, name: str, low_open: bool) -> np.ndarray:
+def _grid_axis(values: Sequence[float] | None, name: str, low_open: bool) -> np.ndarray:
+    """The sorted, checked values of ``alphas`` or ``sigmas`` (default: :data:`DEFAULT_GRID`)."""
     grid = np.unique(np.asarray(DEFAULT_GRID if values is None else values, dtype=float))
     if grid.size == 0 or grid.max() > 1 or grid.min() < 0 or (low_open and grid.min() <= 0):
         interval = "(0, 1]" if low_open else "[0, 1]"
@@ -289,9 +290,9 @@ class _MovingModule:
 
 
 def _cache_prefix(module: _MovingModule, evaluator: CachedPrefixEvaluator, grid: _Grid) -> None:
-    """Evaluate from the module on (its cached inputs) when that reproduces the full
-    forward at a perturbed point (the first α, the largest σ); warn and keep full
-    forward passes otherwise."""
+    """Run only the module and what follows it, on its cached inputs, when that
+    reproduces the full forward at a perturbed point (the first α, the largest σ);
+    warn and keep full forward passes otherwise."""
     if not evaluator.cache_inputs_of(module.name, module.moving):
         return
     largest = len(grid.sigmas) - 1
@@ -463,7 +464,8 @@ def criticality(
     being transferred in transfer learning?", NeurIPS, Definition 3.2 and Fig. 6.
     """
     _check_settings(path, path_states, start, best_state, noise, threshold, threshold_mode, samples, seed, method)
-    grid = _Grid(_grid(alphas, "alphas", low_open=False), _grid(sigmas, "sigmas", low_open=True), samples, seed, method)
+    grid = _Grid(_grid_axis(alphas, "alphas", low_open=False), _grid_axis(sigmas, "sigmas", low_open=True), samples,
+                 seed, method)
     names = _module_names(model, modules)
     batches = cache_batches(loader, max_examples)
     frames = [_module_grid(_MovingModule(model, initial, name, path=path, path_states=path_states, start=start,
