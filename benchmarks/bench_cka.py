@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from transferscope.analysis.cka import compare_representations
+from transferscope.analysis.similarity import compare_representations
 from transferscope.data import ImageLoader, ImageSet
 from transferscope.evaluation import eval_mode, model_device
 from transferscope.models import build_model, modules

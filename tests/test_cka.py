@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist, pdist
 
-from transferscope.analysis.cka import cka, compare_representations
+from transferscope.analysis.similarity import cka, compare_representations
 from transferscope.models import build_model, modules
 
 SETTINGS = [("linear", False), ("linear", True), ("rbf", False), ("rbf", True)]

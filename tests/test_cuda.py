@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from transferscope.analysis import compare_representations, criticality, interpolate, rewind
-from transferscope.analysis.cka import cka
+from transferscope.analysis.similarity import cka
 from transferscope.data import BlockShuffle
 from transferscope.evaluation import evaluate
 from transferscope.models import build_model

@@ -10,7 +10,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from transferscope.analysis.cka import compare_representations
+from transferscope.analysis.similarity import compare_representations
 from transferscope.models import build_model, modules
 from transferscope.report.figures.cka import caption_cka, plot_cka_heatmap, plot_table1, table1_frame
 

@@ -9,8 +9,8 @@ import torch
 from matplotlib.figure import Figure
 
 from transferscope.analysis.distance import param_distance
-from transferscope.analysis.mistakes import mistakes
-from transferscope.analysis.spectrum import spectrum, spectrum_summary
+from transferscope.analysis.mistake_overlap import mistakes
+from transferscope.analysis.spectra import spectrum, spectrum_summary
 from transferscope.models import build_model, init_for_finetuning
 from transferscope.report.figures.distance import caption_distance, plot_module_distances, table2_frame
 from transferscope.report.figures.mistakes import caption_mistakes, plot_mistake_examples, plot_mistakes

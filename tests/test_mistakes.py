@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from transferscope.analysis.mistakes import mistake_examples, mistakes
+from transferscope.analysis.mistake_overlap import mistake_examples, mistakes
 from transferscope.models import build_model
 
 

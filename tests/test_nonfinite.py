@@ -14,7 +14,7 @@ from torch import nn
 
 from transferscope.analysis.basin import basin
 from transferscope.analysis.interpolation import interpolate
-from transferscope.analysis.mistakes import mistakes
+from transferscope.analysis.mistake_overlap import mistakes
 from transferscope.analysis.rewind import rewind
 from transferscope.evaluation import evaluate, metrics, predict
 from transferscope.models import build_model

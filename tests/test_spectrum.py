@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from transferscope.analysis.spectrum import spectrum, spectrum_summary
+from transferscope.analysis.spectra import spectrum, spectrum_summary
 from transferscope.models import build_model
 
 

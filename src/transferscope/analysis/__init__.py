@@ -7,14 +7,14 @@ reaches the rest of its module."""
 
 from .basin import basin
 from .checkpoints import checkpoint_table
-from .cka import cka, compare_representations
-from .module_criticality import criticality, criticality_value, network_criticality
 from .distance import param_distance
 from .feature_reuse import feature_reuse_table, optimization_speed, relative_drop, summarize_run
 from .interpolation import barrier, interpolate
-from .mistakes import mistake_examples, mistakes
+from .mistake_overlap import mistake_examples, mistakes
+from .module_criticality import criticality, criticality_value, network_criticality
 from .rewind import rewind
-from .spectrum import spectrum, spectrum_summary
+from .similarity import cka, compare_representations
+from .spectra import spectrum, spectrum_summary
 
 __all__ = [
     "barrier", "basin", "checkpoint_table", "cka", "compare_representations", "criticality", "criticality_value",

@@ -135,7 +135,7 @@ def _distance_job(inputs: AnalysisInputs) -> None:
 
 
 def _mistakes_job(inputs: AnalysisInputs) -> None:
-    from ..analysis.mistakes import mistake_examples, mistakes
+    from ..analysis.mistake_overlap import mistake_examples, mistakes
 
     s = inputs.settings
     models = inputs.models()
@@ -151,7 +151,7 @@ def _mistakes_job(inputs: AnalysisInputs) -> None:
 
 
 def _spectrum_job(inputs: AnalysisInputs) -> None:
-    from ..analysis.spectrum import spectrum, spectrum_summary
+    from ..analysis.spectra import spectrum, spectrum_summary
 
     frames = [spectrum(model).assign(model=name) for name, model in inputs.models().items()]
     values = pd.concat(frames, ignore_index=True)
@@ -189,7 +189,7 @@ def _basin_job(inputs: AnalysisInputs) -> None:
 
 
 def _cka_job(inputs: AnalysisInputs) -> None:
-    from ..analysis.cka import compare_representations
+    from ..analysis.similarity import compare_representations
 
     s = inputs.settings
     loader = inputs.test_loader(s["max_examples"], s["batch_size"])

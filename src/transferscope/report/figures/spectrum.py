@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ...analysis.spectrum import spectrum_summary
+from ...analysis.spectra import spectrum_summary
 
 
 def _check(frames: Mapping[str, pd.DataFrame]) -> None:
