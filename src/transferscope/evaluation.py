@@ -15,7 +15,7 @@ pass for a real prediction. :func:`metrics` scores non-finite logits as NaN.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import math
 
@@ -112,18 +112,67 @@ def metrics(logits: Tensor, targets: Tensor) -> dict[str, float]:
     check_targets(logits, targets)
     if not bool(torch.isfinite(logits).all()):
         return {"loss": math.nan, "n": len(targets), score_name(targets): math.nan}
-    out = {"loss": float(loss_fn(logits, targets)), "n": len(targets)}
     if is_multilabel(targets):
         aucs = torch.tensor(per_label_auc(logits, targets), dtype=torch.float64)
-        out["auc"] = float(aucs[~aucs.isnan()].mean()) if (~aucs.isnan()).any() else float("nan")
+        score = float(aucs[~aucs.isnan()].mean()) if (~aucs.isnan()).any() else float("nan")
     else:
-        out["accuracy"] = float((logits.argmax(1) == targets).double().mean())
-    return out
+        score = float((logits.argmax(1) == targets).double().mean())
+    return {"loss": float(loss_fn(logits, targets)), "n": len(targets), score_name(targets): score}
+
+
+METRICS = ("accuracy", "auc")  # the names score_name gives
 
 
 def score_name(targets: Tensor) -> str:
-    """The headline metric of a task: ``"auc"`` for multi-label targets, else ``"accuracy"``."""
+    """The headline metric of a task: ``"auc"`` for multi-label targets, else ``"accuracy"``.
+
+    The one place where the metric's name is decided; tables record it in a ``metric``
+    column, or in the name of their score column (:func:`score_metric` reads it back).
+
+    Parameters
+    ----------
+    targets : Tensor
+        int64 ``(N,)`` class indices or float ``(N, L)`` 0/1 labels.
+
+    Returns
+    -------
+    str
+        ``"accuracy"`` (top-1) or ``"auc"`` (mean ROC AUC over labels).
+    """
     return "auc" if is_multilabel(targets) else "accuracy"
+
+
+def score_metric(table: Mapping[str, Any] | pd.DataFrame, prefix: str = "") -> str:
+    """The metric of a metrics dict or table whose score column is named
+    ``prefix + score_name(targets)`` (the trainer's ``test_accuracy`` or ``test_auc``).
+
+    Parameters
+    ----------
+    table : mapping or pandas.DataFrame
+        A metrics dict (:func:`metrics`, one row of a run's metrics) or a table. In a
+        table gathering runs of both kinds of task, the column holding values counts.
+    prefix : str
+        Prefix of the score column, e.g. ``"test_"`` or ``"train_clean_"``.
+
+    Returns
+    -------
+    str
+        ``"accuracy"`` or ``"auc"``.
+
+    Raises
+    ------
+    ValueError
+        When ``table`` has no such column, or two holding values (select one task's rows).
+    """
+    present = [metric for metric in METRICS if prefix + metric in table]
+    valued = [metric for metric in present if pd.Series(table[prefix + metric]).notna().any()]
+    if len(present) == 1 or len(valued) == 1:
+        return (valued if len(present) > 1 else present)[0]
+    columns = " or ".join(prefix + metric for metric in METRICS)
+    found = (f"the columns are {list(table)}" if not present
+             else f"both {'hold values' if valued else 'are empty'}")
+    raise ValueError(f"no single score column {columns}: {found}; pass one run's metrics "
+                     "(transferscope.train.TrainingRun.metrics) or the rows of one task")
 
 
 @contextmanager

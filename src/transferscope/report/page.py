@@ -12,13 +12,17 @@ import json
 import multiprocessing
 import os
 import pickle
+import re
+import traceback
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import jinja2
+import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -26,8 +30,21 @@ from .. import __version__
 from ..io import write_text
 from ..study.results import collect_results
 from ..study.runner import open_study
-from .render import save_figure
+from .render import PLAIN_TEXT, file_stem, save_figure
 from .sections import SECTIONS
+
+
+@dataclass
+class Failure:
+    """What could not be drawn, the error in one line, and its traceback."""
+
+    what: str
+    message: str
+    traceback: str
+
+    @classmethod
+    def of(cls, what: str, error: BaseException) -> Failure:
+        return cls(what, f"{type(error).__name__}: {error}", "".join(traceback.format_exception(error)))
 
 
 @dataclass
@@ -38,20 +55,29 @@ class Section:
     figures: list[tuple[str, Figure]] = field(default_factory=list)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     missing: str = ""
-    error: str = ""
+    failures: list[Failure] = field(default_factory=list)
     rendered_figures: list[dict] = field(default_factory=list)
     rendered_tables: list[dict] = field(default_factory=list)
 
 
-def _save_all(figures: list[tuple[Figure, str]], folder: Path) -> list[str]:
+def _outcome(call: Callable[[], str]) -> str | Exception:
+    """The result of ``call()``, or the exception it raised."""
+    try:
+        return call()
+    except Exception as error:  # noqa: BLE001 - one figure that cannot be drawn must not stop the others
+        return error
+
+
+def _save_all(figures: list[tuple[Figure, str]], folder: Path) -> list[str | Exception]:
     """Write every figure (PNG + PDF), in parallel worker processes when there are
-    several cores (drawing dominates the report's time); return the PNGs as base64."""
+    several cores (drawing dominates the report's time); return the PNGs as base64, or
+    for a figure that could not be drawn, the exception."""
     workers = min(os.cpu_count() or 1, len(figures))
     if workers < 2:
-        return [save_figure(figure, folder, stem) for figure, stem in figures]
+        return [_outcome(partial(save_figure, figure, folder, stem)) for figure, stem in figures]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(save_figure, pickle.dumps(figure), folder, stem) for figure, stem in figures]
-        return [future.result() for future in futures]
+        return [_outcome(future.result) for future in futures]
 
 
 def report_digest(store, jobs) -> str:
@@ -72,7 +98,11 @@ def _html_table(frame: pd.DataFrame) -> str:
 
 def build_report(root: str | Path, force: bool = True) -> Path:
     """Write ``root/report/index.html``, ``summary.md`` and ``figures/``; return the HTML
-    path. With ``force=False`` an existing report is kept when no job changed state."""
+    path. With ``force=False`` an existing report is kept when no job changed state.
+
+    ``digest.txt`` is removed first and written last, so a build that is killed midway
+    is redone by the next one. A section or figure that cannot be drawn says why on the
+    page; the rest of the report is still written."""
     root = Path(root)
     spec, store, jobs = open_study(root)
     folder = root / "report"
@@ -81,6 +111,7 @@ def build_report(root: str | Path, force: bool = True) -> Path:
     if not force and html_path.is_file() and (folder / "digest.txt").is_file() \
             and (folder / "digest.txt").read_text() == digest:
         return html_path
+    (folder / "digest.txt").unlink(missing_ok=True)
     tables = collect_results(spec, store, jobs)
     figures_dir = folder / "figures"
     states = Counter(store.state(job) for job in jobs)
@@ -88,20 +119,26 @@ def build_report(root: str | Path, force: bool = True) -> Path:
     for key, title, builder in SECTIONS:
         section = Section(key, title)
         try:
-            builder(section, tables, spec, store, jobs)
+            with matplotlib.rc_context(PLAIN_TEXT):
+                builder(section, tables, spec, store, jobs)
         except Exception as error:  # noqa: BLE001 - one broken section must not hide the others
-            section.error = f"this section could not be drawn: {type(error).__name__}: {error}"
+            section.failures.append(Failure.of("this section could not be drawn", error))
         section.rendered_tables = [{"name": name, "html": _html_table(frame)} for name, frame in section.tables]
         sections.append(section)
-    drawn = [(section, name, figure, f"{section.key}_{name}") for section in sections for name, figure in section.figures]
-    images = _save_all([(figure, stem) for _, _, figure, stem in drawn], figures_dir)
-    for (section, name, _, stem), data in zip(drawn, images):
-        section.rendered_figures.append({"name": name, "name_stem": stem, "file": f"figures/{stem}.png", "data": data})
+    drawn = [(section, name, figure, file_stem(f"{section.key}_{name}"))
+             for section in sections for name, figure in section.figures]
+    outcomes = _save_all([(figure, stem) for _, _, figure, stem in drawn], figures_dir)
+    for (section, name, _, stem), outcome in zip(drawn, outcomes):
+        if isinstance(outcome, Exception):
+            section.failures.append(Failure.of(f"figure {name!r} could not be drawn", outcome))
+        else:
+            section.rendered_figures.append({"name": name, "name_stem": stem, "file": f"figures/{stem}.png",
+                                             "data": outcome})
     written = {f"{f['name_stem']}.{ext}" for section in sections for f in section.rendered_figures
                for ext in ("png", "pdf")}
     for stale in figures_dir.glob("*.*"):
         if stale.name not in written:
-            stale.unlink()  # a figure of an earlier report that this one no longer draws
+            stale.unlink()  # a figure of an earlier report that this one no longer draws, or a killed write
     context = {
         "study": spec, "version": __version__, "sections": sections,
         "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
@@ -117,17 +154,39 @@ def build_report(root: str | Path, force: bool = True) -> Path:
     return html_path
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|$#])")
+
+
+def _markdown_text(text: str) -> str:
+    """``text`` shown as given in Markdown, on one line (it may hold a target label):
+    characters that Markdown, its tables or its math would read are backslash-escaped."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.splitlines()))
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    """A Markdown table whose text cells are shown as given (escaped, not read as numbers)."""
+    frame = _with_labels(frame).copy()
+    text = [i for i, dtype in enumerate(frame.dtypes) if pd.api.types.is_object_dtype(dtype)
+            or pd.api.types.is_string_dtype(dtype)]
+    for i in text:
+        frame.iloc[:, i] = frame.iloc[:, i].map(lambda value: _markdown_text(value) if isinstance(value, str) else value)
+    return frame.to_markdown(index=False, floatfmt=".4g", disable_numparse=text)
+
+
 def _markdown(sections: list[Section], context: dict) -> str:
-    lines = [f"# What is being transferred? — {context['study'].name}", "",
+    lines = [f"# What is being transferred? — {_markdown_text(context['study'].name)}", "",
              f"transferscope {context['version']}, {context['generated']}; {context['counts']}.", ""]
     for section in sections:
         lines += [f"## {section.title}", ""]
-        for text in (section.missing, section.error, section.caption):
-            if text:
-                lines += [text, ""]
-        lines += [f"![{f['name']}]({f['file']})" for f in section.rendered_figures]
+        if section.missing:
+            lines += [section.missing, ""]
+        for failure in section.failures:
+            lines += [_markdown_text(f"{failure.what}: {failure.message}"), ""]
+        if section.caption:
+            lines += [_markdown_text(section.caption), ""]
+        lines += [f"![{_markdown_text(f['name'])}]({f['file']})" for f in section.rendered_figures]
         for name, frame in section.tables:
-            lines += ["", f"**{name}**", "", _with_labels(frame).to_markdown(index=False, floatfmt=".4g")]
+            lines += ["", f"**{name}**", "", _markdown_table(frame)]
         lines.append("")
     return "\n".join(lines)
 

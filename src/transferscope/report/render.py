@@ -4,23 +4,50 @@ Kept free of heavy imports so that worker processes start fast."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import pickle
+import re
+import unicodedata
 from pathlib import Path
 
 import matplotlib
 
+from ..io import atomic_path
+
 matplotlib.use("Agg")
+
+PLAIN_TEXT = {"text.parse_math": False}
+"""Settings under which the report makes and draws figures: every text is shown as
+given (a target label such as ``"cost $5 to $8"`` is not read as mathtext)."""
+
+_SAFE_STEM = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,79}")
+
+
+def file_stem(name: str) -> str:
+    """A file-name stem for ``name``: the name itself when it is at most 80 ASCII letters,
+    digits, ``.``, ``_`` or ``-``; otherwise an ASCII slug of it (at most 70 characters)
+    and 8 hex digits of its hash, so that names with the same slug (``"a/b"``,
+    ``"a?b"``) still get different files."""
+    if _SAFE_STEM.fullmatch(name):
+        return name
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", ascii_name).strip(".-")[:70].rstrip(".-")
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{slug}-{digest}" if slug else digest
 
 
 def save_figure(figure_or_pickle, folder: str | Path, stem: str) -> str:
-    """Write ``folder/stem.png`` and ``.pdf``; return the PNG as base64. Accepts a
-    Figure or a pickled one (what crosses to a worker process)."""
+    """Write ``folder/stem.png`` and ``.pdf`` atomically (a killed write leaves the old
+    file or none, never a truncated one); return the PNG as base64. Accepts a Figure or
+    a pickled one (what crosses to a worker process)."""
     figure = pickle.loads(figure_or_pickle) if isinstance(figure_or_pickle, bytes) else figure_or_pickle
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    (folder / f"{stem}.png").write_bytes(buffer.getvalue())
-    figure.savefig(folder / f"{stem}.pdf")
+    with matplotlib.rc_context(PLAIN_TEXT):
+        figure.savefig(buffer, format="png", dpi=110)
+        with atomic_path(folder / f"{stem}.png") as tmp:
+            tmp.write_bytes(buffer.getvalue())
+        with atomic_path(folder / f"{stem}.pdf") as tmp:
+            figure.savefig(tmp, format="pdf")
     return base64.b64encode(buffer.getvalue()).decode()
