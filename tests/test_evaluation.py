@@ -5,13 +5,15 @@ hand, and cached evaluation subsets."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from transferscope.evaluation import (cache_batches, eval_mode, evaluate, has_batchnorm, loss_fn, metrics,
-                                      model_device, predict, recalibrate_batchnorm, roc_auc, score_name)
+                                      model_device, predict, recalibrate_batchnorm, roc_auc, score_metric,
+                                      score_name)
 
 
 
@@ -79,6 +81,20 @@ def test_multilabel_metrics_match_numpy():
     assert per_example.double().mean().item() == pytest.approx(out["loss"], rel=1e-6)
     assert score_name(torch.tensor(labels)) == "auc"
     assert np.isnan(metrics(torch.tensor(logits[:, 3:]), torch.tensor(labels[:, 3:]))["auc"])
+
+
+def test_score_metric_reads_back_the_name_score_name_gave():
+    """The metric of a metrics dict or table is read from its score column; a table that
+    gathers both kinds of task takes the column holding values; anything else is a
+    ValueError naming the columns."""
+    assert score_metric(metrics(torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2]))) == "accuracy"
+    assert score_metric({"loss": 1.0, "auc": float("nan")}) == "auc"  # a diverged model still has its metric
+    mixed = pd.DataFrame({"test_accuracy": [float("nan")] * 2, "test_auc": [0.7, 0.8], "train_clean_auc": [0.9, 1]})
+    assert score_metric(mixed, "test_") == "auc" and score_metric(mixed, "train_clean_") == "auc"
+    with pytest.raises(ValueError, match=r"test_accuracy or test_auc: the columns are \['loss'\]"):
+        score_metric(pd.DataFrame({"loss": [1.0]}), "test_")
+    with pytest.raises(ValueError, match="both hold values"):
+        score_metric(mixed.assign(test_accuracy=0.5), "test_")
 
 
 class Mixed(nn.Module):

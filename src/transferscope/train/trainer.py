@@ -32,7 +32,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data import Domain, block_shuffle_for, load_domain
-from ..evaluation import evaluate, loss_fn
+from ..evaluation import evaluate, loss_fn, score_metric
 from ..io import atomic_path, read_json, remove_stale_temporaries, write_json, write_table
 from ..models import build_model, init_for_finetuning, load_weights, save_weights
 from .run_dir import TrainingRun, checkpoint_path
@@ -118,6 +118,11 @@ def _mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Genera
     return lam * x + (1 - lam) * x[perm], y, y[perm], lam
 
 
+def _test_score(row: dict) -> float:
+    """The test score (accuracy or mean AUC) of one row of a run's metrics."""
+    return row[f"test_{score_metric(row, 'test_')}"]
+
+
 class Trainer:
     """One run in ``out_dir``; :meth:`run` trains (resuming when possible)."""
 
@@ -186,8 +191,8 @@ class Trainer:
         # NaN outputs score NaN here; the training loop's loss check stops a diverged run
         test = evaluate(model, self.test_batches, allow_nonfinite=True)
         clean = evaluate(model, self.clean_train_batches, allow_nonfinite=True)
-        key = "auc" if "auc" in test else "accuracy"
-        return {"test_loss": test["loss"], f"test_{key}": test[key], f"train_clean_{key}": clean[key]}
+        metric = score_metric(test)
+        return {"test_loss": test["loss"], f"test_{metric}": test[metric], f"train_clean_{metric}": clean[metric]}
 
     # ----------------------------------------------------------------- the loop
     def run(self, on_epoch_end: Callable[[int], None] | None = None) -> TrainingRun:
@@ -217,7 +222,6 @@ class Trainer:
             rows.append(self._epoch_zero(model, best))
         self._status("running", epoch=start - 1)
         self.first_epoch = start
-        key = "test_" + ("auc" if self.domain.multilabel else "accuracy")
         with self._progress_bar(start) as (bar, task):
             for epoch in range(start, config.epochs + 1):
                 row = self._train_epoch(model, optimizer, epoch, bar, task)
@@ -225,8 +229,8 @@ class Trainer:
                 row["lr"] = scheduler.get_last_lr()[0]
                 scheduler.step()
                 rows.append(row)
-                if row[key] > best["score"]:
-                    best = {"score": row[key], "epoch": epoch}
+                if _test_score(row) > best["score"]:
+                    best = {"score": _test_score(row), "epoch": epoch}
                     save_weights(model, self.out_dir / "checkpoints" / "best.safetensors")
                 if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
                     save_weights(model, checkpoint_path(self.out_dir, epoch))
@@ -269,7 +273,7 @@ class Trainer:
                "images_per_second": float("nan"), "train_seconds": 0.0, **self._evaluate(model)}
         save_weights(model, checkpoint_path(self.out_dir, 0))
         save_weights(model, self.out_dir / "checkpoints" / "best.safetensors")
-        best["score"] = row["test_" + ("auc" if self.domain.multilabel else "accuracy")]
+        best["score"] = _test_score(row)
         write_table(pd.DataFrame([row]), self.out_dir / "metrics")
         return row
 
