@@ -46,18 +46,18 @@ def _row(frame, module):
 def test_matches_numpy_reference_per_module_and_whole_network():
     a, b = _model(0), _model(1)
     frame = param_distance(a, b)
-    assert list(frame["module"]) == ["conv1", "layer1", "layer2", "layer3", "layer4", "fc", "all"]
+    assert list(frame["module"]) == ["conv1", "layer1", "layer2", "layer3", "layer4", "fc", "network"]
     parameters = [name for name, _ in a.named_parameters()]  # default: parameters incl. BN affine, no buffers
-    assert _row(frame, "all")["distance"] == pytest.approx(_reference(a, b, parameters), rel=1e-12)
-    assert _row(frame, "all")["n_params"] == sum(p.numel() for p in a.parameters())
+    assert _row(frame, "network")["distance"] == pytest.approx(_reference(a, b, parameters), rel=1e-12)
+    assert _row(frame, "network")["n_params"] == sum(p.numel() for p in a.parameters())
     for module in ["conv1", "layer1", "layer2", "layer3", "layer4", "fc"]:
         keys = [k for k in parameters if k.startswith(module + ".")]
         row = _row(frame, module)
         assert row["distance"] == pytest.approx(_reference(a, b, keys), rel=1e-12)
         assert row["n_tensors"] == len(keys)
     # the whole network is the root of the summed squared module distances
-    modules = frame[frame["module"] != "all"]
-    assert math.sqrt((modules["distance"] ** 2).sum()) == pytest.approx(_row(frame, "all")["distance"], rel=1e-12)
+    modules = frame[frame["module"] != "network"]
+    assert math.sqrt((modules["distance"] ** 2).sum()) == pytest.approx(_row(frame, "network")["distance"], rel=1e-12)
     assert (frame["skipped"] == "").all() and (frame["n_skipped"] == 0).all()
     assert {"include_head", "include_bn_affine", "include_bn_buffers"} <= set(frame.columns)
 
@@ -67,8 +67,8 @@ def test_include_bn_buffers_counts_running_statistics_but_never_num_batches_trac
     frame = param_distance(a, b, include_bn_buffers=True)
     keys = [k for k in a.state_dict() if not k.endswith("num_batches_tracked")]
     assert any(k.endswith("running_var") for k in keys)
-    assert _row(frame, "all")["distance"] == pytest.approx(_reference(a, b, keys), rel=1e-12)
-    assert _row(frame, "all")["n_tensors"] == len(keys)
+    assert _row(frame, "network")["distance"] == pytest.approx(_reference(a, b, keys), rel=1e-12)
+    assert _row(frame, "network")["n_tensors"] == len(keys)
 
 
 def test_invariants_copy_symmetry_triangle():
@@ -96,8 +96,8 @@ def test_each_flag_changes_exactly_its_tensors(key, flag):
     assert expected == pytest.approx(0.5 * math.sqrt(a.state_dict()[key].numel()), rel=1e-6)
     counted = param_distance(a, b, **{flag: True})
     excluded = param_distance(a, b, **{flag: False})
-    assert _row(counted, "all")["distance"] == pytest.approx(expected, rel=1e-12)
-    assert _row(excluded, "all")["distance"] == 0
+    assert _row(counted, "network")["distance"] == pytest.approx(expected, rel=1e-12)
+    assert _row(excluded, "network")["distance"] == 0
     module = key.split(".")[0]
     assert _row(counted, module)["distance"] == pytest.approx(expected, rel=1e-12)
     # only the flagged tensors leave the count
@@ -105,7 +105,7 @@ def test_each_flag_changes_exactly_its_tensors(key, flag):
                     if (flag == "include_bn_buffers" and k.endswith(("running_mean", "running_var")))
                     or (flag == "include_bn_affine" and _is_batchnorm_key(a, k) and k.endswith(("weight", "bias")))
                     or (flag == "include_head" and k.startswith("fc.")))
-    assert _row(counted, "all")["n_tensors"] - _row(excluded, "all")["n_tensors"] == n_flagged
+    assert _row(counted, "network")["n_tensors"] - _row(excluded, "network")["n_tensors"] == n_flagged
 
 
 def test_excluded_head_gives_nan_not_zero():
@@ -118,13 +118,13 @@ def test_head_of_other_shape_is_skipped_reported_and_warned():
     pretrained, finetuned = _model(0, num_classes=12), _model(1, num_classes=10)
     with pytest.warns(UserWarning, match="fc.weight, fc.bias"):
         frame = param_distance(pretrained, finetuned)
-    assert _row(frame, "all")["skipped"] == "fc.weight, fc.bias"
-    assert _row(frame, "all")["n_skipped"] == 2
+    assert _row(frame, "network")["skipped"] == "fc.weight, fc.bias"
+    assert _row(frame, "network")["n_skipped"] == 2
     assert _row(frame, "fc")["skipped"] == "fc.weight, fc.bias"
     assert math.isnan(_row(frame, "fc")["distance"])
     assert _row(frame, "layer1")["skipped"] == ""
     body = [k for k, _ in pretrained.named_parameters() if not k.startswith("fc.")]
-    assert _row(frame, "all")["distance"] == pytest.approx(_reference(pretrained, finetuned, body), rel=1e-12)
+    assert _row(frame, "network")["distance"] == pytest.approx(_reference(pretrained, finetuned, body), rel=1e-12)
 
 
 def test_state_dicts_accepted_and_models_unchanged():
@@ -145,15 +145,15 @@ def test_state_dicts_accepted_and_models_unchanged():
 def test_module_subset():
     a, b = _model(0), _model(1)
     frame = param_distance(a, b, modules=["layer1"])
-    assert list(frame["module"]) == ["layer1", "all"]
-    assert _row(frame, "all")["distance"] == _row(param_distance(a, b), "all")["distance"]
+    assert list(frame["module"]) == ["layer1", "network"]
+    assert _row(frame, "network")["distance"] == _row(param_distance(a, b), "network")["distance"]
 
 
 def test_clear_errors():
     a = _model(0)
     torch.manual_seed(1)
     deeper = build_model("small_resnet", 10, width=8, blocks=(2, 1, 1, 1))
-    with pytest.raises(ValueError, match=r"'layer1\.1\.conv1\.weight' is in model_b but not in model_a"):
+    with pytest.raises(ValueError, match=r"not in model_a: layer1\.1\.conv1\.weight, .*same architecture settings"):
         param_distance(a, deeper)
     with pytest.raises(TypeError, match="at least one nn.Module"):
         param_distance(a.state_dict(), a.state_dict())
@@ -161,5 +161,5 @@ def test_clear_errors():
     wider = build_model("small_resnet", 10, width=16)
     with pytest.raises(ValueError, match=r"conv1\.0\.weight has shape \(8, 3, 3, 3\) in model_a but \(16, 3, 3, 3\)"):
         param_distance(a, wider)
-    with pytest.raises(KeyError, match="no module named 'layer9'"):
+    with pytest.raises(ValueError, match="no module named 'layer9'"):
         param_distance(a, _model(1), modules=["layer9"])

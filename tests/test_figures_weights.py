@@ -63,7 +63,7 @@ def test_table2_layout_and_values(distance_frame):
     table = table2_frame(distance_frame)
     assert list(table.index) == ["clipart", "sketch"]
     assert list(table.columns) == ["P-T&P-T", "RI-T&RI-T", "P-T&P", "RI-T&P"]
-    whole = distance_frame[(distance_frame.module == "all") & (distance_frame.target == "sketch")]
+    whole = distance_frame[(distance_frame.module == "network") & (distance_frame.target == "sketch")]
     expected = whole[(whole.model_b == "P") & whole.model_a.str.startswith("P-T")]["distance"].mean()
     assert table.loc["sketch", "P-T&P"] == pytest.approx(expected)
     layer1 = table2_frame(distance_frame, module="layer1")

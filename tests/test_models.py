@@ -13,6 +13,8 @@ from torch import nn
 
 from transferscope.evaluation import has_batchnorm
 from transferscope.models.partition import head_name, module_state_keys, modules
+from transferscope.models import list_models, register
+from transferscope.models import registry as registry_module
 from transferscope.models.registry import build_model
 from transferscope.models.weights import init_for_finetuning, load_into, load_weights, save_weights
 
@@ -108,8 +110,55 @@ def test_fixup_resnet50_has_no_batchnorm_and_fixup_init(fixup):
 
 
 def test_unknown_architecture_lists_the_names():
-    with pytest.raises(ValueError, match=r"unknown architecture 'resnet7'.*small_resnet.*fixup_resnet50.*resnet18"):
+    with pytest.raises(ValueError, match=r"unknown architecture 'resnet7'.*small_resnet.*fixup_resnet50.*resnet18.*"
+                                         r"timm:<name>.*list_models\(\).*@transferscope\.models\.register\('resnet7'\)"):
         build_model("resnet7", 3)
+    with pytest.raises(ValueError, match=r"'small_resnt' \(did you mean 'small_resnet'\?\)"):
+        build_model("small_resnt", 3)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """The registry's own table, restored after the test."""
+    monkeypatch.setattr(registry_module, "_BUILDERS", dict(registry_module._BUILDERS))
+    return registry_module
+
+
+def test_list_models_names_builtins_and_torchvision():
+    names = list_models()
+    assert {"small_resnet", "fixup_resnet50", "resnet18", "resnet50"} <= set(names)
+    assert names == sorted(names)
+    assert set(torchvision.models.list_models(module=torchvision.models)) <= set(names)
+
+
+def test_register_a_custom_builder(registry):
+    calls = []
+
+    @register("tiny_mlp")
+    def tiny_mlp(num_classes: int, *, in_channels: int = 3, width: int = 4, depth: int = 1) -> nn.Module:
+        calls.append((num_classes, in_channels, width, depth))
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 4, width), nn.ReLU(), nn.Linear(width, num_classes))
+
+    assert "tiny_mlp" in list_models()
+    model = build_model("tiny_mlp", 3, in_channels=1, width=6, blocks=(2, 2, 2, 2), depth=2)
+    assert calls == [(3, 1, 6, 2)]  # width (named by the builder) passed, blocks (not named) left out
+    assert model(torch.randn(5, 1, 2, 2)).shape == (5, 3)
+    build_model("resnet18", 4, width=8)  # torchvision builders take no width: ignored, as before
+    with pytest.raises(ValueError, match="'tiny_mlp' is already registered.*choose another name"):
+        register("tiny_mlp")
+    with pytest.raises(ValueError, match="has no ':'"):
+        register("mine:net")
+
+
+def test_a_new_family_reaches_build_model_unchanged(registry, monkeypatch):
+    """How import-path models (issue 10) plug in: a family resolves names by their form."""
+    monkeypatch.setattr(registry, "_FAMILIES", list(registry._FAMILIES))
+    registry.register_family(registry.Family(
+        "'linear:<n>'", lambda arch: (lambda num_classes, in_channels=3: nn.Linear(int(arch[7:]), num_classes))
+        if arch.startswith("linear:") else None))
+    assert build_model("linear:7", 2).weight.shape == (2, 7)
+    with pytest.raises(ValueError, match="'linear:<n>'"):
+        build_model("lin:7", 2)
 
 
 # ---------------------------------------------------------------- the module partition
@@ -141,6 +190,8 @@ def test_partition_names_are_exact():
     for bad in (["layer"], ["conv"], ["fc", "layer9"], [""]):
         with pytest.raises(KeyError, match=r"matched exactly.*conv1, layer1, layer2, layer3, layer4, avgpool, fc"):
             modules(model, bad)
+    with pytest.raises(ValueError, match="no module named 'layer9'"):  # the package's missing-name error type
+        module_state_keys(model, modules=["layer9"])
 
 
 def assert_each_key_once(model: nn.Module, groups: dict[str, list[str]]) -> None:
@@ -259,7 +310,8 @@ def test_init_for_finetuning_loads_all_but_the_head():
 
 def test_mismatching_body_names_the_keys():
     source = small(width=16).state_dict()
-    with pytest.raises(ValueError, match=r"shape mismatch: conv1\.0\.weight: file \(16, 3, 3, 3\) vs model \(8, 3, 3, 3\)"):
+    with pytest.raises(ValueError, match=r"shape mismatch: conv1\.0\.weight: \(16, 3, 3, 3\) in the weights vs "
+                                         r"\(8, 3, 3, 3\) in the model"):
         init_for_finetuning(small(width=8), source)
     torch.manual_seed(0)
     other = build_model("resnet18", 5).state_dict()

@@ -7,8 +7,9 @@ the flattened, concatenated tensors:
     d_S(Θ, Θ') = sqrt( Σ_{t ∈ S} ‖Θ_t − Θ'_t‖²_F ),
 
 computed in float64. Each partition module (``transferscope.models.module_state_keys``:
-conv1, layer1..layer4, fc for ResNets) gets its own S; the row ``module="all"`` takes
-every counted tensor of the network. Which tensors count is set by the flags:
+conv1, layer1..layer4, fc for ResNets) gets its own S; the row ``module="network"``
+(:data:`transferscope.models.NETWORK`) takes every counted tensor of the network. Which
+tensors count is set by the flags:
 
 - ``include_head``: the classifier head (``transferscope.models.head_name``);
 - ``include_bn_affine``: weight and bias of BatchNorm layers;
@@ -27,37 +28,19 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ..models import head_name, module_state_keys
-
-ModelOrState = nn.Module | Mapping[str, Tensor]
+from ..models import NETWORK, head_name, module_state_keys
+from ..models.state import ModelOrState, as_state_dict, batchnorm_layers, check_compatible, in_modules
 
 BN_AFFINE = ("weight", "bias")
 BN_BUFFERS = ("running_mean", "running_var")
 
 
-def _check_same_keys(state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor]) -> None:
-    """Raise naming the first key of one state dict that the other lacks."""
-    only_a = next((key for key in state_a if key not in state_b), None)
-    only_b = next((key for key in state_b if key not in state_a), None)
-    if only_a is None and only_b is None:
-        return  # the comparison is by name, so the order of the keys does not matter
-    first = f"{only_a!r} is in model_a but not in model_b" if only_a else f"{only_b!r} is in model_b but not in model_a"
-    raise ValueError(
-        f"the two models have different state-dict keys ({first}); parameter distance compares "
-        "models of one architecture: build both with the same arch, width and blocks"
-    )
-
-
-def _in_module(key: str, module: str) -> bool:
-    return key == module or key.startswith(module + ".")
-
-
 def _check_is_head(model: nn.Module, key: str, shape_a: torch.Size, shape_b: torch.Size) -> None:
     """A shape may differ in the classifier head only (a head sized for other classes)."""
     head = head_name(model)
-    if not _in_module(key, head):
+    if not in_modules(key, [head]):
         raise ValueError(
             f"{key} has shape {tuple(shape_a)} in model_a but {tuple(shape_b)} in model_b; outside the "
             f"classifier head ({head!r}) the two models must have one architecture (same width and depth)"
@@ -68,17 +51,16 @@ def _excluded_keys(model: nn.Module, include_head: bool, include_bn_affine: bool
                    include_bn_buffers: bool) -> set[str]:
     """State keys the flags leave out (num_batches_tracked always)."""
     excluded = set()
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            prefix = f"{name}." if name else ""
-            excluded.add(prefix + "num_batches_tracked")
-            if not include_bn_affine:
-                excluded.update(prefix + suffix for suffix in BN_AFFINE)
-            if not include_bn_buffers:
-                excluded.update(prefix + suffix for suffix in BN_BUFFERS)
+    for name in batchnorm_layers(model):
+        prefix = f"{name}." if name else ""
+        excluded.add(prefix + "num_batches_tracked")
+        if not include_bn_affine:
+            excluded.update(prefix + suffix for suffix in BN_AFFINE)
+        if not include_bn_buffers:
+            excluded.update(prefix + suffix for suffix in BN_BUFFERS)
     if not include_head:
         head = head_name(model)
-        excluded.update(key for key in model.state_dict() if _in_module(key, head))
+        excluded.update(key for key in model.state_dict() if in_modules(key, [head]))
     return excluded
 
 
@@ -110,8 +92,8 @@ def param_distance(
 
     ``model_a``/``model_b``: ``nn.Module`` or state dict; at least one must be a module,
     which supplies the partition, the BatchNorm layers and the head. ``modules`` picks
-    partition modules by exact name (default: the model's partition); the ``"all"`` row
-    always covers the whole network. Returns one row per module plus ``module="all"``:
+    partition modules by exact name (default: the model's partition); the ``"network"`` row
+    always covers the whole network. Returns one row per module plus ``module="network"``:
     ``module, distance, n_params, n_tensors, skipped, n_skipped`` and the three flags.
     ``distance`` is NaN for a module with no counted tensor (e.g. ``fc`` with
     ``include_head=False``).
@@ -122,8 +104,9 @@ def param_distance(
             "param_distance needs at least one nn.Module (it supplies the module partition, the "
             "BatchNorm layers and the head); build the architecture and pass it instead of a state dict"
         )
-    state_a, state_b = (m.state_dict() if isinstance(m, nn.Module) else dict(m) for m in (model_a, model_b))
-    _check_same_keys(state_a, state_b)
+    state_a, state_b = as_state_dict(model_a, "model_a"), as_state_dict(model_b, "model_b")
+    # keys only: a shape may differ in the head (left out below), nowhere else (_check_is_head)
+    check_compatible(state_b, state_a, shapes=False, what="model_b", reference_name="model_a")
     excluded = _excluded_keys(reference, include_head, include_bn_affine, include_bn_buffers)
 
     squared, sizes, skipped = {}, {}, []
@@ -148,7 +131,7 @@ def param_distance(
 
     groups = module_state_keys(reference, modules)
     rows = [_row(name, keys, squared, sizes, skipped) for name, keys in groups.items()]
-    rows.append(_row("all", list(state_a), squared, sizes, skipped))
+    rows.append(_row(NETWORK, list(state_a), squared, sizes, skipped))
     frame = pd.DataFrame(rows)
     frame["include_head"] = include_head
     frame["include_bn_affine"] = include_bn_affine

@@ -3,7 +3,8 @@
 For ResNets (torchvision, the small CPU ResNet, Fixup) these are ``conv1``,
 ``layer1``..``layer4`` and ``fc``, the units of Tables 1-2 and Figs. 5-6 of the
 paper; for any other model, its top-level children that hold parameters. A list of
-names overrides the default; names are matched exactly, never by substring.
+module names (``modules=``) overrides the default; names are matched exactly, never by
+substring.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from typing import Sequence
 
 from torch import nn
 
+from .state import in_modules
+
 RESNET_MODULES = ("conv1", "layer1", "layer2", "layer3", "layer4", "fc")
 NETWORK = "network"  # row label of whole-network values beside per-module ones (criticality, distance)
 
 
-class ModuleNotFoundInModel(KeyError):
-    """A module name that the model does not have (a KeyError whose message reads plainly)."""
+class ModuleNotFoundInModel(ValueError, KeyError):
+    """A module name that the model does not have: a ValueError, like every missing-name
+    error of the package (and a KeyError, as it was first; its message reads plainly)."""
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -37,8 +41,7 @@ def _resolve(model: nn.Module, names: Sequence[str]) -> OrderedDict[str, nn.Modu
     return OrderedDict((name, named[name]) for name in names)
 
 
-def modules(model: nn.Module, names: Sequence[str] | None = None) -> OrderedDict[str, nn.Module]:
-    """Ordered ``{name: module}`` of the units the analyses use (see module docstring)."""
+def _partition(model: nn.Module, names: Sequence[str] | None) -> OrderedDict[str, nn.Module]:
     if names is not None:
         return _resolve(model, list(names))
     children = dict(model.named_children())
@@ -48,7 +51,13 @@ def modules(model: nn.Module, names: Sequence[str] | None = None) -> OrderedDict
     return _resolve(model, with_params)
 
 
-def module_state_keys(model: nn.Module, names: Sequence[str] | None = None) -> OrderedDict[str, list[str]]:
+def modules(model: nn.Module, modules: Sequence[str] | None = None) -> OrderedDict[str, nn.Module]:
+    """Ordered ``{name: module}`` of the units the analyses use (see module docstring);
+    ``modules``: module names to use instead of the default partition."""
+    return _partition(model, modules)
+
+
+def module_state_keys(model: nn.Module, modules: Sequence[str] | None = None) -> OrderedDict[str, list[str]]:
     """State-dict keys (parameters and buffers) owned by each partition module.
 
     Keys of top-level modules outside the partition join the partition module that
@@ -57,19 +66,19 @@ def module_state_keys(model: nn.Module, names: Sequence[str] | None = None) -> O
     join the first one. A model may name owners explicitly in a class attribute
     ``state_key_owners`` (Fixup's scalar ``bias2`` belongs to ``fc``).
     """
-    partition = modules(model, names)
+    partition = _partition(model, modules)
     groups: OrderedDict[str, list[str]] = OrderedDict((name, []) for name in partition)
     order = list(partition)
     explicit = getattr(model, "state_key_owners", {})
     current = order[0]
     for key in model.state_dict():
-        owner = next((name for name in order if key == name or key.startswith(name + ".")), None)
+        owner = next((name for name in order if in_modules(key, [name])), None)
         if key in explicit and explicit[key] in groups:
             groups[explicit[key]].append(key)
             continue
         if owner is not None:
             current = owner
-        elif names is not None:
+        elif modules is not None:
             continue  # with an explicit list, only the named modules' own keys count
         groups[current].append(key)
     return groups

@@ -16,14 +16,14 @@ from torch import Tensor, nn
 
 from ..io import atomic_path
 from .partition import head_name
+from .state import ModelOrState, as_state_dict, check_compatible, in_modules
 
 StateDict = dict[str, Tensor]
 
 
-def save_weights(model_or_state: nn.Module | Mapping[str, Tensor], path: str | os.PathLike) -> Path:
+def save_weights(model_or_state: ModelOrState, path: str | os.PathLike) -> Path:
     """Save a model's ``state_dict`` (or a state dict) as safetensors, atomically."""
-    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
-    tensors = {key: value.detach().to("cpu").contiguous() for key, value in state.items()}
+    tensors = {key: value.detach().to("cpu").contiguous() for key, value in as_state_dict(model_or_state).items()}
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp))
@@ -64,28 +64,12 @@ def load_weights(path: str | os.PathLike) -> StateDict:
 
 def load_into(model: nn.Module, state: Mapping[str, Tensor], *, skip_prefixes: tuple[str, ...] = ()) -> None:
     """Copy ``state`` into ``model``, checking names and shapes; keys under
-    ``skip_prefixes`` are left at the model's own values. Errors name every mismatch."""
-    own = model.state_dict()
-    skipped = lambda key: any(key == p or key.startswith(p + ".") for p in skip_prefixes)  # noqa: E731
-    missing = [k for k in own if k not in state and not skipped(k)]
-    unexpected = [k for k in state if k not in own and not skipped(k)]
-    wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                   for k in own if k in state and not skipped(k) and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong_shape:
-        parts = []
-        if missing:
-            parts.append(f"missing from the weights: {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"not in the model: {', '.join(unexpected[:8])}{' …' if len(unexpected) > 8 else ''}")
-        if wrong_shape:
-            parts.append(f"shape mismatch: {'; '.join(wrong_shape[:8])}")
-        raise ValueError(
-            f"weights do not fit {type(model).__name__} ({' | '.join(parts)}); "
-            "check that the architecture, width and number of classes match those the weights were saved with"
-        )
+    ``skip_prefixes`` are left at the model's own values. Errors name every mismatch
+    (:func:`~transferscope.models.state.check_compatible`)."""
+    check_compatible(state, model, skip_prefixes=skip_prefixes)
     with torch.no_grad():
-        for key, value in own.items():
-            if not skipped(key):
+        for key, value in model.state_dict().items():
+            if not in_modules(key, skip_prefixes):
                 value.copy_(state[key])
 
 

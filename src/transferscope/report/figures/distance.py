@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ...models import NETWORK
 from .names import pair_type
 
 TABLE2_PAIRS = (("P-T", "P-T"), ("RI-T", "RI-T"), ("P-T", "P"), ("RI-T", "P"))
@@ -42,7 +43,7 @@ def _ordered(pairs: Sequence[str], order: Sequence[tuple[str, str]] = TABLE2_PAI
     return [label for label in (sep.join(p) for p in order) if label in set(pairs)]
 
 
-def table2_frame(frame: pd.DataFrame, module: str = "all") -> pd.DataFrame:
+def table2_frame(frame: pd.DataFrame, module: str = NETWORK) -> pd.DataFrame:
     """The layout of Table 2: one row per target domain, one column per pair type
     (P-T&P-T, RI-T&RI-T, P-T&P, RI-T&P, those present), each cell the mean distance of
     ``module`` (default the whole network) over the pairs of that type (e.g. the seeds)."""
@@ -61,7 +62,7 @@ def plot_module_distances(frame: pd.DataFrame) -> Figure:
     """Per-module L2 distance for each pair type, one panel per target domain: bars are the
     mean over the pairs of a type, whiskers their min-max range."""
     rows = _with_pairs(frame)
-    rows = rows[rows["module"] != "all"]
+    rows = rows[rows["module"] != NETWORK]
     modules = list(dict.fromkeys(rows["module"]))
     pairs = _ordered(rows["pair"].unique())
     targets = list(dict.fromkeys(rows["target"]))
@@ -100,7 +101,7 @@ def caption_distance(frame: pd.DataFrame) -> str:
         holds = means[close].max() < means[far].min()
         verdict = (": P-T models are closer to each other and to P than RI-T models are, as in the paper."
                    if holds else ": the paper's ordering (P-T pairs closer than RI-T pairs) does not hold here.")
-    whole = _with_pairs(frame).query("module == 'all'")
+    whole = _with_pairs(frame).query("module == @NETWORK")
     n_skipped = int((whole["n_skipped"] > 0).sum()) if "n_skipped" in whole.columns else 0
     note = (f" ({n_skipped} of {len(whole)} (pair, target) rows leave out head tensors whose shapes differ.)"
             if n_skipped else "")
