@@ -24,6 +24,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .models.state import batchnorm_layers
+from .models.state import has_batchnorm as has_batchnorm  # re-exported; BatchNorm detection lives in models.state
+
 Batches = Iterable[tuple[Tensor, Tensor]]
 
 
@@ -238,10 +241,6 @@ def cache_batches(batches: Batches, max_examples: int | None = None) -> list[tup
     return cached
 
 
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, batches: Batches, max_batches: int | None = None) -> nn.Module:
     """Recompute every BatchNorm's running mean and variance as the exact average over
@@ -250,7 +249,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Batches, max_batches: int |
 
     Running statistics are the plain average of the per-batch statistics (momentum
     ``None``, as ``torch.optim.swa_utils.update_bn``); use equal-sized batches."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = list(batchnorm_layers(model).values())
     if not norms:
         return model
     device = model_device(model)
