@@ -3,6 +3,7 @@ leaves either the old file or the new one, never a corrupt one."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -60,3 +61,22 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> None:
     for path in Path(folder).rglob(".*.tmp"):
         if path.is_file():
             path.unlink(missing_ok=True)
+
+
+def content_hash(obj: Any, length: int = 12) -> str:
+    """The first ``length`` hex digits of the SHA-256 of ``obj`` as canonical JSON (keys
+    sorted, ``json.dumps`` defaults otherwise): equal content, in any key order, gives one
+    digest. Job ids and settings digests use it; changing it would rename stored results.
+
+    Parameters
+    ----------
+    obj
+        JSON-serialisable data (a ``TypeError`` otherwise, never a silent ``str()``).
+    length
+        Hex digits kept (at most 64).
+
+    Returns
+    -------
+    str
+    """
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]

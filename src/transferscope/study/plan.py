@@ -4,12 +4,11 @@ only the jobs it affects (and those downstream of them)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import TrainConfig
+from ..io import content_hash
 from .spec import StudySpec
 
 TRAIN_KINDS = ("pretrain", "finetune")
@@ -28,8 +27,8 @@ class Job:
 
     def __post_init__(self) -> None:
         if not self.id:
-            text = json.dumps({"kind": self.kind, "config": self.config, "deps": sorted(self.deps)}, sort_keys=True)
-            object.__setattr__(self, "id", f"{self.kind}-{hashlib.sha256(text.encode()).hexdigest()[:12]}")
+            digest = content_hash({"kind": self.kind, "config": self.config, "deps": sorted(self.deps)})
+            object.__setattr__(self, "id", f"{self.kind}-{digest}")
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "label": self.label, "config": self.config, "deps": list(self.deps),

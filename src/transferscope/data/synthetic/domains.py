@@ -6,7 +6,6 @@ splits as safetensors keyed by a hash of the arguments and ``GENERATOR_VERSION``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -22,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ...io import atomic_path
+from ...io import atomic_path, content_hash
 from ..chexpert import LABELS as XRAY_LABELS
 from ..domain import Domain
 from ..tensors import ImageSet
@@ -114,8 +113,8 @@ def default_cache_dir() -> Path:
 
 
 def _cache_path(cache_dir: Path, arguments: dict) -> Path:
-    text = json.dumps({"generator_version": GENERATOR_VERSION, **arguments}, sort_keys=True)
-    return cache_dir / f"synthetic-{arguments['name']}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.safetensors"
+    digest = content_hash({"generator_version": GENERATOR_VERSION, **arguments}, length=16)
+    return cache_dir / f"synthetic-{arguments['name']}-{digest}.safetensors"
 
 
 def _read_cache(path: Path, classes: list[str], sizes: dict[str, int], image_size: int) -> dict[str, ImageSet] | None:
