@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 import torch
 from torch import Tensor
 
+from ..seeding import torch_generator
 from .shuffle import BlockShuffle
 
 
@@ -136,7 +137,7 @@ class ImageLoader:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        generator = torch_generator(self.seed, "loader", self.epoch)
         n = len(self.data)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         chunks = [order[start:start + self.batch_size] for start in range(0, len(self) * self.batch_size, self.batch_size)]

@@ -4,8 +4,8 @@ SGD with momentum and weight decay (biases and scales optionally at a lower lr, 
 for the paper's Fixup ResNet-50), constant/step/multistep/cosine schedules, optional
 mixup (Zhang et al. 2018), augmentation off for shuffled data. A checkpoint at epoch 0
 (before any update) and every ``checkpoint_every`` epochs plus the best one; per-epoch
-metrics as a tidy table. Every source of randomness is seeded from ``(seed, epoch)``,
-so a killed run resumes from its last finished epoch (or, when its ``resume.pt`` is
+metrics as a tidy table. Every source of randomness is seeded from ``(seed, epoch)``
+(:mod:`transferscope.seeding`), so a killed run resumes from its last finished epoch (or, when its ``resume.pt`` is
 damaged, trains again from epoch 0) and ends with the same weights as an uninterrupted
 one. A run folder is bound to the run's identity (:func:`run_identity`), not to how
 its init path is spelled.
@@ -35,6 +35,7 @@ from ..data import Domain, block_shuffle_for, load_domain
 from ..evaluation import evaluate, loss_fn, score_metric
 from ..io import atomic_path, read_json, remove_stale_temporaries, write_json, write_table
 from ..models import build_model, init_for_finetuning, load_weights, save_weights
+from ..seeding import numpy_generator, torch_generator
 from .run_dir import TrainingRun, checkpoint_path
 
 
@@ -281,8 +282,8 @@ class Trainer:
         config = self.config
         model.train()
         self.train_loader.set_epoch(epoch)
-        generator = torch.Generator().manual_seed(config.seed * 7919 + epoch)
-        rng = np.random.default_rng([config.seed, epoch])
+        generator = torch_generator(config.seed, "mixup permutation", epoch)
+        rng = numpy_generator(config.seed, "mixup weight", epoch)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
