@@ -5,10 +5,10 @@ for the paper's Fixup ResNet-50), constant/step/multistep/cosine schedules, opti
 mixup (Zhang et al. 2018), augmentation off for shuffled data. A checkpoint at epoch 0
 (before any update) and every ``checkpoint_every`` epochs plus the best one; per-epoch
 metrics as a tidy table. Every source of randomness is seeded from ``(seed, epoch)``
-(:mod:`transferscope.seeding`), so a killed run resumes from its last finished epoch (or, when its ``resume.pt`` is
-damaged, trains again from epoch 0) and ends with the same weights as an uninterrupted
-one. A run folder is bound to the run's identity (:func:`run_identity`), not to how
-its init path is spelled.
+(:mod:`transferscope.seeding`), so a killed run resumes from its last finished epoch
+(or, when its ``resume.pt`` is damaged, trains again from epoch 0) and ends with the
+same weights as an uninterrupted one. A run folder is bound to the run's identity
+(:func:`run_identity`), not to how its init path is spelled.
 """
 
 from __future__ import annotations
