@@ -1,24 +1,112 @@
 """The ``transferscope`` command line (typer): demo, run, plan, status, report, train,
-data preview."""
+data preview.
+
+An error a user can cause (a bad setting or option, a missing or damaged file, a full
+disk, a folder in use, a missing optional package) ends the command with exit code 2
+and one line on stderr that names the file or key and the fix; ``--debug`` shows the
+traceback instead."""
 
 from __future__ import annotations
 
+import errno
 import os
+import sqlite3
 import sys
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+import yaml
+from pydantic import ValidationError
 from rich.console import Console
+from typer.core import TyperGroup
+
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover - older typer
+    from click.exceptions import UsageError
+
+from .study.store import StudyBusy
+
+_OS_FIXES = {
+    errno.ENOSPC: "the disk is full: free space there (or choose a folder on another disk) and rerun; finished work "
+                  "is kept",
+    errno.EDQUOT: "the disk quota is used up: free space (or choose a folder on another disk) and rerun",
+    errno.EFBIG: "the file size limit was reached: raise it (ulimit -f) or free space, and rerun",
+    errno.EACCES: "no permission: choose a folder you can write to, or fix its permissions",
+    errno.EPERM: "not permitted: choose a folder you can write to, or fix its permissions",
+    errno.EROFS: "the file system is read-only: choose a folder on a writable disk",
+    errno.ENOTDIR: "a part of this path is a file, not a folder: choose another path",
+    errno.EEXIST: "a file is in the way where a folder is needed: choose another path or move that file",
+    errno.EISDIR: "this is a folder where a file is needed: choose a file path",
+    errno.ENOENT: "no such file or folder: check the path",
+    errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
+}
+
+
+def describe(error: BaseException) -> str:
+    """One line that says what went wrong, naming the file or key, and the fix."""
+    if isinstance(error, ValidationError):
+        from pydantic import BaseModel
+
+        from .config import explain
+
+        text = f"invalid {error.title} settings: {explain(error, BaseModel)}"
+    elif isinstance(error, OSError) and error.filename is not None:
+        files = " -> ".join(str(name) for name in (error.filename, error.filename2) if name is not None)
+        text = f"{files}: {error.strerror}; {_OS_FIXES.get(error.errno, 'check that path and its disk')}"
+    elif isinstance(error, ImportError) and "pip install" not in str(error):
+        text = f"{error}; install the missing package ({error.name or 'see the message'}) in this environment"
+    elif isinstance(error, yaml.YAMLError):
+        text = f"not valid YAML: {error}"
+    elif isinstance(error, sqlite3.Error):
+        text = f"SQLite error: {error}; delete the study folder's index.sqlite, `transferscope run` rewrites it"
+    elif _is_safetensors_error(error):
+        text = f"a weights file is damaged (not readable safetensors): {error}; delete it and rerun"
+    else:
+        text = str(error) or type(error).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "".join(line if i == 0 else (" " if lines[i - 1].endswith(":") else "; ") + line
+                   for i, line in enumerate(lines))
+
+
+def _is_safetensors_error(error: BaseException) -> bool:
+    from safetensors import SafetensorError
+
+    return isinstance(error, SafetensorError)
+
+
+USER_ERRORS = (ValueError, OSError, ImportError, yaml.YAMLError, sqlite3.Error, StudyBusy)
+
+
+class _OneLineErrors(TyperGroup):
+    """Ends any command on a user error with one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as error:  # a bad option or argument
+            command = f"{error.ctx.command_path} --help" if error.ctx is not None else "--help"
+            _fail(f"{error.format_message()} (see `{command}`)")
+        except Exception as error:
+            if ctx.params.get("debug") or not (isinstance(error, USER_ERRORS) or _is_safetensors_error(error)):
+                raise
+            _fail(describe(error))
+
 
 app = typer.Typer(help="What is being transferred in transfer learning? Every analysis of Neyshabur, Sedghi & "
                        "Zhang (NeurIPS 2020) on your model and data.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, cls=_OneLineErrors)
 data_app = typer.Typer(help="Inspect data domains.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="on an error, show the full traceback")) -> None:
+    pass
 
 
 class ExecutorName(str, Enum):
@@ -28,19 +116,25 @@ class ExecutorName(str, Enum):
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/] {message}")
+    typer.echo(f"{typer.style('error:', fg='red')} {message}", err=True)
     raise typer.Exit(code=2)
 
 
 def _executor(name: ExecutorName, workers: int, slurm_options: list[str]):
-    from .config import apply_overrides
+    from .config import apply_overrides, explain
     from .study.executors import LocalExecutor, PoolExecutor, SlurmExecutor, SlurmSettings
 
     if name is ExecutorName.local:
         return LocalExecutor(progress=sys.stderr.isatty())
     if name is ExecutorName.pool:
         return PoolExecutor(workers)
-    return SlurmExecutor(SlurmSettings.model_validate(apply_overrides({}, slurm_options)))
+    try:
+        settings = SlurmSettings.model_validate(apply_overrides({}, slurm_options))
+    except ValidationError as error:
+        raise ValueError(f"--slurm: {explain(error, SlurmSettings)}") from error
+    except (ValueError, yaml.YAMLError) as error:
+        raise ValueError(f"--slurm: {describe(error)}") from error
+    return SlurmExecutor(settings)
 
 
 def preset_path(name: str) -> Path:
@@ -50,7 +144,8 @@ def preset_path(name: str) -> Path:
 @app.command()
 def demo(out: Path = typer.Option(Path("demo-out"), help="study folder to write"),
          executor: ExecutorName = typer.Option(ExecutorName.pool, help="local, pool or slurm"),
-         workers: int = typer.Option(os.cpu_count() or 1, help="processes for --executor pool (default: one per core)")
+         workers: int = typer.Option(os.cpu_count() or 1, min=1,
+                                     help="processes for --executor pool (default: one per core)")
          ) -> None:
     """Run the built-in demo study (synthetic domains, small ResNet, CPU) end to end."""
     run(preset_path("demo"), out=out, executor=executor, workers=workers, slurm=[], no_report=False)
@@ -60,18 +155,15 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="study folder to write"
 def run(study: Path = typer.Argument(..., help="study YAML file"),
         out: Path = typer.Option(..., help="study folder (created; re-running resumes)"),
         executor: ExecutorName = typer.Option(ExecutorName.local, help="local, pool or slurm"),
-        workers: int = typer.Option(2, help="processes for --executor pool (one GPU each when there are GPUs)"),
+        workers: int = typer.Option(2, min=1, help="processes for --executor pool (one GPU each when there are GPUs)"),
         slurm: list[str] = typer.Option([], help="SLURM setting key=value, e.g. partition=gpu, time_minutes=600, "
                                                  "max_concurrent=32, cluster=local"),
         no_report: bool = typer.Option(False, "--no-report", help="skip writing the report at the end")) -> None:
     """Run every job of a study that is not complete, then write its report."""
     from .study import load_study, run_study
 
-    try:
-        spec = load_study(study)
-        counts = run_study(spec, out, _executor(executor, workers, slurm), console, report=not no_report)
-    except (ValueError, FileNotFoundError) as error:
-        _fail(str(error))
+    spec = load_study(study)
+    counts = run_study(spec, out, _executor(executor, workers, slurm), console, report=not no_report)
     if counts.get("failed"):
         console.print(f"[yellow]{counts['failed']} job(s) failed; `transferscope status {out}` shows why[/]")
         raise typer.Exit(code=1)
@@ -84,10 +176,7 @@ def plan(study: Path = typer.Argument(..., help="study YAML file"),
     from .study import load_study
     from .study.runner import plan_table
 
-    try:
-        console.print(plan_table(load_study(study), out))
-    except (ValueError, FileNotFoundError) as error:
-        _fail(str(error))
+    console.print(plan_table(load_study(study), out))
 
 
 @app.command()
@@ -95,10 +184,7 @@ def status(out: Path = typer.Argument(..., help="study folder")) -> None:
     """Done / running / failed / pending jobs of a study folder, with the errors of failed ones."""
     from .study.runner import status_table
 
-    try:
-        table, failed = status_table(out)
-    except (ValueError, FileNotFoundError) as error:
-        _fail(str(error))
+    table, failed = status_table(out)
     console.print(table)
     for job, error in failed:
         console.print(f"[red]failed[/] {job.label} ({job.id}): {error}")
@@ -107,12 +193,9 @@ def status(out: Path = typer.Argument(..., help="study folder")) -> None:
 @app.command()
 def report(out: Path = typer.Argument(..., help="study folder")) -> None:
     """(Re)write the study's report from what is complete."""
-    from .report import build_report
+    from .study.runner import write_report
 
-    try:
-        console.print(f"report: {build_report(out)}")
-    except (ValueError, FileNotFoundError) as error:
-        _fail(str(error))
+    console.print(f"report: {write_report(out)}")
 
 
 @app.command()
@@ -120,27 +203,34 @@ def train(config: Path = typer.Argument(..., help="training config YAML (TrainCo
           out: Path = typer.Option(..., help="run folder (re-running resumes)"),
           overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. epochs=5 data.block_size=4")) -> None:
     """Train one run (P, P-T with init=..., or RI-T) from a YAML file."""
-    from pydantic import ValidationError
-
-    from .config import TrainConfig, apply_overrides, explain, load_yaml
+    from .config import TrainConfig, apply_overrides, explain
     from .train import TrainingFailed
     from .train import train as train_run
 
-    if not config.is_file():
-        _fail(f"config file not found: {config}")
     try:
-        settings = TrainConfig.model_validate(apply_overrides(load_yaml(config) or {}, overrides or []))
-        result = train_run(settings, out, progress=sys.stderr.isatty())
+        settings = TrainConfig.model_validate(apply_overrides(_read_mapping(config), overrides or []))
     except ValidationError as error:
-        _fail(f"invalid training config {config}:\n{explain(error, TrainConfig)}")
-    except (ValueError, FileNotFoundError) as error:
-        _fail(str(error))
+        raise ValueError(f"invalid training config {config}:\n{explain(error, TrainConfig)}") from error
+    try:
+        result = train_run(settings, out, progress=sys.stderr.isatty())
     except TrainingFailed as error:
         console.print(f"[red]run failed:[/] {error}")
         raise typer.Exit(code=1) from None
     final = result.status["final"]
     console.print(f"done: {out} — " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()
                                                  if k.startswith("test_")))
+
+
+def _read_mapping(path: Path) -> dict:
+    """The settings mapping of a YAML file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    from .config import load_yaml
+
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} must hold a mapping of settings at the top level, e.g. `epochs: 5`")
+    return raw
 
 
 @data_app.command("preview")
@@ -154,10 +244,7 @@ def data_preview(domain: str = typer.Argument(..., help="synthetic domain: sourc
     from .data.preview import save_preview
     from .data.synthetic import synthetic_domain
 
-    try:
-        save_preview(synthetic_domain(domain, image_size=image_size, seed=seed), out, n=n, split=split)
-    except (ValueError, KeyError) as error:
-        _fail(str(error))
+    save_preview(synthetic_domain(domain, image_size=image_size, seed=seed), out, n=n, split=split)
     console.print(f"wrote {out}")
 
 

@@ -134,7 +134,11 @@ def apply_overrides(settings: dict[str, Any], overrides: list[str]) -> dict[str,
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {key!r} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({error.problem}); quote it, "
+                             f"e.g. {dotted}='{raw}'") from error
     return result
 
 
@@ -159,7 +163,8 @@ def load_yaml(path: str | Path) -> Any:
             return super().construct_mapping(node, deep)
 
     try:
-        return yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        with path.open("rb") as stream:  # bytes: YAML decodes them, and a bad byte is a YAMLError naming the file
+            return yaml.load(stream, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as error:
         raise ValueError(f"{path} is not valid YAML: {error}") from error
 

@@ -1,12 +1,13 @@
 """Atomic file writes: a reader never sees a half-written file, so an interrupted run
-leaves either the old file or the new one, never a corrupt one."""
+leaves either the old file or the new one, never a corrupt one. Files are created with
+the permissions the umask gives (0644 under the usual 022), like any other file."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -14,19 +15,42 @@ from typing import Any, Iterator
 import pandas as pd
 
 
+def _create_temporary(path: Path) -> Path:
+    """A new empty file ``.<name>.<random>.tmp`` beside ``path``, mode 0666 less the umask
+    (``mkstemp`` would make it 0600, and that mode survives the rename)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    with naming_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = _create_temporary(path)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        with naming_errors(path):
+            yield tmp_path
+            os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def naming_errors(path: Path) -> Iterator[None]:
+    """Make an OSError that names no file (a full disk fails a write, not an open) name ``path``."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -34,12 +58,22 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def json_text(obj: Any) -> str:
+    """The text :func:`write_json` writes for ``obj``."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    write_text(path, json_text(obj))
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    """Read a JSON file; a damaged one is a ``JSONDecodeError`` that names the file."""
+    text = Path(path).read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise json.JSONDecodeError(f"{path} is damaged (not valid JSON): {error.msg}", error.doc, error.pos) from None
 
 
 def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:

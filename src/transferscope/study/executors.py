@@ -10,9 +10,14 @@ or machine boundary."""
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Literal
@@ -84,12 +89,35 @@ class LocalExecutor:
                 tracker.settle(job.id, execute_job(root, job.id, progress=self.progress))
 
 
-def _start_worker(queue, threads: int) -> None:
-    """Give a pool worker its GPU (if any) and its share of the CPU cores: more torch
-    threads than cores makes OpenMP spin against itself (20x slower here)."""
+def _start_worker(queue, threads: int, parent: int) -> None:
+    """Tie a pool worker's life to the ``run`` process ``parent``; give it its GPU (if
+    any) and its share of the CPU cores: more torch threads than cores makes OpenMP
+    spin against itself (20x slower here)."""
+    _exit_with_parent(parent)
     if queue is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(queue.get())
     torch.set_num_threads(threads)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Make this process die when ``parent`` does, even by SIGKILL (which lets no parent
+    clean up): on Linux the kernel sends it SIGKILL (prctl PR_SET_PDEATHSIG), elsewhere
+    a thread watches for the parent to go. What the job wrote is atomic, so the next
+    ``run`` resumes it."""
+    libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+    if libc is None or libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="exit-with-parent").start()
+    if os.getppid() != parent:  # the parent died before we could ask to follow it
+        os._exit(1)
+
+
+def _watch_parent(parent: int, interval: float = 1.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
 
 
 class PoolExecutor:
@@ -117,7 +145,7 @@ class PoolExecutor:
         tracker = _Tracker(jobs, report)
         running: dict[Future, str] = {}
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                                 initargs=(queue, threads)) as pool:
+                                 initargs=(queue, threads, os.getpid())) as pool:
             while len(tracker.outcome) < len(jobs):
                 tracker.skip_blocked()
                 started = set(running.values())

@@ -27,22 +27,23 @@ from .store import Store
 def execute_job(root: str | Path, job_id: str, progress: bool = False) -> str:
     """Run job ``job_id`` of the study in ``root`` unless it is done; record the
     outcome in its folder and return its state ("done" or "failed"). Errors never
-    propagate: a failed job does not stop the others."""
+    propagate (not even when failed.json cannot be written): a failed job does not stop
+    the others."""
     store = Store(root)
-    job = store.load(job_id)
-    if store.state(job) == "done":
-        return "done"
     started = time.perf_counter()
-    store.mark_running(job)
     try:
+        job = store.load(job_id)
+        if store.state(job) == "done":
+            return "done"
+        store.mark_running(job)
         missing = [dep for dep in job.deps if store.state(dep) != "done"]
         if missing:
             raise RuntimeError(f"dependencies not complete: {', '.join(missing)}")
         RUNNERS[job.kind](store, job, progress)
+        store.mark_done(job, time.perf_counter() - started)
     except Exception as error:  # noqa: BLE001 - recorded in failed.json
-        store.mark_failed(job, error)
+        store.mark_failed(job_id, error)
         return "failed"
-    store.mark_done(job, time.perf_counter() - started)
     return "done"
 
 

@@ -35,12 +35,29 @@ def open_study(root: str | Path) -> tuple[StudySpec, Store, list[Job]]:
 
 def run_study(spec: StudySpec, root: str | Path, executor, console: Console | None = None,
               report: bool = True) -> dict[str, int]:
-    """Execute every incomplete job of ``spec`` into ``root``; returns job counts by state."""
-    console = console or Console()
+    """Execute every incomplete job of ``spec`` into ``root``; returns job counts by state.
+    Holds the study folder's lock throughout (:class:`~.store.StudyBusy` if another
+    process holds it)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    save_spec(spec, root)
     store = Store(root)
+    with store.lock():
+        store.remove_stale_temporaries()
+        return _run_locked(spec, store, executor, console or Console(), report)
+
+
+def write_report(root: str | Path) -> Path:
+    """(Re)write the report of the study folder ``root``, holding its lock; returns the HTML path."""
+    from ..report import build_report
+
+    _, store, _ = open_study(root)
+    with store.lock():
+        return build_report(root)
+
+
+def _run_locked(spec: StudySpec, store: Store, executor, console: Console, report: bool) -> dict[str, int]:
+    root = store.root
+    save_spec(spec, root)
     jobs = build_plan(spec)
     store.register(jobs)
     by_id = {job.id: job for job in jobs}
