@@ -182,7 +182,7 @@ def test_without_prctl_a_worker_watches_its_parent(tmp_path):
 
 
 # ------------------------------------------------------------ folder upkeep and failures
-def test_run_removes_stale_temporaries_and_rebuilds_damaged_job_descriptions(tmp_path):
+def test_run_removes_stale_temporaries_and_rebuilds_damaged_job_descriptions_and_index(tmp_path):
     spec = StudySpec.model_validate(_train_only())
     run_study(spec, tmp_path, NoJobs(), report=False)
     jobs = build_plan(spec)
@@ -198,7 +198,10 @@ def test_run_removes_stale_temporaries_and_rebuilds_damaged_job_descriptions(tmp
     in_use = busy / ".failed.json.1a2b3c4d.tmp"
     in_use.write_bytes(b"being written")
     (first / "job.json").write_text('{"id": "trunc')
+    (tmp_path / "index.sqlite").write_bytes(b"not a database")
     run_study(spec, tmp_path, NoJobs(), report=False)
+    with sqlite3.connect(tmp_path / "index.sqlite") as db:  # the index is output only: rewritten whole
+        assert db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == len(jobs)
     assert [path for path in stale if path.exists()] == []
     assert in_use.exists(), "a job running elsewhere keeps its temporaries"
     assert (first / "job.json").read_text() == json_text(jobs[0].to_json())
