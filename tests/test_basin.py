@@ -12,7 +12,7 @@ import torch
 from scipy.special import logsumexp
 from torch import nn
 
-from transferscope.analysis.basin import basin, basin_along
+from transferscope.analysis.basins import basin, basin_along
 from transferscope.analysis.interpolation import interpolate
 from transferscope.models import build_model
 
@@ -51,7 +51,7 @@ def test_quadratic_boundary_mu_epsilon_in_closed_form():
     assert row["level"] == pytest.approx(LEVEL)
     assert row["mu"] == pytest.approx(MU, rel=1e-5)
     assert row["epsilon"] == pytest.approx(EPSILON, rel=1e-4)
-    assert row["n"] == N and row["distance"] == D
+    assert row["n_parameters"] == N and row["distance"] == D
 
 
 def test_quadratic_conditions_and_smallest_delta_in_closed_form():
@@ -121,7 +121,8 @@ def test_linear_model_matches_numpy_reference(multilabel):
     before = [copy.deepcopy(m.state_dict()) for m in (a, b)]
     frame = basin(a, b, loader, threshold=0.3, sigmas=(0.05, 0.5), n_segment=8, n_noise=3, boundary_tol=1e-7)
     row = frame.iloc[0]
-    assert row["n"] == 6 * 3 + 3 and row["bn"] == "none" and row["n_examples"] == 64
+    assert row["n_parameters"] == 6 * 3 + 3 and row["bn"] == "follow" and row["n_examples"] == 64
+    assert "n" not in frame
     vector = lambda m: np.concatenate([p.detach().double().numpy().ravel() for p in m.parameters()])  # noqa: E731
     assert row["distance"] == pytest.approx(np.linalg.norm(vector(b) - vector(a)), rel=1e-12)
     endpoint = max(_numpy_loss(a, b, 0.0, x, y), _numpy_loss(a, b, 1.0, x, y))
@@ -159,7 +160,7 @@ def test_batchnorm_model_recalibrated_basin_agrees_with_interpolate():
     row = frame.iloc[0]
     assert row["bn"] == "recalibrate" and row["recalibration_batches"] is None
     grid = row["alpha_lo"] + (np.arange(4) + 0.5) / 4 * (row["alpha_hi"] - row["alpha_lo"])
-    curve = interpolate(a, b, test, grid, recalibration_loader=train)
+    curve = interpolate(a, b, test, alphas=grid, recalibration_loader=train)
     assert row["mu"] == pytest.approx(curve["loss"].mean(), rel=1e-5)
 
 
@@ -170,7 +171,7 @@ def test_channels_last_models_give_the_same_basin():
     a, b = build_model("small_resnet", 3, width=4).eval(), build_model("small_resnet", 3, width=4).eval()
     generator = torch.Generator().manual_seed(2)
     x, y = torch.randn(16, 3, 8, 8, generator=generator), torch.randint(0, 3, (16,), generator=generator)
-    settings = dict(bn="interpolate", sigmas=(0.05,), n_segment=3, n_noise=1, boundary_tol=0.05, initial_step=0.5)
+    settings = dict(bn="follow", sigmas=(0.05,), n_segment=3, n_noise=1, boundary_tol=0.05, initial_step=0.5)
     plain = basin(a, b, [(x, y)], **settings)
     cl = [m.to(memory_format=torch.channels_last) for m in (a, b)]
     fast = basin(*cl, [(x.contiguous(memory_format=torch.channels_last), y)], **settings)

@@ -72,19 +72,19 @@ def test_compare_representations_on_cuda_equals_cpu(toy_domain):
     np.testing.assert_allclose(on_gpu["cka"], on_cpu["cka"], atol=1e-5)
 
 
-@pytest.mark.parametrize("bn", ["interpolate", "recalibrate"])
+@pytest.mark.parametrize("bn", ["follow", "recalibrate"])
 def test_interpolation_on_cuda_equals_cpu_and_vmap_equals_loop(toy_domain, bn):
     a, b = _models()
     test, train = _batches(toy_domain), _batches(toy_domain, "train")
     alphas = [-0.5, 0.0, 0.5, 1.0, 1.5]
     settings = {"bn": bn, "recalibration_loader": train, "recalibration_batches": 2}
-    on_cpu = interpolate(a, b, test, alphas, batched=False, **settings)
-    loop = interpolate(a.cuda(), b.cuda(), test, alphas, batched=False, **settings)
+    on_cpu = interpolate(a, b, test, alphas=alphas, batched=False, **settings)
+    loop = interpolate(a.cuda(), b.cuda(), test, alphas=alphas, batched=False, **settings)
     np.testing.assert_allclose(loop["loss"], on_cpu["loss"], rtol=1e-4)
-    if bn == "interpolate":  # vmap evaluates BatchNorm in eval mode only; α = 0 is model a itself
-        batched = interpolate(a, b, test, alphas, batched=True, **settings)
+    if bn == "follow":  # vmap evaluates BatchNorm in eval mode only; α = 0 is model a itself
+        batched = interpolate(a, b, test, alphas=alphas, batched=True, **settings)
         np.testing.assert_allclose(batched["loss"], loop["loss"], rtol=1e-4)
-        np.testing.assert_allclose(batched["accuracy"], loop["accuracy"], atol=1.5 / len(toy_domain.test))
+        np.testing.assert_allclose(batched["score"], loop["score"], atol=1.5 / len(toy_domain.test))
         assert loop[loop["alpha"] == 0.0]["loss"].iloc[0] == pytest.approx(evaluate(a, test)["loss"], rel=1e-5)
 
 

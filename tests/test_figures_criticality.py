@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from transferscope.analysis.module_criticality import criticality, criticality_value, network_criticality
-from transferscope.analysis.rewind import rewind
+from transferscope.analysis.rewinding import rewind
 from transferscope.models import build_model
 from transferscope.report.figures.criticality import (
     caption_criticality,
@@ -91,7 +91,7 @@ def test_plot_rewind(rewind_frame):
 def test_caption_rewind_states_computed_drops(rewind_frame):
     caption = caption_rewind(rewind_frame)
     ri = rewind_frame[rewind_frame["model"] == "RI-T:s0"].set_index("module")
-    drop = 100 * (ri.loc["layer2", "base_accuracy"] - ri.loc["layer2", "accuracy"])
+    drop = 100 * (ri.loc["layer2", "base_score"] - ri.loc["layer2", "score"])
     assert f"layer2 {drop:.1f}" in caption.split("RI-T (accuracy points):")[1]
     assert "Fig. 5" in caption and "P-T (accuracy points):" in caption
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from transferscope.analysis.basin import basin_along
+from transferscope.analysis.basins import basin_along
 from transferscope.report.figures.landscape import (
     PAPER_DELTAS,
     barrier_table,
@@ -31,7 +31,7 @@ CURVES = [
 ]
 
 
-def _study_frame(score: str = "accuracy") -> pd.DataFrame:
+def _study_frame(metric: str = "accuracy") -> pd.DataFrame:
     parts = []
     for target, offset in (("real", 0.0), ("clipart", 0.05)):
         for pair_type, pair, acc_bump, loss_bump in CURVES:
@@ -40,8 +40,8 @@ def _study_frame(score: str = "accuracy") -> pd.DataFrame:
             parts.append(pd.DataFrame({
                 "alpha": ALPHAS, "split": "test",
                 "loss": 1.0 + offset + loss_bump * inside + 8 * outside**2,
-                score: 0.7 - offset - acc_bump * inside - 0.5 * outside,
-                "n": 500, "bn": "none", "recalibration_batches": None, "batched": False,
+                "score": 0.7 - offset - acc_bump * inside - 0.5 * outside, "metric": metric,
+                "n_examples": 500, "bn": "follow", "recalibration_batches": None, "batched": False,
                 "pair": pair, "pair_type": pair_type, "target": target,
             }))
     return pd.concat(parts, ignore_index=True)
@@ -70,9 +70,24 @@ def test_barrier_table_matches_the_bumps():
         assert rows["loss_barrier"].to_numpy() == pytest.approx(loss_bump, abs=1e-12)
         assert rows["error_barrier"].to_numpy() == pytest.approx(acc_bump, abs=1e-12)
         assert (rows["loss_barrier_alpha"] == 0.5).all() and (rows["pair_type"] == pair_type).all()
+    assert set(table["metric"]) == {"accuracy"}
     single = barrier_table(_study_frame().query("pair == 'P-T:s0|P-T:s1' and target == 'real'")
                            .drop(columns=["pair", "pair_type", "target"]))
     assert len(single) == 1 and single["loss_barrier"].iloc[0] == pytest.approx(0.01)
+
+
+def test_targets_with_different_metrics_and_frames_without_scores():
+    mixed = pd.concat([_study_frame().query("target == 'real'"), _study_frame("auc").query("target == 'clipart'")])
+    figure = plot_interpolation(mixed)
+    assert [ax.get_ylabel() for ax in figure.get_axes()[::2]] == ["test accuracy (%)", "test mean AUC"]
+    table = barrier_table(mixed)
+    assert dict(zip(table["target"], table["metric"])) == {"real": "accuracy", "clipart": "auc"}
+    assert "error = 1 − accuracy and 1 − auc" in caption_interpolation(mixed)
+    old_style = _study_frame().rename(columns={"score": "accuracy"}).drop(columns="metric")
+    with pytest.raises(ValueError, match=r"lacks columns \['score', 'metric'\]; pass interpolate\(\) output"):
+        plot_interpolation(old_style)
+    with pytest.raises(ValueError, match=r"\['score', 'metric'\]"):
+        barrier_table(old_style)
 
 
 def test_caption_interpolation_states_the_numbers():
@@ -94,7 +109,7 @@ def _basin_study() -> pd.DataFrame:
             theta = theta + (noise.numpy() if noise is not None else 0)
             return float(theta @ theta)
         frame = basin_along(loss_at, 50, 1.0, sigmas=(0.01, 0.1), n_segment=50, n_noise=5)
-        frames.append(frame.assign(pair=pair, pair_type=pair_type, target="real", bn="none"))
+        frames.append(frame.assign(pair=pair, pair_type=pair_type, target="real", bn="follow"))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -72,29 +72,29 @@ def _row(frame: pd.DataFrame, alpha: float) -> pd.Series:
 def test_endpoints_equal_the_models_own_evaluation(pair, data):
     a, b = pair
     test, _ = data
-    frame = interpolate(a, b, test, [0.0, 1.0], bn="interpolate")
+    frame = interpolate(a, b, test, alphas=[0.0, 1.0], bn="follow")
     for alpha, model in ((0.0, a), (1.0, b)):
         own = evaluate(model, test)
         assert _row(frame, alpha)["loss"] == pytest.approx(own["loss"], abs=1e-6)
-        assert _row(frame, alpha)["accuracy"] == pytest.approx(own["accuracy"], abs=1e-6)
-    keep = interpolate(a, b, test, [0.0], bn="keep_a")
+        assert _row(frame, alpha)["score"] == pytest.approx(own["accuracy"], abs=1e-6)
+    keep = interpolate(a, b, test, alphas=[0.0], bn="keep")
     assert keep["loss"].iloc[0] == pytest.approx(evaluate(a, test)["loss"], abs=1e-6)
 
 
-def test_interpolate_mode_averages_the_buffers(pair, data):
+def test_follow_mode_averages_the_buffers(pair, data):
     a, b = pair
     test, _ = data
-    frame = interpolate(a, b, test, [0.5], bn="interpolate")
+    frame = interpolate(a, b, test, alphas=[0.5], bn="follow")
     manual = evaluate(_manual(a, b, 0.5), test)
     assert frame["loss"].iloc[0] == pytest.approx(manual["loss"], abs=1e-5)
-    assert frame["accuracy"].iloc[0] == pytest.approx(manual["accuracy"])
-    assert frame["bn"].iloc[0] == "interpolate"
+    assert frame["score"].iloc[0] == pytest.approx(manual["accuracy"])
+    assert frame["bn"].iloc[0] == "follow"
 
 
-def test_keep_a_mode_keeps_a_statistics(pair, data):
+def test_keep_mode_keeps_a_statistics(pair, data):
     a, b = pair
     test, _ = data
-    frame = interpolate(a, b, test, [0.5], bn="keep_a")
+    frame = interpolate(a, b, test, alphas=[0.5], bn="keep")
     kept = evaluate(_manual(a, b, 0.5, keep_a_bn=True), test)
     averaged = evaluate(_manual(a, b, 0.5), test)
     assert frame["loss"].iloc[0] == pytest.approx(kept["loss"], abs=1e-5)
@@ -104,36 +104,46 @@ def test_keep_a_mode_keeps_a_statistics(pair, data):
 def test_recalibrate_mode_equals_manual_recalibration(pair, data):
     a, b = pair
     test, train = data
-    frame = interpolate(a, b, test, [0.0, 0.5], recalibration_loader=train)  # "auto" -> recalibrate
+    frame = interpolate(a, b, test, alphas=[0.0, 0.5], recalibration_loader=train)  # "auto" -> recalibrate
     assert set(frame["bn"]) == {"recalibrate"}
     for alpha in (0.0, 0.5):
         manual = recalibrate_batchnorm(_manual(a, b, alpha), train)
         assert _row(frame, alpha)["loss"] == pytest.approx(evaluate(manual, test)["loss"], abs=1e-5)
-    one = interpolate(a, b, test, [0.5], recalibration_loader=train, recalibration_batches=1)
+    one = interpolate(a, b, test, alphas=[0.5], recalibration_loader=train, recalibration_batches=1)
     manual = recalibrate_batchnorm(_manual(a, b, 0.5), train[:1])
     assert one["loss"].iloc[0] == pytest.approx(evaluate(manual, test)["loss"], abs=1e-5)
     assert one["recalibration_batches"].iloc[0] == 1
 
 
+def test_auto_follows_without_recalibration_data(pair, data):
+    """"auto" recalibrates only when there are data to recalibrate on; otherwise the
+    statistics follow the weights (it was an error before)."""
+    a, b = pair
+    test, _ = data
+    auto = interpolate(a, b, test, alphas=[0.5])
+    follow = interpolate(a, b, test, alphas=[0.5], bn="follow")
+    assert auto["bn"].iloc[0] == "follow" and auto["loss"].iloc[0] == follow["loss"].iloc[0]
+
+
 def test_extrapolation_equals_manual_build(pair, data):
     a, b = pair
     test, _ = data
-    frame = interpolate(a, b, test, [-0.5, 1.5], bn="interpolate")
+    frame = interpolate(a, b, test, alphas=[-0.5, 1.5], bn="follow")
     for alpha in (-0.5, 1.5):
         manual = evaluate(_manual(a, b, alpha), test)
         assert _row(frame, alpha)["loss"] == pytest.approx(manual["loss"], rel=1e-5)
-        assert _row(frame, alpha)["accuracy"] == pytest.approx(manual["accuracy"])
+        assert _row(frame, alpha)["score"] == pytest.approx(manual["accuracy"])
 
 
 def test_negative_extrapolated_variance_warns(pair, data):
     a, b = pair
     test, _ = data
     with pytest.warns(RuntimeWarning) as record:
-        frame = interpolate(a, b, test, [4.0], bn="interpolate")  # 4·var_b − 3·var_a < 0 somewhere
+        frame = interpolate(a, b, test, alphas=[4.0], bn="follow")  # 4·var_b − 3·var_a < 0 somewhere
     messages = [str(warning.message) for warning in record]
     assert any("running_var" in m and "bn='recalibrate'" in m for m in messages)
     assert any("at α in [4.0]" in m and "NaN or inf" in m for m in messages)
-    assert np.isnan(frame["loss"].iloc[0]) and np.isnan(frame["accuracy"].iloc[0])  # not argmax-of-NaN class 0
+    assert np.isnan(frame["loss"].iloc[0]) and np.isnan(frame["score"].iloc[0])  # not argmax-of-NaN class 0
 
 
 def test_models_are_not_modified(pair, data):
@@ -143,8 +153,8 @@ def test_models_are_not_modified(pair, data):
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (a, b)]
     modes = [[m.training for m in model.modules()] for model in (a, b)]
     try:
-        interpolate(a, b, test, [0.0, 0.3, 1.2], recalibration_loader=train)
-        interpolate(a, b, test, [0.3], bn="keep_a", batched=True)
+        interpolate(a, b, test, alphas=[0.0, 0.3, 1.2], recalibration_loader=train)
+        interpolate(a, b, test, alphas=[0.3], bn="keep", batched=True)
         for model, state, mode in zip((a, b), before, modes):
             assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
             assert [m.training for m in model.modules()] == mode
@@ -157,36 +167,36 @@ def test_mismatched_architectures_name_the_parameter(data):
     torch.manual_seed(0)
     narrow, wide = build_model("small_resnet", 3, width=4), build_model("small_resnet", 3, width=8)
     with pytest.raises(ValueError, match=r"conv1\.0\.weight.*\(4, 3, 3, 3\).*\(8, 3, 3, 3\)"):
-        interpolate(narrow, wide, test, [0.5], bn="interpolate")
+        interpolate(narrow, wide, test, alphas=[0.5], bn="follow")
     other_head = build_model("small_resnet", 5, width=4)
     with pytest.raises(ValueError, match=r"fc\.weight"):
-        interpolate(narrow, other_head, test, [0.5], bn="interpolate")
+        interpolate(narrow, other_head, test, alphas=[0.5], bn="follow")
     deeper = build_model("small_resnet", 3, width=4, blocks=(2, 1, 1, 1))
-    with pytest.raises(ValueError, match=r"model_b has 'layer1\.1\."):
-        interpolate(narrow, deeper, test, [0.5], bn="interpolate")
+    with pytest.raises(ValueError, match=r"missing from model_a: layer1\.1\."):
+        interpolate(narrow, deeper, test, alphas=[0.5], bn="follow")
 
 
-@pytest.mark.parametrize("bn", ["interpolate", "keep_a"])
+@pytest.mark.parametrize("bn", ["follow", "keep"])
 def test_batched_equals_loop_with_batchnorm(pair, data, bn):
     a, b = pair
     test, _ = data
     alphas = [-0.5, 0.0, 0.2, 0.5, 0.8, 1.0, 1.5]
-    loop = interpolate(a, b, test, alphas, bn=bn, batched=False)
-    vmapped = interpolate(a, b, test, alphas, bn=bn, batched=True, vmap_chunk=3)
+    loop = interpolate(a, b, test, alphas=alphas, bn=bn, batched=False)
+    vmapped = interpolate(a, b, test, alphas=alphas, bn=bn, batched=True, vmap_chunk=3)
     assert not loop["batched"].any() and vmapped["batched"].all()
     np.testing.assert_allclose(vmapped["loss"], loop["loss"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(vmapped["accuracy"], loop["accuracy"], atol=1e-5)
+    np.testing.assert_allclose(vmapped["score"], loop["score"], atol=1e-5)
 
 
 def test_batched_equals_loop_without_batchnorm_and_multilabel():
     torch.manual_seed(3)
     nets = [nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.ReLU(), nn.Linear(16, 3)) for _ in range(2)]
     test = _batches(40, multilabel=True, seed=4)
-    loop = interpolate(*nets, test, [0.0, 0.4, 1.0, 1.3], batched=False)
-    vmapped = interpolate(*nets, test, [0.0, 0.4, 1.0, 1.3], batched=True)
-    assert set(loop["bn"]) == {"none"} and "auc" in loop and "accuracy" not in loop
+    loop = interpolate(*nets, test, alphas=[0.0, 0.4, 1.0, 1.3], batched=False)
+    vmapped = interpolate(*nets, test, alphas=[0.0, 0.4, 1.0, 1.3], batched=True)
+    assert set(loop["bn"]) == {"follow"} and set(loop["metric"]) == {"auc"}
     np.testing.assert_allclose(vmapped["loss"], loop["loss"], rtol=1e-5)
-    np.testing.assert_allclose(vmapped["auc"], loop["auc"], atol=1e-5)
+    np.testing.assert_allclose(vmapped["score"], loop["score"], atol=1e-5)
 
 
 def _linear_pair(classes: int):
@@ -205,20 +215,20 @@ def test_linear_model_matches_float64_numpy_reference():
     generator = torch.Generator().manual_seed(8)
     x, y = torch.randn(60, 5, generator=generator), torch.randint(0, 4, (60,), generator=generator)
     alphas = [-0.5, 0.0, 0.3, 1.0, 1.7]
-    frame = interpolate(a, b, [(x[:32], y[:32]), (x[32:], y[32:])], alphas)
+    frame = interpolate(a, b, [(x[:32], y[:32]), (x[32:], y[32:])], alphas=alphas)
     for alpha in alphas:
         logits = _numpy_logits(a, b, alpha, x.double().numpy())
         loss = np.mean(logsumexp(logits, axis=1) - logits[np.arange(60), y.numpy()])
         accuracy = np.mean(logits.argmax(1) == y.numpy())
         assert _row(frame, alpha)["loss"] == pytest.approx(loss, rel=1e-5)
-        assert _row(frame, alpha)["accuracy"] == pytest.approx(accuracy)
+        assert _row(frame, alpha)["score"] == pytest.approx(accuracy)
 
 
 def test_multilabel_linear_model_matches_numpy_auc_and_bce():
     a, b = _linear_pair(3)
     generator = torch.Generator().manual_seed(9)
     x, y = torch.randn(50, 5, generator=generator), (torch.rand(50, 3, generator=generator) < 0.4).float()
-    frame = interpolate(a, b, [(x, y)], [0.25, 1.4])
+    frame = interpolate(a, b, [(x, y)], alphas=[0.25, 1.4])
     for alpha in (0.25, 1.4):
         z = _numpy_logits(a, b, alpha, x.double().numpy())
         labels = y.double().numpy()
@@ -226,7 +236,7 @@ def test_multilabel_linear_model_matches_numpy_auc_and_bce():
         aucs = [mannwhitneyu(z[labels[:, j] == 1, j], z[labels[:, j] == 0, j]).statistic
                 / ((labels[:, j] == 1).sum() * (labels[:, j] == 0).sum()) for j in range(3)]
         assert _row(frame, alpha)["loss"] == pytest.approx(bce, rel=1e-5)
-        assert _row(frame, alpha)["auc"] == pytest.approx(np.mean(aucs), abs=1e-6)  # metrics() averages AUCs in float32
+        assert _row(frame, alpha)["score"] == pytest.approx(np.mean(aucs), abs=1e-6)  # metrics() averages AUCs in float32
 
 
 class CountingLoader:
@@ -242,9 +252,9 @@ def test_data_is_cached_once_and_max_examples_applies(pair, data):
     a, b = pair
     test, train = data
     loader, recalibration = CountingLoader(test), CountingLoader(train)
-    frame = interpolate(a, b, loader, [0.0, 0.5, 1.0], recalibration_loader=recalibration, max_examples=20)
+    frame = interpolate(a, b, loader, alphas=[0.0, 0.5, 1.0], recalibration_loader=recalibration, max_examples=20)
     assert loader.iterations == 1 and recalibration.iterations == 1
-    assert set(frame["n"]) == {20}
+    assert set(frame["n_examples"]) == {20}
     first = [(test[0][0], test[0][1]), (test[1][0][:4], test[1][1][:4])]
     recalibrated_a = recalibrate_batchnorm(copy.deepcopy(a), train)
     assert _row(frame, 0.0)["loss"] == pytest.approx(evaluate(recalibrated_a, first)["loss"], abs=1e-5)
@@ -253,37 +263,44 @@ def test_data_is_cached_once_and_max_examples_applies(pair, data):
 def test_columns_and_resolved_modes(pair, data):
     a, b = pair
     test, _ = data
-    frame = interpolate(a, b, test, np.linspace(0, 1, 3), bn="interpolate", split="val")
-    assert {"alpha", "split", "loss", "accuracy", "bn", "n", "recalibration_batches", "batched"} <= set(frame)
+    frame = interpolate(a, b, test, alphas=np.linspace(0, 1, 3), bn="follow", split="val")
+    assert list(frame) == ["alpha", "split", "loss", "score", "metric", "n_examples", "bn", "recalibration_batches",
+                           "batched"]
+    assert set(frame["metric"]) == {"accuracy"}
     assert set(frame["split"]) == {"val"} and not frame["batched"].any()  # "auto" is off on CPU
     a_lin, b_lin = _linear_pair(3)
-    assert set(interpolate(a_lin, b_lin, [(torch.randn(4, 5), torch.tensor([0, 1, 2, 0]))], [0.5])["bn"]) == {"none"}
+    assert set(interpolate(a_lin, b_lin, [(torch.randn(4, 5), torch.tensor([0, 1, 2, 0]))], alphas=[0.5])["bn"]) == {"follow"}
 
 
 def test_clear_errors(pair, data):
     a, b = pair
     test, train = data
     with pytest.raises(ValueError, match="recalibration_loader"):
-        interpolate(a, b, test, [0.5])
+        interpolate(a, b, test, alphas=[0.5], bn="recalibrate")
     with pytest.raises(ValueError, match="batched=True"):
-        interpolate(a, b, test, [0.5], recalibration_loader=train, batched=True)
+        interpolate(a, b, test, alphas=[0.5], recalibration_loader=train, batched=True)
     with pytest.raises(ValueError, match="unknown bn mode"):
-        interpolate(a, b, test, [0.5], bn="average")
-    with pytest.raises(ValueError, match="has BatchNorm"):
-        interpolate(a, b, test, [0.5], bn="none")
+        interpolate(a, b, test, alphas=[0.5], bn="average")
+    for old_name in ("none", "interpolate", "keep_a"):
+        with pytest.raises(ValueError, match=f"unknown bn mode '{old_name}'.*'follow'"):
+            interpolate(a, b, test, alphas=[0.5], bn=old_name)
     with pytest.raises(ValueError, match="alphas is empty"):
-        interpolate(a, b, test, [], bn="interpolate")
+        interpolate(a, b, test, alphas=[], bn="follow")
     with pytest.raises(ValueError, match="finite"):
-        interpolate(a, b, test, [0.0, float("nan")], bn="interpolate")
+        interpolate(a, b, test, alphas=[0.0, float("nan")], bn="follow")
     with pytest.raises(ValueError, match="recalibration_batches"):
-        interpolate(a, b, test, [0.5], recalibration_loader=train, recalibration_batches=0)
+        interpolate(a, b, test, alphas=[0.5], recalibration_loader=train, recalibration_batches=0)
     a_lin, b_lin = _linear_pair(3)
-    with pytest.raises(ValueError, match="has none"):
-        interpolate(a_lin, b_lin, [(torch.randn(4, 5), torch.tensor([0, 1, 2, 0]))], [0.5], bn="interpolate")
+    with pytest.raises(ValueError, match="no BatchNorm.*bn='auto' or 'follow'"):
+        interpolate(a_lin, b_lin, [(torch.randn(4, 5), torch.tensor([0, 1, 2, 0]))], alphas=[0.5], bn="keep")
 
 
 def _curve(alpha: np.ndarray, loss: np.ndarray, **score) -> pd.DataFrame:
-    return pd.DataFrame({"alpha": alpha, "loss": loss, **score})
+    """A curve; ``accuracy=`` or ``auc=`` give its ``score`` and ``metric`` columns."""
+    frame = pd.DataFrame({"alpha": alpha, "loss": loss})
+    for metric, values in score.items():
+        frame = frame.assign(score=values, metric=metric)
+    return frame
 
 
 def test_barrier_of_a_known_bump():
@@ -296,7 +313,7 @@ def test_barrier_of_a_known_bump():
     assert result["loss_barrier"] == pytest.approx(0.3, abs=1e-12)
     assert result["loss_barrier_alpha"] == pytest.approx(0.5)
     assert result["error_barrier"] == pytest.approx(0.12, abs=1e-12)
-    assert result["error_barrier_alpha"] == pytest.approx(0.5)
+    assert result["error_barrier_alpha"] == pytest.approx(0.5) and result["metric"] == "accuracy"
     assert barrier(_curve(alpha, loss, accuracy=accuracy), "loss") == {
         "loss_barrier": result["loss_barrier"], "loss_barrier_alpha": result["loss_barrier_alpha"]}
 
@@ -312,7 +329,7 @@ def test_barrier_matches_numpy_on_random_curve_and_auc():
     error_excess = error - ((1 - alpha) * error[0] + alpha * error[-1])
     assert result["loss_barrier"] == pytest.approx(excess.max())
     assert result["loss_barrier_alpha"] == pytest.approx(alpha[excess.argmax()])
-    assert result["error_barrier"] == pytest.approx(error_excess.max())
+    assert result["error_barrier"] == pytest.approx(error_excess.max()) and result["metric"] == "auc"
     flat = barrier(_curve(alpha, 1.0 - 0.5 * alpha, accuracy=0.5 + 0.2 * alpha))  # linear: no barrier
     assert flat["loss_barrier"] == pytest.approx(0.0, abs=1e-12)
     assert flat["error_barrier"] == pytest.approx(0.0, abs=1e-12)
@@ -324,7 +341,11 @@ def test_barrier_errors():
         barrier(_curve(alpha[1:], np.ones(4), accuracy=np.ones(4)))
     with pytest.raises(ValueError, match="one row per"):
         barrier(_curve(np.r_[alpha, alpha], np.ones(10), accuracy=np.ones(10)))
-    with pytest.raises(ValueError, match="unknown barrier metric"):
+    with pytest.raises(ValueError, match="unknown barrier quantity"):
         barrier(_curve(alpha, np.ones(5), accuracy=np.ones(5)), "accuracy")
-    with pytest.raises(ValueError, match="'accuracy' or 'auc'"):
+    with pytest.raises(ValueError, match=r"error barrier needs the columns \['score', 'metric'\].*interpolate\(\)"):
         barrier(_curve(alpha, np.ones(5)))
+    with pytest.raises(ValueError, match=r"loss barrier needs the columns \['loss'\]"):
+        barrier(_curve(alpha, np.ones(5), accuracy=np.ones(5)).drop(columns="loss"), "loss")
+    with pytest.raises(ValueError, match=r"needs the columns \['alpha'\]"):
+        barrier(pd.DataFrame({"loss": [1.0]}))

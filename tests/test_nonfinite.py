@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from transferscope.analysis.basin import basin
+from transferscope.analysis.basins import basin
 from transferscope.analysis.interpolation import interpolate
 from transferscope.analysis.mistake_overlap import mistakes
-from transferscope.analysis.rewind import rewind
+from transferscope.analysis.rewinding import rewind
 from transferscope.evaluation import evaluate, metrics, predict
 from transferscope.models import build_model
 
@@ -79,7 +79,7 @@ def test_rewind_names_the_broken_model():
         rewind(_poisoned(model, "fc.weight"), model, batches)
     initial = {key: value.clone() for key, value in model.state_dict().items()}
     initial["layer2.0.conv1.weight"].fill_(float("inf"))
-    with pytest.raises(ValueError, match="^the model with 'layer2' rewound \\(bn='rewind'\\) gives NaN"):
+    with pytest.raises(ValueError, match="^the model with 'layer2' rewound \\(bn='follow'\\) gives NaN"):
         rewind(model, initial, batches, modules=["layer1", "layer2"])
 
 
@@ -87,12 +87,12 @@ def test_rewind_names_the_broken_model():
 def test_interpolation_rejects_nan_endpoints_and_reports_nan_far_outside(batched):
     a, b = _mlp(0), _mlp(1)
     with pytest.raises(ValueError, match="^model_b gives NaN or inf outputs.*'3.weight'"):
-        interpolate(a, _poisoned(b), _batches(), [0.0, 0.5, 1.0], batched=batched)
+        interpolate(a, _poisoned(b), _batches(), alphas=[0.0, 0.5, 1.0], batched=batched)
     with pytest.warns(RuntimeWarning, match=r"at α in \[1e\+20\] .*NaN or inf"):
-        frame = interpolate(a, b, _batches(), [0.0, 1.0, 1e20], batched=batched)
+        frame = interpolate(a, b, _batches(), alphas=[0.0, 1.0, 1e20], batched=batched)
     far = frame.set_index("alpha").loc[1e20]
-    assert np.isnan(far["loss"]) and np.isnan(far["accuracy"])
-    assert np.isfinite(frame["accuracy"].iloc[:2]).all()
+    assert np.isnan(far["loss"]) and np.isnan(far["score"])
+    assert np.isfinite(frame["score"].iloc[:2]).all()
 
 
 def test_basin_rejects_nan_endpoints():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from transferscope.analysis.rewind import rewind
+from transferscope.analysis.rewinding import rewind
 from transferscope.evaluation import recalibrate_batchnorm
 from transferscope.models import build_model, module_state_keys
 
@@ -49,11 +49,11 @@ def _reference_metrics(model, batches):
 def test_rewinding_to_own_weights_changes_nothing(models):
     final, _ = models
     batches = _data()
-    for bn in ("rewind", "keep"):
+    for bn in ("follow", "keep"):
         frame = rewind(final, final.state_dict(), {"test": batches}, bn=bn)
         assert (frame["loss"] == frame["base_loss"]).all()
-        assert (frame["accuracy"] == frame["base_accuracy"]).all()
-        assert (frame["bn"] == bn).all()
+        assert (frame["score"] == frame["base_score"]).all()
+        assert (frame["bn"] == bn).all() and (frame["metric"] == "accuracy").all()
     assert list(frame["module"]) == ["conv1", "layer1", "layer2", "layer3", "layer4", "fc"]
 
 
@@ -71,7 +71,7 @@ def test_rewound_metrics_match_independent_reference(models):
         loss, accuracy = _reference_metrics(manual, batches)
         row = frame[(frame["module"] == module) & (frame["split"] == "test")].iloc[0]
         assert row["loss"] == pytest.approx(loss, rel=1e-5)
-        assert row["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+        assert row["score"] == pytest.approx(accuracy, abs=1e-12)
     base_loss, base_accuracy = _reference_metrics(final, batches)
     test_rows = frame[frame["split"] == "test"]
     assert np.allclose(test_rows["base_loss"], base_loss, rtol=1e-5)
@@ -88,7 +88,7 @@ def test_bn_modes_differ_when_statistics_differ(models):
             module.reset_running_stats()
     keep = rewind(final, initial, batches, bn="keep")
     assert (keep["loss"] == keep["base_loss"]).all()  # only statistics differ, and they are kept
-    rewound = rewind(final, initial, batches, bn="rewind")
+    rewound = rewind(final, initial, batches, bn="follow")
     with_bn = rewound["module"] != "fc"
     assert (rewound.loc[with_bn, "loss"] != rewound.loc[with_bn, "base_loss"]).all()
     assert (rewound.loc[~with_bn, "loss"] == rewound.loc[~with_bn, "base_loss"]).all()  # fc has no BatchNorm
@@ -100,6 +100,42 @@ def test_bn_modes_differ_when_statistics_differ(models):
     loss, _ = _reference_metrics(manual, batches)  # same parameters: every module gives this network
     assert np.allclose(recalibrated["loss"], loss, rtol=1e-5)
     assert not np.allclose(recalibrated["loss"], rewound["loss"])
+
+
+def test_recalibration_batches_are_read_once_from_a_one_shot_iterator(models):
+    """The recalibration data are cached once for every module: a generator, which
+    can be read only once, serves all six modules (it ran dry after the first)."""
+    final, initial = models
+    batches, recalibration = _data(), _data(n=64, seed=5)
+    from_list = rewind(final, initial, batches, bn="recalibrate", recalibration_loader=recalibration)
+    one_shot = rewind(final, initial, batches, bn="recalibrate", recalibration_loader=(b for b in recalibration))
+    assert len(one_shot) == 6
+    assert one_shot["loss"].tolist() == from_list["loss"].tolist()
+    assert from_list["recalibration_batches"].isna().all()
+    first_two = rewind(final, initial, batches, modules=["layer1"], bn="recalibrate",
+                       recalibration_loader=(b for b in recalibration), recalibration_batches=2)
+    manual = copy.deepcopy(final)
+    state = manual.state_dict()
+    for key in module_state_keys(final, ["layer1"])["layer1"]:
+        state[key].copy_(initial.state_dict()[key])
+    loss, _ = _reference_metrics(recalibrate_batchnorm(manual, recalibration[:2]), batches)
+    assert first_two["loss"].iloc[0] == pytest.approx(loss, rel=1e-5)
+    assert first_two["recalibration_batches"].iloc[0] == 2
+
+
+def test_auto_recalibrates_only_with_recalibration_data(models):
+    final, initial = models
+    batches, recalibration = _data(), _data(seed=5)
+    assert set(rewind(final, initial, batches, bn="auto")["bn"]) == {"follow"}
+    auto = rewind(final, initial, batches, bn="auto", recalibration_loader=recalibration)
+    explicit = rewind(final, initial, batches, bn="recalibrate", recalibration_loader=recalibration)
+    assert set(auto["bn"]) == {"recalibrate"} and auto["loss"].tolist() == explicit["loss"].tolist()
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
+    assert set(rewind(mlp, copy.deepcopy(mlp), batches, bn="auto", recalibration_loader=recalibration)["bn"]) == {
+        "follow"}
+    with pytest.raises(ValueError, match="no BatchNorm.*bn='auto' or 'follow'"):
+        rewind(mlp, copy.deepcopy(mlp), batches, bn="keep")
 
 
 def test_keep_rewinds_parameters_but_not_statistics(models):
@@ -122,9 +158,9 @@ def test_multilabel_targets_report_auc(models):
     x = torch.randn(40, 3, 16, 16, generator=generator)
     y = (torch.rand(40, 4, generator=generator) > 0.5).float()
     frame = rewind(final, initial, [(x, y)], max_examples=32)
-    assert {"auc", "base_auc"} <= set(frame.columns) and "accuracy" not in frame.columns
-    assert (frame["n"] == 32).all() and (frame["max_examples"] == 32).all()
-    assert frame["auc"].between(0, 1).all()
+    assert (frame["metric"] == "auc").all() and not {"auc", "accuracy", "n"} & set(frame.columns)
+    assert (frame["n_examples"] == 32).all() and (frame["max_examples"] == 32).all()
+    assert frame["score"].between(0, 1).all() and frame["base_score"].between(0, 1).all()
 
 
 def test_model_is_not_mutated(models):
@@ -139,11 +175,13 @@ def test_model_is_not_mutated(models):
 def test_clear_errors(models):
     final, initial = models
     batches = _data()
-    with pytest.raises(ValueError, match="bn must be one of"):
-        rewind(final, initial, batches, bn="reset")
+    with pytest.raises(ValueError, match="unknown bn mode 'rewind'"):
+        rewind(final, initial, batches, bn="rewind")
     with pytest.raises(ValueError, match="recalibration_loader"):
         rewind(final, initial, batches, bn="recalibrate")
-    with pytest.raises(KeyError, match="layer9"):
+    with pytest.raises(ValueError, match="recalibration_batches"):
+        rewind(final, initial, batches, bn="recalibrate", recalibration_loader=batches, recalibration_batches=0)
+    with pytest.raises(ValueError, match="layer9"):
         rewind(final, initial, batches, modules=["layer9"])
     state = dict(initial.state_dict())
     del state["layer1.0.conv1.weight"]

@@ -5,14 +5,14 @@ models, loaders and tensors that return tidy DataFrames and never change the mod
 ``criticality``) is the function; ``from transferscope.analysis.cka import ...`` still
 reaches the rest of its module."""
 
-from .basin import basin
+from .basins import basin
 from .checkpoints import checkpoint_table
 from .distance import param_distance
 from .feature_reuse import feature_reuse_table, optimization_speed, relative_drop, summarize_run
 from .interpolation import barrier, interpolate
 from .mistake_overlap import mistake_examples, mistakes
 from .module_criticality import criticality, criticality_value, network_criticality
-from .rewind import rewind
+from .rewinding import rewind
 from .similarity import cka, compare_representations
 from .spectra import spectrum, spectrum_summary
 

@@ -4,31 +4,31 @@
 The path is Θ(α) = (1 − α)·Θ_a + α·Θ_b over every parameter and floating buffer;
 α outside [0, 1] extrapolates. Integer buffers (``num_batches_tracked``) are taken
 from model_a. The paper's Fixup ResNet-50 had no BatchNorm; for models with
-BatchNorm the running statistics at Θ(α) are a choice, recorded in column ``bn``:
+BatchNorm the running statistics at Θ(α) are a choice (``bn``,
+:mod:`transferscope.analysis.batchnorm_modes`), recorded in column ``bn``:
 
 - ``"recalibrate"``: recompute them on training data at every α
-  (:func:`transferscope.evaluation.recalibrate_batchnorm`), the default ("auto")
-  for models with BatchNorm;
-- ``"interpolate"``: interpolate them like the weights (endpoints exact; when
+  (:func:`transferscope.evaluation.recalibrate_batchnorm`), what "auto" resolves to
+  for models with BatchNorm when ``recalibration_loader`` is given;
+- ``"follow"``: interpolate them like the weights (endpoints exact; when
   extrapolating, a variance can turn negative and the outputs NaN — a RuntimeWarning
-  says so; use "recalibrate" there);
-- ``"keep_a"``: use model_a's statistics at every α;
-- ``"none"``: the model has no BatchNorm (what "auto" resolves to then).
+  says so; use "recalibrate" there); what "auto" resolves to otherwise;
+- ``"keep"``: use model_a's statistics at every α.
 
 :class:`LinearPath` holds the two states and one working copy; the basin test
-(:mod:`transferscope.analysis.basin`) walks the same path.
+(:mod:`transferscope.analysis.basins`) walks the same path.
 
 The performance barrier of a curve m(α) is the largest excess of m over the straight
 line between its endpoints, max_{α∈[0,1]} m(α) − [(1 − α)·m(0) + α·m(1)], for the
-loss and for the error (1 − accuracy, or 1 − mean AUC for multi-label targets).
+loss and for the error, 1 − score (1 − accuracy, or 1 − mean AUC for multi-label
+targets).
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
-from itertools import islice
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,92 +36,58 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from transferscope.evaluation import (
+from ..evaluation import (
     Batches,
     cache_batches,
     eval_mode,
     evaluate,
-    has_batchnorm,
     metrics,
     model_device,
     nonfinite_error,
     nonfinite_weights,
     recalibrate_batchnorm,
+    score_name,
 )
+from ..models.state import batchnorm_buffer_keys, check_compatible
+from .batchnorm_modes import recalibration_data, resolve_bn_mode
 
-BN_MODES = ("auto", "recalibrate", "interpolate", "keep_a", "none")
-EVAL_MODE_BN = ("interpolate", "keep_a", "none")  # modes the batched (vmap) path supports
+DEFAULT_ALPHAS = tuple(round(-0.5 + 0.1 * i, 2) for i in range(21))  # -0.5, -0.4, ..., 1.5
+EVAL_MODE_BN = ("follow", "keep")  # modes the batched (vmap) path supports
 # "auto" takes the vmap path only for models this small: on an H100 (bench_interpolation.py)
 # vmap ran 2.9x faster than the loop at 78k parameters, 1.9x at 309k, 0.77x at 1.2M.
 VMAP_MAX_PARAMETERS = 500_000
 
 
-def check_same_architecture(model_a: nn.Module, model_b: nn.Module) -> None:
-    """Raise ``ValueError`` naming the first state-dict entry whose name or shape differs."""
-    state_a, state_b = model_a.state_dict(), model_b.state_dict()
-    for key, tensor in state_a.items():
-        if key not in state_b:
-            raise ValueError(f"architectures differ: model_a has {key!r} {tuple(tensor.shape)}, model_b has no such "
-                             f"entry; interpolate two models built with the same architecture and settings")
-        if tensor.shape != state_b[key].shape:
-            raise ValueError(f"architectures differ at {key!r}: model_a {tuple(tensor.shape)} vs model_b "
-                             f"{tuple(state_b[key].shape)}; interpolate two models built with the same settings")
-    extra = [key for key in state_b if key not in state_a]
-    if extra:
-        raise ValueError(f"architectures differ: model_b has {extra[0]!r} {tuple(state_b[extra[0]].shape)}, "
-                         f"model_a has no such entry")
-
-
-def resolve_bn_mode(model: nn.Module, bn: str, has_recalibration_data: bool) -> str:
-    """The BatchNorm mode actually used: "auto" -> "recalibrate" with BatchNorm, else "none"."""
-    if bn not in BN_MODES:
-        raise ValueError(f"unknown bn mode {bn!r}; choose one of {', '.join(BN_MODES)}")
-    with_bn = has_batchnorm(model)
-    mode = ("recalibrate" if with_bn else "none") if bn == "auto" else bn
-    if with_bn and mode == "none":
-        raise ValueError("the model has BatchNorm: choose bn='recalibrate', 'interpolate' or 'keep_a' (or 'auto')")
-    if not with_bn and mode != "none":
-        raise ValueError(f"bn={bn!r} needs BatchNorm layers but the model has none; use bn='auto' or 'none'")
-    if mode == "recalibrate" and not has_recalibration_data:
-        raise ValueError("bn='recalibrate' recomputes BatchNorm statistics at every α and needs recalibration_loader "
-                         "(a loader of training data); or choose bn='interpolate' or 'keep_a'")
-    return mode
-
-
-def _batchnorm_buffer_keys(model: nn.Module) -> set[str]:
-    return {f"{name}.{buffer}" if name else buffer
-            for name, module in model.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)
-            for buffer, tensor in module.named_buffers(recurse=False) if tensor.is_floating_point()}
+def score_columns(result: Mapping[str, float], metric: str) -> dict[str, float | str]:
+    """``loss``, ``score``, ``metric`` and ``n_examples`` of a
+    :func:`transferscope.evaluation.metrics` result whose score is ``metric``."""
+    return {"loss": result["loss"], "score": result[metric], "metric": metric, "n_examples": result["n"]}
 
 
 class LinearPath:
     """Θ(α) = (1 − α)·Θ_a + α·Θ_b on one working deep copy of model_a (the caller's
-    models are never written to). ``bn`` is resolved with :func:`resolve_bn_mode`;
-    for "recalibrate" the first ``recalibration_batches`` batches of
-    ``recalibration_loader`` (None = all) are cached once, so every α is recalibrated
-    on the same data. ``load(α, noise)`` puts Θ(α) (+ noise on the parameters, a flat
-    vector in ``parameters()`` order) into ``self.model``; ``stacked(αs)`` gives the
-    states of several α with a leading α axis, for ``torch.func.vmap``."""
+    models are never written to). ``bn`` is resolved with
+    :func:`~transferscope.analysis.batchnorm_modes.resolve_bn_mode`; for "recalibrate"
+    the first ``recalibration_batches`` batches of ``recalibration_loader`` (None = all)
+    are cached once, so every α is recalibrated on the same data. ``load(α, noise)``
+    puts Θ(α) (+ noise on the parameters, a flat vector in ``parameters()`` order) into
+    ``self.model``; ``stacked(αs)`` gives the states of several α with a leading α
+    axis, for ``torch.func.vmap``."""
 
-    def __init__(self, model_a: nn.Module, model_b: nn.Module, bn: str = "auto",
+    def __init__(self, model_a: nn.Module, model_b: nn.Module, *, bn: str = "auto",
                  recalibration_loader: Batches | None = None, recalibration_batches: int | None = None) -> None:
-        check_same_architecture(model_a, model_b)
+        check_compatible(model_a, model_b, what="model_a", reference_name="model_b")
         for name, model in (("model_a", model_a), ("model_b", model_b)):
             if nonfinite_weights(model):
                 raise nonfinite_error(name, model)
-        self.bn_mode = resolve_bn_mode(model_a, bn, recalibration_loader is not None)
+        self.bn_mode = resolve_bn_mode(model_a, bn, recalibration_loader)
+        self.recalibration_data = recalibration_data(self.bn_mode, recalibration_loader, recalibration_batches)
         self.recalibration_batches = recalibration_batches if self.bn_mode == "recalibrate" else None
-        self.recalibration_data = None
-        if self.bn_mode == "recalibrate":
-            if recalibration_batches is not None and recalibration_batches < 1:
-                raise ValueError(f"recalibration_batches must be >= 1 (or None for the whole loader), "
-                                 f"got {recalibration_batches}")
-            self.recalibration_data = cache_batches(islice(recalibration_loader, recalibration_batches))
         self.model = copy.deepcopy(model_a)
         device = model_device(self.model)
         self.state_a = {k: v.detach() for k, v in model_a.state_dict().items()}
         self.state_b = {k: v.detach().to(device) for k, v in model_b.state_dict().items()}
-        kept = _batchnorm_buffer_keys(self.model) if self.bn_mode == "keep_a" else set()
+        kept = set(batchnorm_buffer_keys(self.model, running_stats_only=True)) if self.bn_mode == "keep" else set()
         self.moving = [k for k, v in self.state_a.items() if v.is_floating_point() and k not in kept]
         self.parameter_names = [name for name, _ in self.model.named_parameters()]
         self.buffer_names = [name for name, tensor in self.model.named_buffers()
@@ -141,8 +107,8 @@ class LinearPath:
         return {k: torch.lerp(a, self.state_b[k], alpha) if k in self.moving else a for k, a in self.state_a.items()}
 
     def _check_variances(self, state: dict[str, Tensor], alphas: Sequence[float]) -> None:
-        """Warn when extrapolated BatchNorm variances ("interpolate" mode) are not positive."""
-        if self.bn_mode != "interpolate":
+        """Warn when extrapolated BatchNorm variances ("follow" mode) are not positive."""
+        if self.bn_mode != "follow":
             return
         bad = [k for k, v in state.items() if k.endswith("running_var") and k in self.moving and bool((v <= 0).any())]
         if bad:
@@ -223,7 +189,8 @@ def interpolate(
     model_a: nn.Module,
     model_b: nn.Module,
     loader: Batches,
-    alphas: Iterable[float],
+    *,
+    alphas: Iterable[float] = DEFAULT_ALPHAS,
     bn: str = "auto",
     recalibration_loader: Batches | None = None,
     recalibration_batches: int | None = None,
@@ -232,29 +199,67 @@ def interpolate(
     batched: bool | str = "auto",
     vmap_chunk: int = 8,
 ) -> pd.DataFrame:
-    """Loss and accuracy (or mean AUC) at Θ(α) = (1 − α)Θ_a + αΘ_b for every α
-    (Sec. 3.3, Fig. 4 of the paper; α outside [0, 1] extrapolates).
+    """Loss and score at Θ(α) = (1 − α)·Θ_a + α·Θ_b for every α (Sec. 3.3, Fig. 4 of
+    the paper; α outside [0, 1] extrapolates).
 
-    The first ``max_examples`` examples of ``loader`` are cached once and reused for
-    every α. ``bn``: see the module docstring; "recalibrate" uses the first
-    ``recalibration_batches`` batches of ``recalibration_loader`` (None = all), also
-    cached once. ``batched``: evaluate ``vmap_chunk`` values of α per forward pass
-    with ``torch.func.vmap`` (BatchNorm in eval mode only); "auto" turns it on when
-    the model is on CUDA, has at most ``VMAP_MAX_PARAMETERS`` parameters and the BN
-    mode allows it. A model with NaN or inf weights is an error; an α whose outputs
-    are NaN or inf (far outside [0, 1]) gets a NaN loss and score and a RuntimeWarning.
-    The caller's models are never modified. Returns one row per α:
-    ``alpha, split, loss, accuracy|auc, n, bn, recalibration_batches, batched``.
+    Parameters
+    ----------
+    model_a, model_b : torch.nn.Module
+        Two models of the same architecture (Θ_a at α = 0, Θ_b at α = 1). Not changed.
+    loader : iterable of (Tensor, Tensor)
+        Evaluation batches; the first ``max_examples`` examples are cached once and
+        reused for every α.
+    alphas : iterable of float
+        The interpolation coefficients (default -0.5, -0.4, …, 1.5).
+    bn : {"auto", "recalibrate", "follow", "keep"}
+        BatchNorm running statistics at Θ(α) (module docstring); "auto" recalibrates
+        when the model has BatchNorm and ``recalibration_loader`` is given, else follows.
+    recalibration_loader : iterable of (Tensor, Tensor), optional
+        Training data for "recalibrate".
+    recalibration_batches : int, optional
+        Recalibrate on the first ``recalibration_batches`` batches (default: all),
+        read once.
+    split : str
+        Name of the data in ``loader``, recorded in the ``split`` column.
+    max_examples : int, optional
+        Evaluate on the first ``max_examples`` examples (default: all).
+    batched : bool or "auto"
+        Evaluate ``vmap_chunk`` values of α per forward pass with ``torch.func.vmap``
+        (BatchNorm in eval mode only, so not with "recalibrate"); "auto" turns it on
+        when the model is on CUDA and has at most ``VMAP_MAX_PARAMETERS`` parameters.
+    vmap_chunk : int
+        Values of α per batched forward pass.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per α: ``alpha``, ``split``, ``loss``, ``score`` (accuracy, or mean
+        AUC for multi-label targets), ``metric`` (``"accuracy"`` or ``"auc"``),
+        ``n_examples``, ``bn`` (the resolved mode), ``recalibration_batches``,
+        ``batched``. An α whose outputs are NaN or inf (far outside [0, 1]) gets a NaN
+        loss and score and a RuntimeWarning. :func:`barrier` summarises the curve.
+
+    Raises
+    ------
+    ValueError
+        For models of different architectures or with NaN or inf weights, empty or
+        non-finite ``alphas``, an unknown or inapplicable ``bn`` mode.
+
+    References
+    ----------
+    Neyshabur, Sedghi & Zhang (2020), "What is being transferred in transfer
+    learning?", NeurIPS, Sec. 3.3 and Fig. 4.
     """
     values = _check_alphas(alphas)
     if batched not in (True, False, "auto"):
         raise ValueError(f"batched must be True, False or 'auto', got {batched!r}")
     if vmap_chunk < 1:
         raise ValueError(f"vmap_chunk must be >= 1, got {vmap_chunk}")
-    path = LinearPath(model_a, model_b, bn, recalibration_loader, recalibration_batches)
+    path = LinearPath(model_a, model_b, bn=bn, recalibration_loader=recalibration_loader,
+                      recalibration_batches=recalibration_batches)
     if batched is True and path.bn_mode not in EVAL_MODE_BN:
         raise ValueError("batched=True evaluates BatchNorm in eval mode and cannot recalibrate per α; "
-                         "use batched=False, or bn='interpolate' or 'keep_a'")
+                         "use batched=False, or bn='follow' or 'keep'")
     use_vmap = batched is True or (batched == "auto" and path.bn_mode in EVAL_MODE_BN
                                    and model_device(model_a).type == "cuda"
                                    and path.n_parameters <= VMAP_MAX_PARAMETERS)
@@ -264,38 +269,79 @@ def interpolate(
     else:
         results = [path.evaluate(alpha, batches) for alpha in values]
     _warn_nonfinite(values, results)
+    metric = score_name(batches[0][1])
     settings = {"bn": path.bn_mode, "recalibration_batches": path.recalibration_batches, "batched": use_vmap}
-    rows = [{"alpha": alpha, "split": split, **result, **settings} for alpha, result in zip(values, results)]
+    rows = [{"alpha": alpha, "split": split, **score_columns(result, metric), **settings}
+            for alpha, result in zip(values, results)]
     return pd.DataFrame(rows)
 
 
-def barrier(curve: pd.DataFrame, metric: str | Sequence[str] = ("loss", "error")) -> dict[str, float]:
-    """Performance barrier of one interpolation curve (Sec. 3.3): for each metric m,
-    ``{m}_barrier`` = max_{α∈[0,1]} m(α) − [(1 − α)·m(0) + α·m(1)] (≥ 0, since the
-    endpoints count) and ``{m}_barrier_alpha``, the α where it is reached. ``metric``:
-    "loss", "error" (1 − accuracy, or 1 − auc) or both. α outside [0, 1] is ignored;
-    α = 0 and α = 1 must be on the curve."""
-    names = [metric] if isinstance(metric, str) else list(metric)
-    unknown = [m for m in names if m not in ("loss", "error")]
+BARRIER_QUANTITIES = ("loss", "error")
+
+
+def _require_columns(curve: pd.DataFrame, columns: Sequence[str], need: str) -> None:
+    missing = [column for column in columns if column not in curve]
+    if missing:
+        raise ValueError(f"{need} needs the columns {missing}, which the curve lacks (it has {list(curve.columns)}); "
+                         "pass one curve of interpolate() output")
+
+
+def barrier(curve: pd.DataFrame, quantities: str | Sequence[str] = BARRIER_QUANTITIES) -> dict[str, float | str]:
+    """Performance barrier of one interpolation curve (Sec. 3.3).
+
+    For each quantity m (the loss, or the error 1 − score),
+
+        barrier_m = max_{α∈[0,1]} m(α) − [(1 − α)·m(0) + α·m(1)]
+
+    (≥ 0, since the endpoints count). α outside [0, 1] is ignored.
+
+    Parameters
+    ----------
+    curve : pandas.DataFrame
+        One :func:`interpolate` curve (one row per α, α = 0 and α = 1 included);
+        group a study frame by pair first (``report.figures.landscape.barrier_table``).
+    quantities : {"loss", "error"} or a sequence of them
+        The barriers to compute (default both).
+
+    Returns
+    -------
+    dict
+        ``{m}_barrier`` and ``{m}_barrier_alpha`` (the α where it is reached) for each
+        quantity m; with "error", also ``metric``, the score the error is 1 − of
+        (``"accuracy"`` or ``"auc"``).
+
+    Raises
+    ------
+    ValueError
+        For an unknown quantity, several rows per α, missing endpoints, or a missing
+        ``alpha``, ``loss``, ``score`` or ``metric`` column.
+
+    References
+    ----------
+    Neyshabur, Sedghi & Zhang (2020), "What is being transferred in transfer
+    learning?", NeurIPS, Sec. 3.3 and Fig. 4.
+    """
+    names = [quantities] if isinstance(quantities, str) else list(quantities)
+    unknown = [m for m in names if m not in BARRIER_QUANTITIES]
     if unknown:
-        raise ValueError(f"unknown barrier metric {unknown[0]!r}; choose 'loss' and/or 'error'")
-    if "alpha" not in curve or curve["alpha"].duplicated().any():
-        raise ValueError("barrier needs one interpolation curve with an 'alpha' column and one row per α; "
+        raise ValueError(f"unknown barrier quantity {unknown[0]!r}; choose 'loss' and/or 'error'")
+    _require_columns(curve, ["alpha"], "barrier")
+    if curve["alpha"].duplicated().any():
+        raise ValueError("barrier needs one interpolation curve with one row per α; "
                          "group a study frame by pair first (see report.figures.landscape.barrier_table)")
     inside = curve[(curve["alpha"] >= 0) & (curve["alpha"] <= 1)].sort_values("alpha")
     if not {0.0, 1.0} <= set(inside["alpha"]):
         raise ValueError("barrier needs the endpoints α = 0 and α = 1 on the curve; include them in alphas")
     alpha = inside["alpha"].to_numpy(float)
-    result: dict[str, float] = {}
+    result: dict[str, float | str] = {}
     for name in names:
         if name == "loss":
+            _require_columns(curve, ["loss"], "the loss barrier")
             values = inside["loss"].to_numpy(float)
-        elif "accuracy" in inside:
-            values = 1.0 - inside["accuracy"].to_numpy(float)
-        elif "auc" in inside:
-            values = 1.0 - inside["auc"].to_numpy(float)
         else:
-            raise ValueError("the error barrier needs an 'accuracy' or 'auc' column")
+            _require_columns(curve, ["score", "metric"], "the error barrier")
+            values = 1.0 - inside["score"].to_numpy(float)
+            result["metric"] = str(inside["metric"].iloc[0])
         line = (1 - alpha) * values[alpha == 0][0] + alpha * values[alpha == 1][0]
         peak = int(np.argmax(values - line))
         result[f"{name}_barrier"] = float(values[peak] - line[peak])

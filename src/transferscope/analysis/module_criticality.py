@@ -75,7 +75,7 @@ from ..cached_prefix import CachedPrefixEvaluator
 from ..evaluation import Batches, cache_batches
 from ..models import NETWORK, module_state_keys
 from ..models.partition import ModuleNotFoundInModel
-from .rewind import ModelOrState, as_state_dict, check_state
+from ..models.state import ModelOrState, as_state_dict, check_compatible
 
 DEFAULT_GRID = tuple(np.arange(1, 12) / 11)  # 11 points in (0, 1]
 PATHS = ("direct", "optimization")
@@ -245,7 +245,7 @@ class _MovingModule:
             raise ValueError(f"module {name!r} has no parameters to perturb")
         initial_values = self._module_tensors(initial, "initial")
         if start == "best":
-            check_state(as_state_dict(best_state), self.model, list(self.state), "best_state")
+            check_compatible(best_state, self.model, keys=list(self.state), what="best_state")
             self.model.load_state_dict(as_state_dict(best_state))
         end = {key: self.state[key].clone() for key in self.moving}
         if path == "optimization":
@@ -260,7 +260,7 @@ class _MovingModule:
 
     def _module_tensors(self, model_or_state: ModelOrState, what: str) -> State:
         state = as_state_dict(model_or_state)
-        check_state(state, self.model, self.moving, what)
+        check_compatible(state, self.model, keys=self.moving, what=what)
         return {key: state[key].detach().to(self.state[key].device) for key in self.moving}
 
     def _optimization_path(self, initial: State, end: State, path_states: Sequence[ModelOrState],

@@ -167,7 +167,7 @@ def _interpolation_job(inputs: AnalysisInputs) -> None:
     test, train = inputs.test_loader(s["max_examples"]), inputs.train_loader()
     curves, barriers = [], []
     for a, b in inputs.job.config["pairs"]:
-        curve = interpolate(inputs.model(a), inputs.model(b), test, s["alphas"], bn=s["bn"],
+        curve = interpolate(inputs.model(a), inputs.model(b), test, alphas=s["alphas"], bn=s["bn"],
                             recalibration_loader=train, recalibration_batches=s["recalibration_batches"],
                             max_examples=s["max_examples"])
         curves.append(curve.assign(model_a=a, model_b=b))
@@ -177,7 +177,7 @@ def _interpolation_job(inputs: AnalysisInputs) -> None:
 
 
 def _basin_job(inputs: AnalysisInputs) -> None:
-    from ..analysis.basin import basin
+    from ..analysis.basins import basin
 
     s = inputs.settings
     test, train = inputs.test_loader(s["max_examples"]), inputs.train_loader()
@@ -199,12 +199,13 @@ def _cka_job(inputs: AnalysisInputs) -> None:
 
 
 def _rewind_job(inputs: AnalysisInputs) -> None:
-    from ..analysis.rewind import rewind
+    from ..analysis.rewinding import rewind
 
     s = inputs.settings
     splits = {"train": inputs.train_loader(), "test": inputs.test_loader()}
     frames = [rewind(inputs.model(name), inputs.run(name).checkpoint("init"), splits, bn=s["bn"],
-                     recalibration_loader=splits["train"], max_examples=s["max_examples"]).assign(model=name)
+                     recalibration_loader=splits["train"], recalibration_batches=s["recalibration_batches"],
+                     max_examples=s["max_examples"]).assign(model=name)
               for name in inputs.refs]
     inputs.write(pd.concat(frames, ignore_index=True))
 

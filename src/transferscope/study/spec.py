@@ -47,7 +47,7 @@ class MistakesSettings(Settings):
 class InterpolationSettings(Settings):
     enabled: bool = True
     alphas: tuple[float, ...] = tuple(round(-0.5 + 0.1 * i, 2) for i in range(21))
-    bn: Literal["auto", "recalibrate", "interpolate", "keep_a"] = "auto"
+    bn: Literal["auto", "recalibrate", "follow", "keep"] = "auto"
     recalibration_batches: int = Field(8, ge=1)
     max_examples: int | None = Field(1000, ge=1)
 
@@ -66,7 +66,8 @@ class BasinSettings(Settings):
 
 class RewindSettings(Settings):
     enabled: bool = True
-    bn: Literal["rewind", "keep", "recalibrate"] = "rewind"
+    bn: Literal["auto", "recalibrate", "follow", "keep"] = "follow"
+    recalibration_batches: int | None = Field(None, ge=1, description="bn=recalibrate: training batches; None = all")
     max_examples: int | None = Field(1000, ge=1)
 
 

@@ -1,6 +1,6 @@
 """Figs. 5-6 of Neyshabur, Sedghi & Zhang (2020): module rewinding and module criticality.
 
-Frames: :func:`transferscope.analysis.rewind.rewind` output (Fig. 5),
+Frames: :func:`transferscope.analysis.rewinding.rewind` output (Fig. 5),
 :func:`transferscope.analysis.module_criticality.network_criticality` output (bars) and
 :func:`transferscope.analysis.module_criticality.criticality` grids (Fig. 6 heatmaps), each
 with a ``model`` column (``"<role>:<tag>"`` such as ``"P-T:s0"``, ``"RI-T:s1"``) and,
@@ -51,8 +51,12 @@ def _one_target(frame: pd.DataFrame, target: str | None) -> tuple[pd.DataFrame, 
     return frame[frame["target"] == target], target
 
 
-def _score(frame: pd.DataFrame) -> str:
-    return "auc" if "auc" in frame.columns and frame["auc"].notna().any() else "accuracy"
+def _metric(frame: pd.DataFrame) -> str:
+    """The one metric (``"accuracy"`` or ``"auc"``) of the rewind rows of one target."""
+    metrics = list(dict.fromkeys(frame["metric"]))
+    if len(metrics) != 1:
+        raise ValueError(f"the rewind rows of one target have several metrics {metrics}; pass one target's rows")
+    return metrics[0]
 
 
 def _test_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -68,7 +72,7 @@ def plot_rewind(frame: pd.DataFrame) -> Figure:
     """Fig. 5: test performance after rewinding each module to its initial value (the
     pre-trained weights for P-T, the random init for RI-T), mean over models of a role
     with min-max bars; dashed lines mark the unchanged models."""
-    _require(frame, ["module", "split", "bn"], "rewind")
+    _require(frame, ["module", "split", "bn", "score", "base_score", "metric"], "rewind")
     rows = _with_roles(_test_rows(frame))
     targets = list(dict.fromkeys(rows["target"])) if "target" in rows.columns else [None]
     modules = list(dict.fromkeys(rows["module"]))
@@ -77,18 +81,18 @@ def plot_rewind(frame: pd.DataFrame) -> Figure:
     axes = figure.subplots(1, len(targets), squeeze=False)[0]
     for ax, target in zip(axes, targets):
         part = rows if target is None else rows[rows["target"] == target]
-        score = _score(part)  # targets differ in metric
-        scale, unit = (100.0, " (%)") if score == "accuracy" else (1.0, "")
+        metric = _metric(part)  # targets differ in metric
+        scale, unit = (100.0, " (%)") if metric == "accuracy" else (1.0, "")
         for (name, bn), group in part.groupby(["role", "bn"], sort=False):
-            stats = group.groupby("module")[score].agg(["mean", "min", "max"]).reindex(modules) * scale
+            stats = group.groupby("module")["score"].agg(["mean", "min", "max"]).reindex(modules) * scale
             x = np.arange(len(modules))
             line = ax.errorbar(x, stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
                                marker="o", capsize=3, label=_series_label(name, bn, several_bn) + " rewound")
-            ax.axhline(group[f"base_{score}"].mean() * scale, color=line[0].get_color(), linestyle="--",
+            ax.axhline(group["base_score"].mean() * scale, color=line[0].get_color(), linestyle="--",
                        label=_series_label(name, bn, several_bn) + " unchanged")
         ax.set_xticks(np.arange(len(modules)), modules)
         ax.set_xlabel("module rewound to its initial value")
-        ax.set_ylabel(f"test {'accuracy' if score == 'accuracy' else 'mean AUC'}{unit}")
+        ax.set_ylabel(f"test {'accuracy' if metric == 'accuracy' else 'mean AUC'}{unit}")
         ax.set_title("Module rewinding" + (f" — {target}" if target is not None else ""))
         ax.legend(fontsize="small")
     return figure
@@ -96,14 +100,14 @@ def plot_rewind(frame: pd.DataFrame) -> Figure:
 
 def caption_rewind(frame: pd.DataFrame) -> str:
     """What the paper found (Fig. 5) and the drop per module and role here."""
+    _require(frame, ["module", "split", "score", "base_score", "metric"], "rewind")
     rows = _with_roles(_test_rows(frame))
     targets = list(dict.fromkeys(rows["target"])) if "target" in rows.columns else [None]
     parts = []
     for target in targets:
         part = rows if target is None else rows[rows["target"] == target]
-        score = _score(part)
-        scale, unit, digits = (100.0, "accuracy points", 1) if score == "accuracy" else (1.0, "AUC", 3)
-        part = part.assign(drop=(part[f"base_{score}"] - part[score]) * scale)
+        scale, unit, digits = (100.0, "accuracy points", 1) if _metric(part) == "accuracy" else (1.0, "AUC", 3)
+        part = part.assign(drop=(part["base_score"] - part["score"]) * scale)
         modules = list(dict.fromkeys(part["module"]))
         for name, group in part.groupby("role", sort=False):
             drops = group.groupby("module")["drop"].mean().reindex(modules)

@@ -2,7 +2,7 @@
 solutions — interpolation curves, performance barriers and (ε, δ)-basins.
 
 Study frames are :func:`transferscope.analysis.interpolation.interpolate` (or
-:func:`transferscope.analysis.basin.basin`) outputs with columns ``pair`` (e.g.
+:func:`transferscope.analysis.basins.basin`) outputs with columns ``pair`` (e.g.
 ``"P-T:s0|P-T:s1"``), ``pair_type`` (e.g. ``"P-T/P-T"``, ``"best/final P-T"``) and
 ``target`` added; a frame of one curve without them is one pair.
 """
@@ -17,7 +17,7 @@ from transferscope.analysis.interpolation import barrier
 
 PAIR_ORDER = ("P-T/P-T", "RI-T/RI-T", "P-T/RI-T")
 GROUPS = ("target", "pair_type", "pair")
-BASIN_COLUMNS = ("mu", "epsilon", "alpha_lo", "alpha_hi", "basin_delta", "in_basin", "n", "distance",
+BASIN_COLUMNS = ("mu", "epsilon", "alpha_lo", "alpha_hi", "basin_delta", "in_basin", "n_parameters", "distance",
                  "threshold", "rise", "n_segment", "n_noise", "seed", "bn")
 PAPER_DELTAS = "49.14, 98.28"
 
@@ -33,12 +33,15 @@ def _ordered_types(types: pd.Series) -> list[str]:
     return [t for t in PAIR_ORDER if t in present] + [t for t in present if t not in PAIR_ORDER]
 
 
-def _score(frame: pd.DataFrame) -> str:
-    if "accuracy" in frame.columns:
-        return "accuracy"
-    if "auc" in frame.columns:
-        return "auc"
-    raise ValueError("the interpolation frame needs an 'accuracy' or 'auc' column (interpolate() output)")
+def _metric(frame: pd.DataFrame) -> str:
+    """The one metric (``"accuracy"`` or ``"auc"``) of the curves of one target."""
+    missing = [column for column in ("score", "metric") if column not in frame.columns]
+    if missing:
+        raise ValueError(f"the interpolation frame lacks columns {missing}; pass interpolate() output")
+    metrics = list(dict.fromkeys(frame["metric"]))
+    if len(metrics) != 1:
+        raise ValueError(f"the curves of one target have several metrics {metrics}; pass one target's rows")
+    return metrics[0]
 
 
 def plot_interpolation(frame: pd.DataFrame) -> Figure:
@@ -50,13 +53,12 @@ def plot_interpolation(frame: pd.DataFrame) -> Figure:
     figure = Figure(figsize=(10.0, 3.6 * len(targets)), layout="constrained")
     axes = np.atleast_2d(figure.subplots(len(targets), 2, squeeze=False))
     for (ax_score, ax_loss), target in zip(axes, targets):
-        part = rows[rows["target"] == target].dropna(axis=1, how="all")  # targets differ in metric
-        score = _score(part)
-        scale, score_label = (100.0, "test accuracy (%)") if score == "accuracy" else (1.0, "test mean AUC")
+        part = rows[rows["target"] == target]
+        scale, score_label = (100.0, "test accuracy (%)") if _metric(part) == "accuracy" else (1.0, "test mean AUC")
         for pair_type in _ordered_types(part["pair_type"]):
             curves = part[part["pair_type"] == pair_type]
             n_pairs = curves["pair"].nunique()
-            for ax, column, factor in ((ax_score, score, scale), (ax_loss, "loss", 1.0)):
+            for ax, column, factor in ((ax_score, "score", scale), (ax_loss, "loss", 1.0)):
                 stats = curves.groupby("alpha")[column].agg(["mean", "min", "max"]) * factor
                 (line,) = ax.plot(stats.index, stats["mean"], marker=".", label=f"{pair_type} ({n_pairs} pair"
                                   f"{'s' if n_pairs > 1 else ''})")
@@ -77,13 +79,10 @@ def plot_interpolation(frame: pd.DataFrame) -> Figure:
 
 def barrier_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (target, pair type, pair): the loss and error barriers of its curve
-    (:func:`transferscope.analysis.interpolation.barrier`), error = 1 − accuracy or 1 − AUC."""
-    rows = _grouped(frame)
-    records = []
-    for key, curve in rows.groupby(list(GROUPS), sort=False):
-        curve = curve.dropna(axis=1, how="all")  # targets differ in metric
-        records.append({**dict(zip(GROUPS, key)), **barrier(curve), "error_of": _score(curve)})
-    return pd.DataFrame(records)
+    (:func:`transferscope.analysis.interpolation.barrier`), error = 1 − score, and the
+    ``metric`` of the score (accuracy or AUC)."""
+    return pd.DataFrame([{**dict(zip(GROUPS, key)), **barrier(curve)}
+                         for key, curve in _grouped(frame).groupby(list(GROUPS), sort=False)])
 
 
 def caption_interpolation(frame: pd.DataFrame) -> str:
@@ -94,23 +93,24 @@ def caption_interpolation(frame: pd.DataFrame) -> str:
         rows = table[table["pair_type"] == pair_type]
         parts.append(f"{pair_type} error barrier {100 * rows['error_barrier'].max():.1f} points, "
                      f"loss barrier {rows['loss_barrier'].max():.3f} (max over {len(rows)} pair(s))")
-    metrics = " and ".join(f"1 − {m}" for m in dict.fromkeys(table["error_of"]))
+    metrics = " and ".join(f"1 − {m}" for m in dict.fromkeys(table["metric"]))
     return ("Paper (Fig. 4): no performance barrier on the line between two P-T solutions, a barrier between two "
             f"RI-T solutions. Here, on λ ∈ [0, 1] (error = {metrics}): " + "; ".join(parts) + ".")
 
 
 def basin_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (target, pair type, pair) of :func:`transferscope.analysis.basin.basin`
+    """One row per (target, pair type, pair) of :func:`transferscope.analysis.basins.basin`
     frames: μ, ε, the boundary α, the basin's δ (smallest δ of the σ grid where
     conditions 2 and 3 hold; NaN if none) and its σ = δ/√n, whether that δ is the grid's
     smallest (then the true δ may be smaller still), and the settings."""
     rows = _grouped(frame)
-    missing = {"basin_delta", "mu", "epsilon", "delta"} - set(rows.columns)
+    missing = {"basin_delta", "mu", "epsilon", "delta", "n_parameters"} - set(rows.columns)
     if missing:
         raise ValueError(f"the basin frame lacks columns {sorted(missing)}; pass basin() output")
     groups = rows.groupby(list(GROUPS), sort=False)
     table = groups[[c for c in BASIN_COLUMNS if c in rows]].first().reset_index()
-    table.insert(table.columns.get_loc("basin_delta") + 1, "basin_sigma", table["basin_delta"] / np.sqrt(table["n"]))
+    table.insert(table.columns.get_loc("basin_delta") + 1, "basin_sigma",
+                 table["basin_delta"] / np.sqrt(table["n_parameters"]))
     table.insert(table.columns.get_loc("basin_sigma") + 1, "at_grid_min",
                  np.isclose(table["basin_delta"], groups["delta"].min().to_numpy()))
     return table

@@ -12,8 +12,8 @@ mean of ℓ under the uniform distribution on S. S is an (ε, δ)-basin when
 
 Noise of per-coordinate std σ = δ/√n has norm ≈ δ, hence δ = σ·√n (the paper's
 δ = 49.14 and 98.28 are σ = 0.01 and 0.02 for n ≈ 24.16M parameters). Our reading
-of the paper puts the walls at ``rise = 2`` (2ε above μ); the brief we were given
-quotes "above μ + ε", which is ``rise = 1`` — a setting, recorded in the frame.
+of the paper puts the walls at ``rise = 2`` (2ε above μ); walls at μ + ε are
+``rise = 1`` — a setting, recorded in the frame.
 Conditions 2 and 3 ask the loss to *rise* past the basin level at distance δ (the
 basin has walls); both get easier as δ grows, so "the" δ of a basin is the smallest
 δ of a grid for which both hold.
@@ -33,8 +33,9 @@ Procedure for two solutions θ_a, θ_b (S is a segment of their line, Θ(α) =
   condition 1.
 - Conditions 2 and 3, for each σ of ``sigmas`` (δ = σ·√n), at both ends of S, each
   as the mean over ``n_noise`` draws: Gaussian noise of std σ on every parameter
-  (n = number of parameters; buffers are not perturbed), and a step of |ν|, ν ~ N(0, δ²),
-  outward along the segment (distance measured over the parameters). The same
+  (n = ``n_parameters``, the number of parameters; buffers are not perturbed), and a
+  step of |ν|, ν ~ N(0, δ²), outward along the segment (distance measured over the
+  parameters). The same
   standard-normal draws (seeded by ``seed``) serve every σ, so the estimates vary
   smoothly with σ.
 """
@@ -49,8 +50,8 @@ import torch
 from scipy.optimize import brentq
 from torch import Tensor, nn
 
-from transferscope.analysis.interpolation import LinearPath
-from transferscope.evaluation import Batches, cache_batches
+from ..evaluation import Batches, cache_batches
+from .interpolation import LinearPath
 
 LossAt = Callable[[float, "Tensor | None"], float]
 
@@ -74,7 +75,7 @@ def _boundary(loss: Callable[[float], float], start: float, side: int, level: fl
         value = loss(outer)
         if not np.isfinite(value):
             raise ValueError(f"the loss is {value} at α = {outer:g} (BatchNorm variances extrapolated with "
-                             "bn='interpolate' can turn negative: use bn='recalibrate')")
+                             "bn='follow' can turn negative: use bn='recalibrate')")
         if value > level:
             return float(brentq(lambda alpha: loss(alpha) - level, inner, outer, xtol=tol))
         inner, step = outer, 2 * step
@@ -84,7 +85,7 @@ def _boundary(loss: Callable[[float], float], start: float, side: int, level: fl
 
 def basin_along(
     loss_at: LossAt,
-    n: int,
+    n_parameters: int,
     distance: float,
     *,
     threshold: float = 0.05,
@@ -99,11 +100,52 @@ def basin_along(
 ) -> pd.DataFrame:
     """The (ε, δ)-basin test of the module docstring on any loss along a line.
 
-    ``loss_at(α, noise)`` is the loss at Θ(α) plus ``noise`` (None, or a float64
-    vector of the ``n`` perturbed coordinates); ``distance`` = ‖θ_b − θ_a‖ over those
-    coordinates. Returns one row per σ with the condition estimates and whether they
-    hold, and, in every row, μ, ε, the boundary, ``basin_delta`` (smallest δ of the
-    grid where both conditions hold at both ends; NaN if none) and every setting.
+    Parameters
+    ----------
+    loss_at : callable (float, Tensor or None) -> float
+        ``loss_at(α, noise)``: the loss at Θ(α) plus ``noise`` (None, or a float64
+        vector of the ``n_parameters`` perturbed coordinates).
+    n_parameters : int
+        n, the number of perturbed coordinates (δ = σ·√n).
+    distance : float
+        ‖θ_b − θ_a‖ over those coordinates (positive).
+    threshold : float
+        The boundary is where the loss passes (1 + threshold)·max(ℓ(θ_a), ℓ(θ_b)).
+    sigmas : sequence of float
+        Noise stds per coordinate, σ; δ = σ·√n.
+    n_segment : int
+        Points of the midpoint rule for μ and ε over S.
+    n_noise : int
+        Draws per condition estimate.
+    seed : int
+        Seed of the standard-normal draws (the same for every σ).
+    rise : float
+        Walls at μ + rise·ε.
+    initial_step, max_extent, boundary_tol : float
+        The boundary search: first step in α, largest distance in α searched beyond an
+        endpoint, precision in α of Brent's method.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per σ (ascending): ``sigma``, ``delta``, ``noise_loss_lo|hi`` and
+        ``extrapolation_loss_lo|hi`` (the condition estimates at both ends of S),
+        ``noise_holds``, ``extrapolation_holds``, ``holds``; and in every row μ
+        (``mu``), ε (``epsilon``), ``wall`` = μ + rise·ε, the boundary ``alpha_lo``,
+        ``alpha_hi``, ``endpoint_loss``, ``level``, ``basin_delta`` (smallest δ of the
+        grid where both conditions hold at both ends; NaN if none), ``in_basin``,
+        ``n_parameters``, ``distance`` and every setting.
+
+    Raises
+    ------
+    ValueError
+        For invalid settings, identical solutions, a non-finite loss on the search, or
+        a loss that never reaches the boundary level within ``max_extent``.
+
+    References
+    ----------
+    Neyshabur, Sedghi & Zhang (2020), "What is being transferred in transfer
+    learning?", NeurIPS, Sec. 3.3 and Definition 3.1.
     """
     if threshold <= 0 or rise <= 0 or initial_step <= 0 or boundary_tol <= 0:
         raise ValueError("threshold, rise, initial_step and boundary_tol must be positive")
@@ -133,11 +175,11 @@ def basin_along(
 
     rows = []
     for sigma in sorted(float(s) for s in sigmas):
-        delta = sigma * np.sqrt(n)
+        delta = sigma * np.sqrt(n_parameters)
         row: dict[str, float | bool] = {"sigma": sigma, "delta": delta}
         for end, alpha in ends.items():
             row[f"noise_loss_{end}"] = float(np.mean(
-                [loss_at(alpha, sigma * z) for z in _draws(seed, streams[end], n_noise, n)]))
+                [loss_at(alpha, sigma * z) for z in _draws(seed, streams[end], n_noise, n_parameters)]))
             row[f"extrapolation_loss_{end}"] = float(np.mean(
                 [loss(alpha + outward[end] * delta * step / distance) for step in steps[end]]))
         row["noise_holds"] = min(row["noise_loss_lo"], row["noise_loss_hi"]) >= wall
@@ -150,7 +192,7 @@ def basin_along(
         "mu": mu, "epsilon": epsilon, "wall": wall, "alpha_lo": ends["lo"], "alpha_hi": ends["hi"],
         "endpoint_loss": endpoint_loss, "level": level,
         "basin_delta": float(holding.min()) if len(holding) else float("nan"),
-        "in_basin": bool(len(holding)), "n": n, "distance": distance, "threshold": threshold, "rise": rise,
+        "in_basin": bool(len(holding)), "n_parameters": n_parameters, "distance": distance, "threshold": threshold, "rise": rise,
         "n_segment": n_segment, "n_noise": n_noise, "seed": seed, "initial_step": initial_step,
         "boundary_tol": boundary_tol,
     }
@@ -178,14 +220,50 @@ def basin(
     split: str = "test",
 ) -> pd.DataFrame:
     """(ε, δ)-basin test (Definition 3.1, read as in the module docstring) of the
-    segment through two solutions, on the loss over the first ``max_examples``
-    examples of ``loader`` (cached once). ``bn`` as in
-    :func:`transferscope.analysis.interpolation.interpolate` (with "recalibrate",
-    BatchNorm statistics are recomputed at every evaluated point, noise included).
-    The caller's models are never modified. Returns :func:`basin_along`'s frame plus
-    ``bn``, ``recalibration_batches``, ``split`` and ``n_examples``.
+    segment through two solutions, on their loss along Θ(α) = (1 − α)·θ_a + α·θ_b.
+
+    Parameters
+    ----------
+    model_a, model_b : torch.nn.Module
+        Two solutions of the same architecture. Not changed.
+    loader : iterable of (Tensor, Tensor)
+        Evaluation batches; the first ``max_examples`` examples are cached once.
+    threshold, sigmas, n_segment, n_noise, seed, rise, initial_step, max_extent, boundary_tol
+        As in :func:`basin_along`.
+    max_examples : int, optional
+        Evaluate on the first ``max_examples`` examples (default: all).
+    bn : {"auto", "recalibrate", "follow", "keep"}
+        BatchNorm running statistics along the line, as in
+        :func:`transferscope.analysis.interpolation.interpolate`; with "recalibrate"
+        they are recomputed at every evaluated point, noise included.
+    recalibration_loader : iterable of (Tensor, Tensor), optional
+        Training data for "recalibrate".
+    recalibration_batches : int, optional
+        Recalibrate on the first ``recalibration_batches`` batches (default: all),
+        read once.
+    split : str
+        Name of the data in ``loader``, recorded in the ``split`` column.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :func:`basin_along`'s frame (n = the number of parameters of the model; buffers
+        are not perturbed) plus ``bn`` (the resolved mode), ``recalibration_batches``,
+        ``split`` and ``n_examples``.
+
+    Raises
+    ------
+    ValueError
+        As :func:`basin_along`, and for models of different architectures or with NaN
+        or inf weights, or an unknown or inapplicable ``bn`` mode.
+
+    References
+    ----------
+    Neyshabur, Sedghi & Zhang (2020), "What is being transferred in transfer
+    learning?", NeurIPS, Sec. 3.3, Definition 3.1 and Table 3.
     """
-    path = LinearPath(model_a, model_b, bn, recalibration_loader, recalibration_batches)
+    path = LinearPath(model_a, model_b, bn=bn, recalibration_loader=recalibration_loader,
+                      recalibration_batches=recalibration_batches)
     batches = cache_batches(loader, max_examples)
 
     def loss_at(alpha: float, noise: Tensor | None) -> float:
