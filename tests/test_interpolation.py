@@ -284,6 +284,8 @@ def test_clear_errors(pair, data):
     for old_name in ("none", "interpolate", "keep_a"):
         with pytest.raises(ValueError, match=f"unknown bn mode '{old_name}'.*'follow'"):
             interpolate(a, b, test, alphas=[0.5], bn=old_name)
+    with pytest.raises(TypeError, match="positional"):  # settings are keyword-only
+        interpolate(a, b, test, [0.5])
     with pytest.raises(ValueError, match="alphas is empty"):
         interpolate(a, b, test, alphas=[], bn="follow")
     with pytest.raises(ValueError, match="finite"):

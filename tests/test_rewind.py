@@ -183,6 +183,8 @@ def test_clear_errors(models):
         rewind(final, initial, batches, bn="recalibrate", recalibration_loader=batches, recalibration_batches=0)
     with pytest.raises(ValueError, match="layer9"):
         rewind(final, initial, batches, modules=["layer9"])
+    with pytest.raises(TypeError, match="positional"):  # settings are keyword-only
+        rewind(final, initial, batches, ["layer1"])
     state = dict(initial.state_dict())
     del state["layer1.0.conv1.weight"]
     with pytest.raises(ValueError, match="layer1.0.conv1.weight"):
