@@ -1,4 +1,4 @@
-"""Benchmark of compare_representations (minibatch CKA, every layer pair of two small
+"""Benchmark of compare_representations (minibatch CKA, every module pair of two small
 ResNets) against the bare forward passes of the same two models over the same batches,
 timed side by side (interleaved repeats), and its largest error against a float64 NumPy
 reference computed from the stored features with Song et al.'s HSIC_1 formula.
@@ -71,23 +71,23 @@ def unbiased_hsic(K: np.ndarray, L: np.ndarray) -> float:
 
 @torch.no_grad()
 def numpy_reference(models: dict[str, torch.nn.Module], loader: ImageLoader) -> np.ndarray:
-    """Minibatch CKA of the two models, every layer pair, in float64 NumPy from the features."""
+    """Minibatch CKA of the two models, every module pair, in float64 NumPy from the features."""
     (name_a, a), (name_b, b) = models.items()
     features: dict[tuple[str, str], np.ndarray] = {}
     handles = [module.register_forward_hook(lambda m, i, out, key=(name, layer): features.__setitem__(
         key, out.flatten(1).double().cpu().numpy()))
         for name, model in models.items() for layer, module in modules(model).items()]
-    layers_a, layers_b = list(modules(a)), list(modules(b))
+    modules_a, modules_b = list(modules(a)), list(modules(b))
     device = model_device(a)
-    cross = np.zeros((len(layers_a), len(layers_b)))
-    self_a, self_b = np.zeros(len(layers_a)), np.zeros(len(layers_b))
+    cross = np.zeros((len(modules_a), len(modules_b)))
+    self_a, self_b = np.zeros(len(modules_a)), np.zeros(len(modules_b))
     try:
         with eval_mode(a), eval_mode(b):
             for inputs, _ in loader:
                 a(inputs.to(device))
                 b(inputs.to(device))
-                grams_a = [features[(name_a, layer)] @ features[(name_a, layer)].T for layer in layers_a]
-                grams_b = [features[(name_b, layer)] @ features[(name_b, layer)].T for layer in layers_b]
+                grams_a = [features[(name_a, layer)] @ features[(name_a, layer)].T for layer in modules_a]
+                grams_b = [features[(name_b, layer)] @ features[(name_b, layer)].T for layer in modules_b]
                 self_a += [unbiased_hsic(K, K) for K in grams_a]
                 self_b += [unbiased_hsic(L, L) for L in grams_b]
                 cross += [[unbiased_hsic(K, L) for L in grams_b] for K in grams_a]
@@ -106,9 +106,9 @@ def main() -> None:
     images = torch.randint(0, 256, (args.examples, 3, args.image_size, args.image_size), dtype=torch.uint8)
     data = ImageSet(images, torch.randint(0, args.classes, (args.examples,)))
     loader = ImageLoader(data, args.batch_size, mean=[0.5] * 3, std=[0.25] * 3)
-    n_layers = len(modules(models["a"]))
+    n_modules = len(modules(models["a"]))
     arch = f"small_resnet(width={args.width})" if args.arch == "small_resnet" else args.arch
-    print(f"two {arch} x {n_layers} modules ({n_layers ** 2} layer pairs), "
+    print(f"two {arch} x {n_modules} modules ({n_modules ** 2} module pairs), "
           f"{args.examples} examples {args.image_size}x{args.image_size}, batch {args.batch_size}, "
           + (f"{torch.get_num_threads()} CPU threads" if args.device == "cpu" else torch.cuda.get_device_name()))
 
@@ -141,7 +141,7 @@ def main() -> None:
     print(f"ratio (min / min)           {timed / bare:.3f}x   "
           f"(median / median {np.median(cka_times) / np.median(bare_times):.3f}x)"
           f"   target <= {TARGET_RATIO:.2f}x: {'met' if timed / bare <= TARGET_RATIO else 'NOT met'}")
-    print(f"max abs error vs float64 NumPy reference: {error:.2e} over {reference.size} layer pairs")
+    print(f"max abs error vs float64 NumPy reference: {error:.2e} over {reference.size} module pairs")
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def tiny_batches(sizes=(32, 32, 32, 4)) -> list[tuple[torch.Tensor, torch.Tensor
 
 @torch.no_grad()
 def captured_features(model: torch.nn.Module, batches) -> dict[str, list[np.ndarray]]:
-    """Per layer, the float64 features of each batch, captured by the test's own hooks."""
+    """Per module, the float64 features of each batch, captured by the test's own hooks."""
     features: dict[str, list[np.ndarray]] = {}
     handles = [module.register_forward_hook(lambda m, i, out, name=name: features.setdefault(name, []).append(
         out.flatten(1).double().numpy())) for name, module in modules(model).items()]
@@ -134,8 +134,8 @@ def captured_features(model: torch.nn.Module, batches) -> dict[str, list[np.ndar
 
 def frame_matrix(frame, a: str, b: str) -> np.ndarray:
     rows = frame[(frame.model_a == a) & (frame.model_b == b)]
-    matrix = rows.pivot(index="layer_a", columns="layer_b", values="cka")
-    return matrix.loc[rows.layer_a.unique(), rows.layer_b.unique()].to_numpy()
+    matrix = rows.pivot(index="module_a", columns="module_b", values="cka")
+    return matrix.loc[rows.module_a.unique(), rows.module_b.unique()].to_numpy()
 
 
 @pytest.mark.parametrize("kernel", ["linear", "rbf"])
@@ -153,24 +153,24 @@ def test_minibatch_estimator_equals_mean_of_per_batch_unbiased_hsic(kernel):
                           for lb in layers] for la in layers])
     assert np.abs(frame_matrix(frame, "a", "b") - expected).max() < 1e-6
     assert np.abs(expected).max() > 0.1
-    assert list(frame.columns) == ["model_a", "model_b", "layer_a", "layer_b", "cka", "estimator", "kernel",
-                                   "debiased", "n", "batch_size", "bandwidth"]
+    assert list(frame.columns) == ["model_a", "model_b", "module_a", "module_b", "cka", "estimator", "kernel",
+                                   "debiased", "n_examples", "batch_size", "bandwidth"]
     assert len(frame) == 36
     assert set(frame.estimator) == {"minibatch"} and set(frame.debiased) == {True}
-    assert set(frame.n) == {100} and set(frame.batch_size) == {32}
+    assert set(frame.n_examples) == {100} and set(frame.batch_size) == {32}
 
 
 @pytest.mark.parametrize("kernel,debiased", SETTINGS)
 def test_full_estimator_equals_direct_formula(kernel, debiased):
     models, batches = tiny_models(), tiny_batches((40, 40, 20))
     layers = ["conv1", "layer2", "layer4", "fc"]
-    frame = compare_representations(models, batches, layers=layers, estimator="full", kernel=kernel, debiased=debiased)
+    frame = compare_representations(models, batches, modules=layers, estimator="full", kernel=kernel, debiased=debiased)
     fa, fb = (captured_features(copy.deepcopy(models[name]), batches) for name in ("a", "b"))
     grams_a = [gram(np.concatenate(fa[layer]), kernel) for layer in layers]
     grams_b = [gram(np.concatenate(fb[layer]), kernel) for layer in layers]
     expected = np.array([[reference_cka(K, L, debiased) for L in grams_b] for K in grams_a])
     assert np.abs(frame_matrix(frame, "a", "b") - expected).max() < 1e-6
-    assert set(frame.n) == {100} and set(frame.batch_size) == {100} and set(frame.debiased) == {debiased}
+    assert set(frame.n_examples) == {100} and set(frame.batch_size) == {100} and set(frame.debiased) == {debiased}
 
 
 @pytest.mark.parametrize("estimator,kernel", [("minibatch", "linear"), ("minibatch", "rbf"), ("full", "linear")])
@@ -179,10 +179,10 @@ def test_model_against_its_deep_copy_is_exactly_one(estimator, kernel):
     models["copy"] = copy.deepcopy(models["a"])
     frame = compare_representations(models, tiny_batches(), estimator=estimator, kernel=kernel,
                                     pairs=[("a", "copy"), ("a", "b")])
-    same = frame[(frame.model_b == "copy") & (frame.layer_a == frame.layer_b)]
+    same = frame[(frame.model_b == "copy") & (frame.module_a == frame.module_b)]
     assert len(same) == 6
     assert np.abs(same.cka.to_numpy() - 1.0).max() < 1e-12
-    other = frame[(frame.model_b == "b") & (frame.layer_a == frame.layer_b)]
+    other = frame[(frame.model_b == "b") & (frame.module_a == frame.module_b)]
     assert other.cka.max() < 0.999  # a different model does not score 1
 
 
@@ -191,16 +191,18 @@ def test_batch_too_small_for_unbiased_estimator_raises():
         compare_representations(tiny_models(), tiny_batches((32, 32, 3)))
 
 
-def test_unknown_layer_name_lists_the_existing_ones():
+def test_unknown_module_or_model_name_lists_the_existing_ones():
     models = tiny_models()
-    with pytest.raises(KeyError, match=r"'layer'.*conv1, layer1, layer2"):
-        compare_representations(models, tiny_batches(), layers=["layer"])
-    with pytest.raises(KeyError, match="'layer9'"):
-        compare_representations(models, tiny_batches(), layers={"b": ["layer9"]})
+    with pytest.raises(ValueError, match=r"'layer'.*conv1, layer1, layer2"):
+        compare_representations(models, tiny_batches(), modules=["layer"])
+    with pytest.raises(ValueError, match="'layer9'"):
+        compare_representations(models, tiny_batches(), modules={"b": ["layer9"]})
+    with pytest.raises(ValueError, match=r"modules= names models \['c'\], but the models are \['a', 'b'\]"):
+        compare_representations(models, tiny_batches(), modules={"c": ["fc"]})
     assert all(not module._forward_hooks for model in models.values() for module in model.modules())
 
 
-def test_pairs_and_layers_select_the_rows():
+def test_pairs_and_modules_select_the_rows():
     models = tiny_models()
 
     class Broken(torch.nn.Module):
@@ -208,13 +210,13 @@ def test_pairs_and_layers_select_the_rows():
             raise AssertionError("a model in no pair must not run")
 
     models["unused"] = Broken()
-    frame = compare_representations(models, tiny_batches(), layers={"a": ["conv1", "layer4"], "b": ["fc"]},
+    frame = compare_representations(models, tiny_batches(), modules={"a": ["conv1", "layer4"], "b": ["fc"]},
                                     pairs=[("b", "a"), ("a", "a")])
-    assert list(zip(frame.model_a, frame.model_b, frame.layer_a, frame.layer_b)) == [
+    assert list(zip(frame.model_a, frame.model_b, frame.module_a, frame.module_b)) == [
         ("b", "a", "fc", "conv1"), ("b", "a", "fc", "layer4"),
         ("a", "a", "conv1", "conv1"), ("a", "a", "conv1", "layer4"),
         ("a", "a", "layer4", "conv1"), ("a", "a", "layer4", "layer4")]
-    self_rows = frame[(frame.model_a == "a") & (frame.layer_a == frame.layer_b)]
+    self_rows = frame[(frame.model_a == "a") & (frame.module_a == frame.module_b)]
     assert np.abs(self_rows.cka.to_numpy() - 1.0).max() < 1e-12
     three = compare_representations({**tiny_models(), "c": build_model("small_resnet", 5, width=8)}, tiny_batches())
     assert list(dict.fromkeys(zip(three.model_a, three.model_b))) == [("a", "b"), ("a", "c"), ("b", "c")]
@@ -236,11 +238,11 @@ def test_hooked_module_must_run_once_per_forward():
     torch.manual_seed(0)
     models = {"a": Shared(), "b": Shared()}
     batches = [torch.randn(8, 4)]
-    assert len(compare_representations(models, batches, layers=["head"])) == 1  # bare-tensor batches work
+    assert len(compare_representations(models, batches, modules=["head"])) == 1  # bare-tensor batches work
     with pytest.raises(RuntimeError, match="'block' of model 'a' ran more than once"):
-        compare_representations(models, batches, layers=["block"])
+        compare_representations(models, batches, modules=["block"])
     with pytest.raises(RuntimeError, match=r"\['unused'\] of model 'a' did not run"):
-        compare_representations(models, batches, layers=["unused"], estimator="full")
+        compare_representations(models, batches, modules=["unused"], estimator="full")
     assert all(not m._forward_hooks for model in models.values() for m in model.modules())
 
 
@@ -281,3 +283,25 @@ def test_features_do_not_require_grad():
     finally:
         probe.remove()
     assert seen == [(False, True, False)] * 4
+
+
+def test_settings_are_keyword_only():
+    X, Y = related_features(0)
+    with pytest.raises(TypeError):
+        cka(X, Y, "rbf")
+    with pytest.raises(TypeError):
+        compare_representations(tiny_models(), tiny_batches(), ["fc"])
+
+
+def test_module_helpers_are_reachable_beside_the_function_of_the_same_name():
+    """``transferscope.analysis.cka`` is the function; the module's helpers are reached by
+    the module's own name (issue 12: no module shadowed by a function)."""
+    import transferscope.analysis as analysis
+    import transferscope.analysis.mistake_overlap as mistake_overlap
+    import transferscope.analysis.similarity as similarity
+    import transferscope.analysis.spectra as spectra
+
+    assert analysis.cka is similarity.cka and callable(analysis.cka)
+    X = torch.randn(5, 3, dtype=torch.float64)
+    assert torch.allclose(similarity.gram_matrix(X), (X - X.mean(0)) @ (X - X.mean(0)).T)
+    assert analysis.mistakes is mistake_overlap.mistakes and analysis.spectrum is spectra.spectrum

@@ -32,8 +32,8 @@ def synthetic_frame() -> pd.DataFrame:
         shift = 0.02 * (sum(name.endswith("s0") for name in (a, b)) - sum(name.endswith("s1") for name in (a, b)))
         for (i, la), (j, lb) in itertools.product(enumerate(MODULES), repeat=2):
             value = 1.0 if a == b else BASE[PAIR[roles]][i] + shift if i == j else 9.0
-            rows.append({"model_a": a, "model_b": b, "layer_a": la, "layer_b": lb, "cka": value,
-                         "estimator": "minibatch", "kernel": "linear", "debiased": True, "n": 500,
+            rows.append({"model_a": a, "model_b": b, "module_a": la, "module_b": lb, "cka": value,
+                         "estimator": "minibatch", "kernel": "linear", "debiased": True, "n_examples": 500,
                          "batch_size": 100, "bandwidth": float("nan")})
     return pd.DataFrame(rows)
 
@@ -109,7 +109,7 @@ def test_plot_cka_heatmap_on_a_study_frame(study_frame):
     assert colorbar.get_ylabel() == "CKA"
     assert len(axes.texts) == 36
     rows = study_frame[(study_frame.model_a == "P") & (study_frame.model_b == "P-T:s1")]
-    value = rows[(rows.layer_a == "fc") & (rows.layer_b == "conv1")].cka.item()
+    value = rows[(rows.module_a == "fc") & (rows.module_b == "conv1")].cka.item()
     labels = {(round(text.get_position()[1]), round(text.get_position()[0])): text.get_text() for text in axes.texts}
     assert labels[(0, 5)] == f"{value:.2f}"  # row conv1 of P-T:s1, column fc of P
     with pytest.raises(ValueError, match="no CKA rows for models 'P' and 'X'"):

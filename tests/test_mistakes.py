@@ -60,7 +60,7 @@ def test_counts_and_mcnemar_against_hand_computation(counts, method):
     assert row["common_fraction"] == pytest.approx(np.mean(wrong_a & wrong_b))
     assert row["uncommon_fraction"] == pytest.approx(np.mean(wrong_a ^ wrong_b))
     assert row["error_a"] == pytest.approx(wrong_a.mean()) and row["error_b"] == pytest.approx(wrong_b.mean())
-    assert row["n"] == n and row["unit"] == "example" and row["threshold"] == "argmax"
+    assert row["n_units"] == n and row["unit"] == "example" and row["threshold"] == "argmax"
     assert row["mcnemar_method"] == method
     assert row["mcnemar_p"] == pytest.approx(_mcnemar_by_hand(counts[1], counts[2]), rel=1e-9)
 
@@ -105,7 +105,7 @@ def test_multilabel_example_label_units_with_per_label_threshold():
         return (probability >= np.array(threshold)) != targets.numpy().astype(bool)
 
     wa, wb = wrong(logits_a), wrong(logits_b)
-    assert row["unit"] == "example-label" and row["n"] == n * labels and row["n_examples"] == n
+    assert row["unit"] == "example-label" and row["n_units"] == n * labels and row["n_examples"] == n
     assert row["common"] == (wa & wb).sum() and row["only_a"] == (wa & ~wb).sum() and row["only_b"] == (~wa & wb).sum()
     assert row["threshold"] == "0.3,0.5,0.7"
     assert row["common_ci_low"] <= row["common_fraction"] <= row["common_ci_high"]
@@ -170,8 +170,12 @@ def test_mistake_examples_in_loader_order():
 
 def test_clear_errors():
     models, loader, _, _ = _designed(5, 5, 5, 5)
-    with pytest.raises(KeyError, match="no model named 'c'; the models are: a, b"):
+    with pytest.raises(ValueError, match="no model named 'c'; the models are: a, b; name pairs by the keys"):
         mistakes(models, loader, pairs=[("a", "c")])
+    with pytest.raises(ValueError, match="no model named 'z'"):
+        mistake_examples(models, loader, "a", "z")
+    with pytest.raises(TypeError):
+        mistakes(models, loader, [("a", "b")])  # settings are keyword-only
     with pytest.raises(ValueError, match="got 1 model"):
         mistakes({"a": models["a"]}, loader)
     with pytest.raises(ValueError, match="per-label threshold applies to multi-label targets only"):

@@ -94,8 +94,10 @@ def test_extra_columns_group_models_and_model_unchanged():
 def test_module_selection_and_errors():
     model = _model()
     assert set(spectrum(model, modules=["layer1", "fc"])["module"]) == {"layer1", "fc"}
-    with pytest.raises(KeyError, match="no module named 'layer9'"):
+    with pytest.raises(ValueError, match="no module named 'layer9'"):
         spectrum(model, modules=["layer9"])
+    with pytest.raises(TypeError):
+        spectrum(model, ["fc"])  # settings are keyword-only
     with pytest.raises(ValueError, match="no weight with 2 or more dimensions"):
         spectrum(nn.Sequential(nn.BatchNorm1d(4)))
     with pytest.raises(ValueError, match="not a spectrum frame"):

@@ -32,7 +32,6 @@ from torch import Tensor, nn
 
 from ..evaluation import Batches, is_multilabel, predict
 
-CATEGORIES = ("common", "only_a", "only_b")
 EXACT_BELOW = 25  # discordant count under which McNemar's test is the exact binomial one
 BOOTSTRAP_BATCH_ELEMENTS = 20_000_000  # resampled values held in memory at once
 
@@ -67,7 +66,13 @@ def _wrong(logits: Tensor, targets: Tensor, threshold: float | Sequence[float]) 
 def _check_models(models: Mapping[str, nn.Module], names: Iterable[str]) -> None:
     missing = [name for name in names if name not in models]
     if missing:
-        raise KeyError(f"no model named {', '.join(map(repr, missing))}; the models are: {', '.join(models)}")
+        raise ValueError(f"no model named {', '.join(map(repr, missing))}; the models are: {', '.join(models)}; "
+                         "name pairs by the keys of the models dict")
+
+
+def _cells(wrong_a: Tensor, wrong_b: Tensor) -> dict[str, Tensor]:
+    """Masks of the mistake categories: both wrong, only a wrong, only b wrong."""
+    return {"common": wrong_a & wrong_b, "only_a": wrong_a & ~wrong_b, "only_b": ~wrong_a & wrong_b}
 
 
 def _predict_together(models: Mapping[str, nn.Module], loader: Batches) -> tuple[dict[str, Tensor], Tensor]:
@@ -105,20 +110,15 @@ def _bootstrap_interval(per_example: np.ndarray, n_bootstrap: int, seed: int, co
 
 
 def _pair_row(wrong_a: Tensor, wrong_b: Tensor, n_bootstrap: int, seed: int, confidence: float) -> dict:
-    cells = {
-        "common": wrong_a & wrong_b,
-        "only_a": wrong_a & ~wrong_b,
-        "only_b": ~wrong_a & wrong_b,
-        "both_right": ~wrong_a & ~wrong_b,
-    }
-    n = wrong_a.numel()
-    row: dict = {"n": n, "n_examples": wrong_a.shape[0]}
+    cells = {**_cells(wrong_a, wrong_b), "both_right": ~wrong_a & ~wrong_b}
+    n_units = wrong_a.numel()
+    row: dict = {"n_units": n_units, "n_examples": wrong_a.shape[0]}
     for cell, mask in cells.items():
         row[cell] = int(mask.sum())
     for cell in cells:
-        row[f"{cell}_fraction"] = row[cell] / n
+        row[f"{cell}_fraction"] = row[cell] / n_units
     row["uncommon"] = row["only_a"] + row["only_b"]
-    row["uncommon_fraction"] = row["uncommon"] / n
+    row["uncommon_fraction"] = row["uncommon"] / n_units
     row["error_a"] = float(wrong_a.double().mean())
     row["error_b"] = float(wrong_b.double().mean())
     row["mcnemar_statistic"], row["mcnemar_p"], row["mcnemar_method"] = _mcnemar(row["only_a"], row["only_b"])
@@ -133,23 +133,58 @@ def _pair_row(wrong_a: Tensor, wrong_b: Tensor, n_bootstrap: int, seed: int, con
 def mistakes(
     models: Mapping[str, nn.Module],
     loader: Batches,
+    *,
     pairs: Sequence[tuple[str, str]] | None = None,
     threshold: float | Sequence[float] = 0.5,
     n_bootstrap: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
 ) -> pd.DataFrame:
-    """Common and uncommon mistakes of pairs of models on one loader (Sec. 3.2 of the paper;
-    definitions and tests in the module docstring).
+    """Common and uncommon mistakes of pairs of models on one loader (Sec. 3.2 of the paper).
 
-    ``models``: ``{name: model}``, each run once in eval mode (modes restored);
-    ``pairs``: ``(a, b)`` names, default every unordered pair in dict order;
-    ``threshold``: probability cut for multi-label targets, one float or one per label
-    (ignored for class indices, recorded as ``"argmax"``). Returns one row per pair with
-    the counts and fractions of ``common``, ``only_a``, ``only_b``, ``both_right``,
-    ``uncommon``; ``error_a``/``error_b``; McNemar's ``mcnemar_statistic``, ``mcnemar_p``,
-    ``mcnemar_method``; bootstrap ``common_ci_*`` and ``uncommon_ci_*``; and the settings
-    ``unit, n, n_examples, threshold, n_bootstrap, seed, confidence``.
+    Every unit falls in one cell of the paired 2x2 table (both wrong ``common``, only a
+    wrong ``only_a``, only b wrong ``only_b``, ``both_right``); uncommon mistakes are
+    ``only_a + only_b``. McNemar's test on b = only_a, c = only_b is the exact binomial
+    test of b ~ Bin(b + c, 1/2) when b + c < 25, else χ² = (|b − c| − 1)² / (b + c) with
+    1 degree of freedom; intervals are percentile bootstraps over examples (module docstring).
+
+    Parameters
+    ----------
+    models : mapping of str to torch.nn.Module
+        ``{name: model}``, each run once in eval mode (modes restored) on the same batches.
+    loader : iterable of (Tensor, Tensor)
+        Evaluation batches.
+    pairs : sequence of (str, str), optional
+        ``(model_a, model_b)`` names; default every unordered pair, in dict order.
+    threshold : float or sequence of float
+        Multi-label targets only: the probability cut, one or one per label (class
+        indices use the argmax, recorded as ``"argmax"``).
+    n_bootstrap : int
+        Bootstrap resamples.
+    seed : int
+        Seed of the resamples (the same for both fractions).
+    confidence : float
+        Level of the bootstrap intervals, in (0, 1).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per pair: ``model_a``, ``model_b``, ``unit`` (``"example"`` or
+        ``"example-label"``), ``n_units``, ``n_examples``; the counts and ``*_fraction``
+        of ``common``, ``only_a``, ``only_b``, ``both_right``, ``uncommon`` (fractions of
+        ``n_units``); ``error_a``, ``error_b``; ``mcnemar_statistic``, ``mcnemar_p``,
+        ``mcnemar_method``; ``common_ci_low``/``_high``, ``uncommon_ci_low``/``_high``;
+        and the settings ``threshold``, ``n_bootstrap``, ``seed``, ``confidence``.
+
+    Raises
+    ------
+    ValueError
+        For a pair naming a model that ``models`` lacks (the message lists them), fewer
+        than two models, or invalid settings.
+
+    References
+    ----------
+    Neyshabur, Sedghi & Zhang (2020), Sec. 3.2; McNemar (1947); Efron & Tibshirani (1993).
     """
     if len(models) < 2 and pairs is None:
         raise ValueError(f"mistakes compares pairs of models; got {len(models)} model(s)")
@@ -176,20 +211,42 @@ def mistakes(
 def mistake_examples(
     models: Mapping[str, nn.Module],
     loader: Batches,
-    a: str,
-    b: str,
+    model_a: str,
+    model_b: str,
+    *,
     limit: int | None = 16,
     threshold: float | Sequence[float] = 0.5,
 ) -> dict[str, list[int]]:
-    """For each category, indices (loader order) of the first ``limit`` examples where
-    models ``a`` and ``b`` make a ``"common"`` mistake, or only ``a`` (``"only_a"``) or
-    only ``b`` (``"only_b"``) errs; for multi-label targets an example qualifies when
-    any of its labels does. One pass of each model. For the example grids of Sec. 3.2."""
+    """Examples of each kind of mistake of two models, for the example grids of Sec. 3.2.
+
+    Parameters
+    ----------
+    models : mapping of str to torch.nn.Module
+        ``{name: model}``; only ``model_a`` and ``model_b`` run, once each.
+    loader : iterable of (Tensor, Tensor)
+        Evaluation batches.
+    model_a, model_b : str
+        Names of the two models in ``models``.
+    limit : int or None
+        At most this many indices per category (None: all).
+    threshold : float or sequence of float
+        As in :func:`mistakes`.
+
+    Returns
+    -------
+    dict of str to list of int
+        Indices (loader order) of the examples where both models err (``"common"``),
+        only ``model_a`` (``"only_a"``) or only ``model_b`` (``"only_b"``); for
+        multi-label targets an example qualifies when any of its labels does.
+
+    References
+    ----------
+    Neyshabur, Sedghi & Zhang (2020), Sec. 3.2.
+    """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be a non-negative count or None (all), got {limit}")
-    _check_models(models, (a, b))
-    logits, targets = _predict_together({a: models[a], b: models[b]}, loader)
-    wrong_a, wrong_b = (_wrong(logits[name], targets, threshold).any(1) for name in (a, b))
-    masks = {"common": wrong_a & wrong_b, "only_a": wrong_a & ~wrong_b, "only_b": ~wrong_a & wrong_b}
-    indices = {category: torch.nonzero(mask).flatten().tolist() for category, mask in masks.items()}
+    _check_models(models, (model_a, model_b))
+    logits, targets = _predict_together({model_a: models[model_a], model_b: models[model_b]}, loader)
+    wrong_a, wrong_b = (_wrong(logits[name], targets, threshold).any(1) for name in (model_a, model_b))
+    indices = {category: torch.nonzero(mask).flatten().tolist() for category, mask in _cells(wrong_a, wrong_b).items()}
     return {category: found if limit is None else found[:limit] for category, found in indices.items()}

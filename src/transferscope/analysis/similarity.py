@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from ..evaluation import eval_mode, model_device
-from ..models import modules
+from ..models import modules as partition
 
 Kernel = Literal["linear", "rbf"]
 Estimator = Literal["minibatch", "full"]
@@ -83,11 +83,37 @@ def _median(values: Tensor) -> Tensor:
     return (ordered[(len(ordered) - 1) // 2] + ordered[len(ordered) // 2]) / 2
 
 
-def gram_matrix(features: Tensor, kernel: Kernel = "linear", bandwidth: float = 0.5) -> Tensor:
-    """The ``n x n`` float64 Gram matrix of ``features`` ``(n, ...)`` for the linear or RBF
-    kernel (module docstring). The features are centred over the examples first, in
-    float32 (float64 features stay float64) with full-precision float32 products (no
-    TF32 on GPUs, whose float64 units may be 64x slower); autocast is off."""
+def gram_matrix(features: Tensor, *, kernel: Kernel = "linear", bandwidth: float = 0.5) -> Tensor:
+    """The ``n x n`` float64 Gram matrix of ``features`` for the linear or RBF kernel.
+
+    Linear ``K = X X^T``; RBF ``K_ij = exp(-|x_i - x_j|^2 / (2 sigma^2))`` with
+    ``sigma = bandwidth * median_{i<j} |x_i - x_j|``. The features are centred over the
+    examples first (which changes neither ``H K H`` nor the distances), in float32
+    (float64 features stay float64) with full-precision float32 products (no TF32 on
+    GPUs, whose float64 units may be 64x slower); autocast is off.
+
+    Parameters
+    ----------
+    features : Tensor
+        ``(n, ...)``, one row per example (flattened).
+    kernel : {"linear", "rbf"}
+    bandwidth : float
+        RBF only: sigma as a fraction of the median pairwise distance.
+
+    Returns
+    -------
+    Tensor
+        float64 ``(n, n)``, on the features' device.
+
+    Raises
+    ------
+    ValueError
+        For an RBF kernel whose median pairwise distance is 0.
+
+    References
+    ----------
+    Kornblith, Norouzi, Lee & Hinton (2019), Sec. 3.
+    """
     features = features.detach().flatten(1)
     dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
     precision = torch.get_float32_matmul_precision()
@@ -113,9 +139,29 @@ def gram_matrix(features: Tensor, kernel: Kernel = "linear", bandwidth: float = 
     return torch.exp(-squared / (2 * (bandwidth * median) ** 2))
 
 
-def hsic_operand(gram: Tensor, debiased: bool) -> Tensor:
-    """``M(K)`` with ``<M(K), M(L)>_F`` the HSIC estimate: ``H K H / (n-1)`` (biased HSIC_0)
-    or ``U(K) / sqrt(n(n-3))`` (unbiased HSIC_1); see the module docstring."""
+def hsic_operand(gram: Tensor, *, debiased: bool) -> Tensor:
+    """``M(K)`` such that ``<M(K), M(L)>_F`` is the HSIC estimate of two Gram matrices.
+
+    Biased ``M(K) = H K H / (n-1)`` (HSIC_0, ``H = I - 11^T/n``); unbiased
+    ``M(K) = U(K) / sqrt(n(n-3))`` (HSIC_1, ``U`` the U-centring of the module docstring).
+
+    Parameters
+    ----------
+    gram : Tensor
+        ``(n, n)`` Gram matrix (:func:`gram_matrix`).
+    debiased : bool
+        HSIC_1 instead of HSIC_0; needs ``n >= 4``.
+
+    Returns
+    -------
+    Tensor
+        ``(n, n)``, the dtype of ``gram``.
+
+    References
+    ----------
+    Gretton et al. (2005) (HSIC_0); Song et al. (2012), Eq. 5 (HSIC_1); Szekely & Rizzo
+    (2014), Def. 1 (U-centring).
+    """
     n = len(gram)
     _check_examples(n, debiased)
     if debiased:
@@ -128,24 +174,47 @@ def hsic_operand(gram: Tensor, debiased: bool) -> Tensor:
 
 
 def _cka_from_hsic(cross: Tensor, self_a: Tensor, self_b: Tensor) -> Tensor:
-    """CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)), elementwise over layer pairs
+    """CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)), elementwise over module pairs
     (``cross`` is ``(L_a, L_b)``, ``self_a`` ``(L_a,)``, ``self_b`` ``(L_b,)``)."""
     return cross / torch.sqrt(self_a[:, None] * self_b[None, :])
 
 
-def cka(X: Tensor | np.ndarray, Y: Tensor | np.ndarray, kernel: Kernel = "linear", debiased: bool = False,
+def cka(X: Tensor | np.ndarray, Y: Tensor | np.ndarray, *, kernel: Kernel = "linear", debiased: bool = False,
         bandwidth: float = 0.5) -> float:
-    """CKA (Kornblith et al. 2019) of two representations ``X`` ``(n, d1, ...)`` and ``Y``
-    ``(n, d2, ...)`` of the same ``n`` examples, computed in float64. ``kernel``: ``"linear"``
-    or ``"rbf"`` (``bandwidth`` times the median pairwise distance); ``debiased``: unbiased
-    HSIC_1 instead of HSIC_0. NaN when a representation is constant over the examples."""
+    """CKA of two representations of the same examples, in float64.
+
+        CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) * HSIC(L, L))
+
+    with ``K``, ``L`` the Gram matrices of ``X`` and ``Y`` (module docstring).
+
+    Parameters
+    ----------
+    X, Y : Tensor or numpy.ndarray
+        ``(n, d1, ...)`` and ``(n, d2, ...)``: one row per example, the same ``n`` examples.
+    kernel : {"linear", "rbf"}
+    debiased : bool
+        The unbiased HSIC_1 instead of HSIC_0 (needs ``n >= 4``).
+    bandwidth : float
+        RBF only: sigma as a fraction of the median pairwise distance.
+
+    Returns
+    -------
+    float
+        CKA, never clipped (HSIC_1 can make it negative); NaN when a representation is
+        constant over the examples.
+
+    References
+    ----------
+    Kornblith, Norouzi, Lee & Hinton (2019), "Similarity of neural network
+    representations revisited", Sec. 3; Nguyen, Raghu & Kornblith (2021), Sec. 3.1.
+    """
     _check_settings(kernel, bandwidth)
     x, y = _as_features(X, "X"), _as_features(Y, "Y")
     if len(x) != len(y):
         raise ValueError(f"X and Y must describe the same examples: X has {len(x)} rows, Y has {len(y)}")
     _check_examples(len(x), debiased)
-    a = hsic_operand(gram_matrix(x.double(), kernel, bandwidth), debiased)
-    b = hsic_operand(gram_matrix(y.double(), kernel, bandwidth), debiased)
+    a = hsic_operand(gram_matrix(x.double(), kernel=kernel, bandwidth=bandwidth), debiased=debiased)
+    b = hsic_operand(gram_matrix(y.double(), kernel=kernel, bandwidth=bandwidth), debiased=debiased)
     return float(_cka_from_hsic((a * b).sum().reshape(1, 1), (a * a).sum().reshape(1), (b * b).sum().reshape(1)))
 
 
@@ -164,33 +233,35 @@ def _resolve_pairs(models: Mapping[str, nn.Module], pairs: Iterable[tuple[str, s
     return resolved
 
 
-def _layer_names(layers: Sequence[str] | Mapping[str, Sequence[str]] | str | None, model: str,
-                 models: Mapping[str, nn.Module]) -> list[str] | None:
-    if isinstance(layers, str):
-        return [layers]
-    if isinstance(layers, Mapping):
-        unknown = [name for name in layers if name not in models]
+def _module_names(modules: Sequence[str] | Mapping[str, Sequence[str]] | str | None, model: str,
+                  models: Mapping[str, nn.Module]) -> list[str] | None:
+    """The module names to hook in ``model`` (None: its partition)."""
+    if isinstance(modules, str):
+        return [modules]
+    if isinstance(modules, Mapping):
+        unknown = [name for name in modules if name not in models]
         if unknown:
-            raise ValueError(f"layers names models {unknown} that are not among {list(models)}")
-        names = layers.get(model)
-        return None if names is None else _layer_names(names, model, models)
-    return None if layers is None else list(layers)
+            raise ValueError(f"modules= names models {unknown}, but the models are {list(models)}: key the "
+                             "mapping by the names of the models dict")
+        names = modules.get(model)
+        return None if names is None else _module_names(names, model, models)
+    return None if modules is None else list(modules)
 
 
 class _HSICSums:
-    """Running sums over batches of HSIC(K_a, K_b) for every layer pair of every model
-    pair, and of HSIC(K, K) for every layer of every model."""
+    """Running sums over batches of HSIC(K_a, K_b) for every module pair of every model
+    pair, and of HSIC(K, K) for every module of every model."""
 
-    def __init__(self, pairs: list[tuple[str, str]], layer_counts: Mapping[str, int], device: torch.device) -> None:
+    def __init__(self, pairs: list[tuple[str, str]], module_counts: Mapping[str, int], device: torch.device) -> None:
         self.pairs = pairs
         self.device = device
-        self.cross = {pair: torch.zeros(layer_counts[pair[0]], layer_counts[pair[1]], dtype=torch.float64,
+        self.cross = {pair: torch.zeros(module_counts[pair[0]], module_counts[pair[1]], dtype=torch.float64,
                                         device=device) for pair in pairs}
         self.self = {name: torch.zeros(count, dtype=torch.float64, device=device)
-                     for name, count in layer_counts.items()}
+                     for name, count in module_counts.items()}
 
     def add(self, operands: Mapping[str, list[Tensor]]) -> None:
-        """``operands[model]``: the HSIC operands ``M(K)`` of its layers for one batch. Each
+        """``operands[model]``: the HSIC operands ``M(K)`` of its modules for one batch. Each
         model's become the rows of one ``(L, n^2)`` matrix, so one product gives every
         HSIC of a model pair for the batch."""
         rows = {name: torch.stack([op.to(self.device).flatten() for op in ops]) for name, ops in operands.items()}
@@ -204,41 +275,42 @@ class _HSICSums:
         return _cka_from_hsic(self.cross[pair], self.self[pair[0]], self.self[pair[1]]).cpu().numpy()
 
 
-def _hook(store: dict[str, Tensor], model: str, layer: str, keep_features: bool, kernel: Kernel, bandwidth: float,
+def _hook(store: dict[str, Tensor], model: str, name: str, keep_features: bool, kernel: Kernel, bandwidth: float,
           unbiased: bool):
-    """Forward hook: store the layer's HSIC operand for the batch (minibatch), or a copy of
+    """Forward hook: store the module's HSIC operand for the batch (minibatch), or a copy of
     its flattened features (full); never the output itself or an autograd graph."""
 
     def hook(module: nn.Module, inputs: object, output: object) -> None:
         if not isinstance(output, Tensor):
-            raise TypeError(f"module {layer!r} of model {model!r} returned {type(output).__name__}, not a tensor; "
-                            "hook a module whose output is a tensor (pass layers=...)")
-        if layer in store:
-            raise RuntimeError(f"module {layer!r} of model {model!r} ran more than once in one forward pass; hook a "
-                               "module that runs once per batch (pass layers=...)")
+            raise TypeError(f"module {name!r} of model {model!r} returned {type(output).__name__}, not a tensor; "
+                            "hook a module whose output is a tensor (pass modules=...)")
+        if name in store:
+            raise RuntimeError(f"module {name!r} of model {model!r} ran more than once in one forward pass; hook a "
+                               "module that runs once per batch (pass modules=...)")
         if keep_features:
             dtype = torch.float64 if output.dtype == torch.float64 else torch.float32
-            store[layer] = output.detach().flatten(1).to(dtype, copy=True)
+            store[name] = output.detach().flatten(1).to(dtype, copy=True)
         else:
-            store[layer] = hsic_operand(gram_matrix(output, kernel, bandwidth), unbiased)
+            store[name] = hsic_operand(gram_matrix(output, kernel=kernel, bandwidth=bandwidth), debiased=unbiased)
 
     return hook
 
 
-def _take(store: dict[str, Tensor], model: str, layers: Iterable[str]) -> list[Tensor]:
-    """Empty ``store`` for the next batch, returning the values of ``layers`` in order."""
-    missing = [layer for layer in layers if layer not in store]
+def _take(store: dict[str, Tensor], model: str, names: Iterable[str]) -> list[Tensor]:
+    """Empty ``store`` for the next batch, returning the values of modules ``names`` in order."""
+    missing = [name for name in names if name not in store]
     if missing:
         raise RuntimeError(f"modules {missing} of model {model!r} did not run in the forward pass; hook modules that "
-                           "the forward pass uses (pass layers=...)")
-    return [store.pop(layer) for layer in layers]
+                           "the forward pass uses (pass modules=...)")
+    return [store.pop(name) for name in names]
 
 
 @torch.no_grad()
 def compare_representations(
     models: Mapping[str, nn.Module],
     loader: Iterable,
-    layers: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+    *,
+    modules: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
     estimator: Estimator = "minibatch",
     kernel: Kernel = "linear",
     debiased: bool = False,
@@ -247,23 +319,54 @@ def compare_representations(
 ) -> pd.DataFrame:
     """CKA between the hooked modules of every pair of models over the same examples.
 
-    ``models``: ``{name: model}``; ``layers``: module names for every model, or
-    ``{model name: names}`` (default: :func:`transferscope.models.modules`, conv1,
-    layer1..4, fc for ResNets; exact names only); ``pairs``: ``(model_a, model_b)`` tuples
-    (default: every pair of distinct models, in dict order). Each batch of ``loader``
-    (``(inputs, targets)`` or bare inputs) goes through each model once, in eval mode,
-    without gradient; modes are restored and hooks removed, even on error.
+    Each batch of ``loader`` goes through each model once, in eval mode, without
+    gradient; modes are restored and hooks removed, even on error. The minibatch
+    estimator (Nguyen et al. 2021, Eq. 3) averages the unbiased HSIC_1 over batches::
 
-    ``estimator="minibatch"`` is the unbiased-HSIC minibatch CKA of Nguyen et al. (2021)
-    (module docstring): it always uses HSIC_1, every batch needs at least 4 examples, and
-    ``debiased`` does not apply. ``"full"`` keeps the features of every hooked layer (memory
-    ``n x d`` per layer) and computes CKA on all ``n`` examples with HSIC_1 if ``debiased``
-    else HSIC_0.
+        CKA_minibatch = mean_i HSIC_1(K_i, L_i) / sqrt(mean_i HSIC_1(K_i, K_i) * mean_i HSIC_1(L_i, L_i))
 
-    Returns one row per ``(model_a, model_b, layer_a, layer_b)`` with ``cka`` and the
-    settings behind it: ``estimator, kernel, debiased`` (the HSIC estimator used), ``n``
-    (examples), ``batch_size`` (largest batch; ``n`` for the full estimator) and
-    ``bandwidth`` (RBF only, else NaN).
+    the full estimator computes :func:`cka` on all ``n`` examples at once.
+
+    Parameters
+    ----------
+    models : mapping of str to torch.nn.Module
+        ``{name: model}``.
+    loader : iterable
+        Batches ``(inputs, targets)`` or bare inputs, the same for every model.
+    modules : sequence of str, or mapping of model name to sequence of str, optional
+        Module names to hook in every model, or per model ``{model name: names}``
+        (exact names). Default: :func:`transferscope.models.modules` (conv1, layer1..4,
+        fc for ResNets).
+    estimator : {"minibatch", "full"}
+        ``"minibatch"`` always uses HSIC_1, needs at least 4 examples in every batch, and
+        ignores ``debiased``. ``"full"`` keeps the features of every hooked module
+        (memory ``n x d`` per module) and uses HSIC_1 if ``debiased`` else HSIC_0.
+    kernel : {"linear", "rbf"}
+    debiased : bool
+        Full estimator only: HSIC_1 instead of HSIC_0.
+    bandwidth : float
+        RBF only: sigma as a fraction of the median pairwise distance.
+    pairs : iterable of (str, str), optional
+        ``(model_a, model_b)`` name pairs; default every pair of distinct models, in dict order.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per ``(model_a, model_b, module_a, module_b)`` with ``cka`` and the
+        settings behind it: ``estimator``, ``kernel``, ``debiased`` (the HSIC estimator
+        used), ``n_examples``, ``batch_size`` (largest batch; ``n_examples`` for the full
+        estimator) and ``bandwidth`` (RBF only, else NaN).
+
+    Raises
+    ------
+    ValueError
+        For an unknown model or module name (the message lists those that exist), a
+        batch too small for the minibatch estimator, or an empty loader.
+
+    References
+    ----------
+    Kornblith, Norouzi, Lee & Hinton (2019), Sec. 3; Nguyen, Raghu & Kornblith (2021),
+    Sec. 3.1 and Eq. 3; Neyshabur, Sedghi & Zhang (2020), Table 1.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
@@ -272,19 +375,19 @@ def compare_representations(
         raise TypeError("models must be a dict mapping names to torch.nn.Module instances")
     pairs = _resolve_pairs(models, pairs)
     used = [name for name in models if any(name in pair for pair in pairs)]
-    hooked = {name: modules(models[name], _layer_names(layers, name, models)) for name in used}
+    hooked = {name: partition(models[name], _module_names(modules, name, models)) for name in used}
     unbiased = debiased or estimator == "minibatch"
     keep_features = estimator == "full"
     stores: dict[str, dict[str, Tensor]] = {name: {} for name in used}
-    features: dict[str, list[list[Tensor]]] = {name: [] for name in used}  # full estimator: per batch, per layer
+    features: dict[str, list[list[Tensor]]] = {name: [] for name in used}  # full estimator: per batch, per module
     sums = _HSICSums(pairs, {name: len(hooked[name]) for name in used}, model_device(models[used[0]]))
     n_examples = largest_batch = 0
     with ExitStack() as cleanup:
         for name in used:
             cleanup.enter_context(eval_mode(models[name]))
-            for layer, module in hooked[name].items():
+            for module_name, module in hooked[name].items():
                 handle = module.register_forward_hook(
-                    _hook(stores[name], name, layer, keep_features, kernel, bandwidth, unbiased))
+                    _hook(stores[name], name, module_name, keep_features, kernel, bandwidth, unbiased))
                 cleanup.callback(handle.remove)
         for index, batch in enumerate(loader):
             inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -307,15 +410,16 @@ def compare_representations(
         raise ValueError("the loader yielded no batches")
     if keep_features:
         _check_examples(n_examples, unbiased)
-        sums.add({name: [hsic_operand(gram_matrix(torch.cat(per_layer), kernel, bandwidth), unbiased)
-                         for per_layer in zip(*features.pop(name))] for name in used})
+        sums.add({name: [hsic_operand(gram_matrix(torch.cat(per_module), kernel=kernel, bandwidth=bandwidth),
+                                      debiased=unbiased)
+                         for per_module in zip(*features.pop(name))] for name in used})
         largest_batch = n_examples
     rows = []
     for a, b in pairs:
         values = sums.cka((a, b))
-        for (i, layer_a), (j, layer_b) in itertools.product(enumerate(hooked[a]), enumerate(hooked[b])):
-            rows.append({"model_a": a, "model_b": b, "layer_a": layer_a, "layer_b": layer_b,
+        for (i, module_a), (j, module_b) in itertools.product(enumerate(hooked[a]), enumerate(hooked[b])):
+            rows.append({"model_a": a, "model_b": b, "module_a": module_a, "module_b": module_b,
                          "cka": float(values[i, j]), "estimator": estimator, "kernel": kernel, "debiased": unbiased,
-                         "n": n_examples, "batch_size": largest_batch,
+                         "n_examples": n_examples, "batch_size": largest_batch,
                          "bandwidth": bandwidth if kernel == "rbf" else float("nan")})
     return pd.DataFrame(rows)

@@ -26,12 +26,27 @@ from ..models import module_state_keys
 
 
 @torch.no_grad()
-def spectrum(model: nn.Module, modules: Sequence[str] | None = None) -> pd.DataFrame:
-    """Singular values of every weight matrix (parameters with ndim ≥ 2, convolutions as
-    ``out x (in*k*k)``) of each partition module, in float64.
+def spectrum(model: nn.Module, *, modules: Sequence[str] | None = None) -> pd.DataFrame:
+    """Singular values σ_1 ≥ σ_2 ≥ … of every weight matrix of each partition module, in float64.
 
-    Returns one row per ``(module, parameter, index)``: ``singular_value`` (``index`` 0 is
-    the largest), with the matrix size ``rows``, ``cols`` and the parameter's ``shape``.
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Not changed. Its parameters with ndim ≥ 2 are read as matrices ``out x (in*k*k)``.
+    modules : sequence of str, optional
+        Module names (exact); default :func:`transferscope.models.modules`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per ``(module, parameter, index)``: ``singular_value`` (``index`` 0 is the
+        largest), the matrix size ``rows``, ``cols`` and the parameter's ``shape``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown module name (the message lists those that exist), or modules
+        without any weight matrix.
     """
     parameters = dict(model.named_parameters())
     rows = []
@@ -73,11 +88,32 @@ def _summarise(values: np.ndarray, top_k: Sequence[int]) -> dict:
     return row
 
 
-def spectrum_summary(frame: pd.DataFrame, top_k: Sequence[int] = (1, 5, 10)) -> pd.DataFrame:
-    """Per ``(module, parameter)`` of a :func:`spectrum` frame: ``n_singular``,
-    ``spectral_norm``, ``frobenius_norm``, ``stable_rank``, ``effective_rank`` and
-    ``energy_top{k}`` for each k in ``top_k`` (formulas in the module docstring).
-    Every other column of the frame (``shape``, an added ``model``…) is kept as a group key."""
+def spectrum_summary(frame: pd.DataFrame, *, top_k: Sequence[int] = (1, 5, 10)) -> pd.DataFrame:
+    """Condense each weight matrix's spectrum:
+
+    - energy in the top k: Σ_{i≤k} σ_i² / Σ_i σ_i²;
+    - stable rank ‖W‖_F² / ‖W‖_2² = Σ σ_i² / σ_1²;
+    - effective rank exp(H(p)), p_i = σ_i / Σ_j σ_j, H the Shannon entropy.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        A :func:`spectrum` frame; every column but ``index`` and ``singular_value``
+        (``shape``, an added ``model``…) is kept as a group key.
+    top_k : sequence of int
+        The k of the ``energy_top{k}`` columns.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per ``(module, parameter)`` (and other keys): ``n_singular``,
+        ``spectral_norm``, ``frobenius_norm``, ``stable_rank``, ``effective_rank`` and
+        ``energy_top{k}`` for each k.
+
+    References
+    ----------
+    Rudelson & Vershynin (2007) (stable rank); Roy & Vetterli (2007) (effective rank).
+    """
     required = {"module", "parameter", "index", "singular_value"}
     if missing := required - set(frame.columns):
         raise ValueError(f"not a spectrum frame: columns {sorted(missing)} are missing; pass the output of spectrum()")

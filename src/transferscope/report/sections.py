@@ -100,7 +100,7 @@ def mistakes(section, tables, spec, store, jobs) -> None:
         section.figures.append(("examples", mistake_figures.plot_mistake_examples(
             images, by_category, classes, labels, title=f"{target}: mistakes of {a} and {b}")))
     columns = ["target", "model_a", "model_b", "common_fraction", "only_a_fraction", "only_b_fraction",
-               "uncommon_fraction", "common_ci_low", "common_ci_high", "mcnemar_p", "n", "unit"]
+               "uncommon_fraction", "common_ci_low", "common_ci_high", "mcnemar_p", "n_units", "unit"]
     section.tables.append(("Mistakes per pair", frame[[c for c in columns if c in frame]]))
 
 
@@ -117,7 +117,7 @@ def feature_similarity(section, tables, spec, store, jobs) -> None:
         pair = next((p for p in pairs if names.pair_type(*p, [wanted])), None)
         if pair is not None:
             heatmap = cka_figures.plot_cka_heatmap(part, *pair)
-            heatmap.suptitle(f"{target}: CKA between every layer of {pair[0]} and {pair[1]}")
+            heatmap.suptitle(f"{target}: CKA between every module of {pair[0]} and {pair[1]}")
             section.figures.append((f"heatmap_{names.role(pair[0])}_{names.role(pair[1])}", heatmap))
     section.caption = cka_figures.caption_cka(frame)
 

@@ -157,7 +157,7 @@ def _spectrum_job(inputs: AnalysisInputs) -> None:
     frames = [spectrum(model).assign(model=name) for name, model in inputs.models().items()]
     values = pd.concat(frames, ignore_index=True)
     inputs.write(values)
-    inputs.write(spectrum_summary(values, inputs.settings["top_k"]), "summary")
+    inputs.write(spectrum_summary(values, top_k=inputs.settings["top_k"]), "summary")
 
 
 def _interpolation_job(inputs: AnalysisInputs) -> None:

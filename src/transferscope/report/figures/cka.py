@@ -1,11 +1,11 @@
 """Table 1 of Neyshabur, Sedghi & Zhang (2020): feature similarity (CKA) per module for the
 pairs P-T&P, P-T&P-T, P-T&RI-T and RI-T&RI-T, from the frame of
-:func:`transferscope.analysis.cka.compare_representations`.
+:func:`transferscope.analysis.similarity.compare_representations`.
 
 Model names carry a role and a seed separated by ``":"`` (``"P"``, ``"P-T:s0"``,
 ``"RI-T:s1"``); a row's pair is named by the roles of its two models. Table values are
-means over the available seed pairs of the same module in both models (``layer_a ==
-layer_b``); a model against itself is left out.
+means over the available seed pairs of the same module in both models (``module_a ==
+module_b``); a model against itself is left out.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ PAPER_PAIRS = ("P-T&P", "P-T&P-T", "P-T&RI-T", "RI-T&RI-T")
 _PAIR_OF_ROLES = {frozenset({"P-T", "P"}): "P-T&P", frozenset({"P-T"}): "P-T&P-T",
                   frozenset({"P-T", "RI-T"}): "P-T&RI-T", frozenset({"RI-T"}): "RI-T&RI-T"}
 _SETTINGS = ("estimator", "kernel", "debiased", "batch_size", "bandwidth")
-_REQUIRED = ("model_a", "model_b", "layer_a", "layer_b", "cka")
+_REQUIRED = ("model_a", "model_b", "module_a", "module_b", "cka")
 PAPER_FINDING = ("The paper (Table 1, CheXpert, ResNet-50) found P-T&P-T the most similar pair, falling with depth "
                  "(0.67/0.82/0.61/0.41/0.16 for conv1/layer1-4), and P-T&RI-T and RI-T&RI-T near 0 (below 0.01 but "
                  "0.04-0.08 at layer4)")
@@ -42,20 +42,20 @@ def _setting_text(frame: pd.DataFrame) -> str:
     parts = [f"{first['estimator']} CKA" if "estimator" in frame else "CKA"]
     if "kernel" in frame:
         parts.append(f"{first['kernel']} kernel" + (", debiased" if first.get("debiased", False) else ""))
-    if "n" in frame:
-        parts.append(f"n = {int(frame['n'].max())}")
+    if "n_examples" in frame:
+        parts.append(f"n = {int(frame['n_examples'].max())}")
     return ", ".join(parts)
 
 
 def _module_order(frame: pd.DataFrame) -> list[str]:
-    return list(dict.fromkeys(frame["layer_a"]))
+    return list(dict.fromkeys(frame["module_a"]))
 
 
 def paper_pair_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows comparing the same module of two distinct models whose roles form one of the
     paper's pairs, with a ``pair`` column (``"P-T&RI-T"``...)."""
     frame = _checked(frame)
-    rows = frame[(frame["layer_a"] == frame["layer_b"]) & (frame["model_a"] != frame["model_b"])]
+    rows = frame[(frame["module_a"] == frame["module_b"]) & (frame["model_a"] != frame["model_b"])]
     pairs = [_PAIR_OF_ROLES.get(frozenset({role(a), role(b)})) for a, b in zip(rows["model_a"], rows["model_b"])]
     return rows.assign(pair=pairs).dropna(subset=["pair"])
 
@@ -67,7 +67,7 @@ def table1_frame(frame: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         raise ValueError("no rows compare two models of the paper's roles (P, P-T, RI-T) on the same module; "
                          "name models '<role>:<seed>', e.g. 'P-T:s0'")
-    table = rows.pivot_table(index="pair", columns="layer_a", values="cka", aggfunc="mean")
+    table = rows.pivot_table(index="pair", columns="module_a", values="cka", aggfunc="mean")
     table = table.loc[[pair for pair in PAPER_PAIRS if pair in table.index], _module_order(rows)]
     table.index.name, table.columns.name = "pair", "module"
     return table
@@ -78,7 +78,7 @@ def plot_table1(frame: pd.DataFrame) -> Figure:
     highest seed pair."""
     rows = paper_pair_rows(frame)
     table = table1_frame(frame)
-    spread = rows.groupby(["pair", "layer_a"])["cka"].agg(["min", "max", "count"])
+    spread = rows.groupby(["pair", "module_a"])["cka"].agg(["min", "max", "count"])
     low, high = (spread[stat].unstack().reindex(index=table.index, columns=table.columns) for stat in ("min", "max"))
     counts = spread["count"].groupby(level="pair").max()
     modules = list(table.columns)
@@ -101,26 +101,26 @@ def plot_table1(frame: pd.DataFrame) -> Figure:
 
 
 def plot_cka_heatmap(frame: pd.DataFrame, model_a: str, model_b: str) -> Figure:
-    """Layer x layer CKA between ``model_a`` (rows) and ``model_b`` (columns), annotated."""
+    """Module x module CKA between ``model_a`` (rows) and ``model_b`` (columns), annotated."""
     frame = _checked(frame)
     forward = frame[(frame["model_a"] == model_a) & (frame["model_b"] == model_b)]
     backward = frame[(frame["model_a"] == model_b) & (frame["model_b"] == model_a)]
-    rows = forward if not forward.empty else backward.rename(columns={"layer_a": "layer_b", "layer_b": "layer_a"})
+    rows = forward if not forward.empty else backward.rename(columns={"module_a": "module_b", "module_b": "module_a"})
     if rows.empty:
         available = sorted(set(zip(frame["model_a"], frame["model_b"])))
         raise ValueError(f"no CKA rows for models {model_a!r} and {model_b!r}; the frame has pairs {available}")
-    layers_a, layers_b = _module_order(rows), list(dict.fromkeys(rows["layer_b"]))
-    matrix = rows.pivot_table(index="layer_a", columns="layer_b", values="cka").loc[layers_a, layers_b].to_numpy()
+    modules_a, modules_b = _module_order(rows), list(dict.fromkeys(rows["module_b"]))
+    matrix = rows.pivot_table(index="module_a", columns="module_b", values="cka").loc[modules_a, modules_b].to_numpy()
     low, high = min(0.0, float(np.nanmin(matrix))), max(1.0, float(np.nanmax(matrix)))
-    figure = Figure(figsize=(0.8 * len(layers_b) + 2.5, 0.6 * len(layers_a) + 1.8), layout="constrained")
+    figure = Figure(figsize=(0.8 * len(modules_b) + 2.5, 0.6 * len(modules_a) + 1.8), layout="constrained")
     axes = figure.add_subplot()
     image = axes.imshow(matrix, cmap="viridis", vmin=low, vmax=high)
     for (i, j), value in np.ndenumerate(matrix):
         bright = (value - low) / (high - low) > 0.6
         axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="small",
                   color="black" if bright else "white")
-    axes.set_xticks(range(len(layers_b)), layers_b)
-    axes.set_yticks(range(len(layers_a)), layers_a)
+    axes.set_xticks(range(len(modules_b)), modules_b)
+    axes.set_yticks(range(len(modules_a)), modules_a)
     axes.set_xlabel(f"module of {model_b}")
     axes.set_ylabel(f"module of {model_a}")
     axes.set_title(f"CKA between {model_a} and {model_b} ({_setting_text(rows)})", fontsize="medium")

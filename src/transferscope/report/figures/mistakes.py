@@ -1,6 +1,6 @@
 """Sec. 3.2 of Neyshabur, Sedghi & Zhang (2020): common and uncommon mistakes.
 
-Takes :func:`transferscope.analysis.mistakes.mistakes` frames whose models are named
+Takes :func:`transferscope.analysis.mistake_overlap.mistakes` frames whose models are named
 ``"<role>:<tag>"`` (``"P-T:s0"``, ``"RI-T:s1"``), optionally with a ``target`` column;
 pairs are grouped by role into P-T/P-T, P-T/RI-T and RI-T/RI-T.
 """
@@ -91,7 +91,7 @@ def plot_mistake_examples(
     title: str | None = None,
 ) -> Figure:
     """Image grids, one row per category (e.g. ``common``, ``only_a``, ``only_b`` from
-    :func:`transferscope.analysis.mistakes.mistake_examples`), each image titled with
+    :func:`transferscope.analysis.mistake_overlap.mistake_examples`), each image titled with
     its true class (or positive labels). ``images``: uint8 ``(N, C, H, W)``."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must be uint8 (N, C, H, W) with 1 or 3 channels, got {images.dtype} "

@@ -1,5 +1,5 @@
 """Module spectra (the paper's future work): normalized singular values of P, P-T and
-RI-T overlaid, one panel per module, from :func:`transferscope.analysis.spectrum.spectrum`
+RI-T overlaid, one panel per module, from :func:`transferscope.analysis.spectra.spectrum`
 frames keyed by model name."""
 
 from __future__ import annotations
