@@ -9,23 +9,50 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .feature_reuse import score_column
+from .feature_reuse import _require, score_column
 
 
 def checkpoint_table(finetuned: pd.DataFrame, source_metrics: pd.DataFrame) -> pd.DataFrame:
-    """Join fine-tuning results with the source accuracy of each pre-training checkpoint.
+    """Join fine-tuning results with the source score of each pre-training checkpoint.
 
-    ``finetuned``: one row per run with ``target, checkpoint_epoch, seed, final_score,
-    optimization_speed``; ``source_metrics``: the pre-training run's metrics table.
-    Returns one row per (target, checkpoint_epoch) with means over seeds and the
-    checkpoint's source test score."""
-    source = source_metrics[["epoch", score_column(source_metrics, "test")]].rename(
-        columns={"epoch": "checkpoint_epoch", score_column(source_metrics, "test"): "source_score"})
-    summary = (finetuned.groupby(["target", "checkpoint_epoch"])[["final_score", "optimization_speed"]]
+    Parameters
+    ----------
+    finetuned : pandas.DataFrame
+        One row per fine-tuning run: ``target``, ``metric``, ``checkpoint_epoch``,
+        ``seed``, ``final_score``, ``optimization_speed``
+        (:func:`transferscope.analysis.summarize_run` plus the run's labels).
+    source_metrics : pandas.DataFrame
+        The pre-training run's metrics table, one row per epoch.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per ``(target, metric, checkpoint_epoch)``: mean, std and count over seeds
+        of ``final_score`` and ``optimization_speed``, the checkpoint's ``source_score``
+        (test score of the pre-training run at that epoch) and its ``source_metric``.
+
+    Raises
+    ------
+    ValueError
+        When a column is missing, or the pre-training metrics lack a checkpoint's epoch.
+
+    References
+    ----------
+    Neyshabur, Sedghi & Zhang (2020), Sec. 3.5, Fig. 7.
+    """
+    _require(finetuned, {"target", "metric", "checkpoint_epoch", "seed", "final_score", "optimization_speed"},
+             "the fine-tuning runs table", "pass one row per run: summarize_run(metrics) with target, "
+             "checkpoint_epoch, seed")
+    test = score_column(source_metrics, "test")
+    source = (source_metrics[["epoch", test]].rename(columns={"epoch": "checkpoint_epoch", test: "source_score"})
+              .assign(source_metric=test.removeprefix("test_")))
+    summary = (finetuned.groupby(["target", "metric", "checkpoint_epoch"])[["final_score", "optimization_speed"]]
                .agg(["mean", "std", "count"]))
     summary.columns = [f"{measure}_{stat}" for measure, stat in summary.columns]
     table = summary.reset_index().merge(source, on="checkpoint_epoch", how="left")
-    missing = table[table["source_score"].isna()]["checkpoint_epoch"].unique()
-    if len(missing):
-        raise ValueError(f"pre-training metrics have no row for checkpoint epochs {sorted(missing)}")
+    missing = sorted(int(epoch) for epoch in table[table["source_score"].isna()]["checkpoint_epoch"].unique())
+    if missing:
+        raise ValueError(f"pre-training metrics have no row for checkpoint epochs {missing} (they have epochs "
+                         f"{sorted(int(epoch) for epoch in source['checkpoint_epoch'])}): pass the metrics of the "
+                         "run that saved those checkpoints")
     return table.sort_values(["target", "checkpoint_epoch"]).reset_index(drop=True)

@@ -15,20 +15,53 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..evaluation import score_metric
+
 SPEED_SERIES = ("clean", "running")
 
 
 def score_column(metrics: pd.DataFrame, split: str) -> str:
-    """Column of the headline score for ``split`` ("test", "train_clean", "train_running")."""
-    for name in (f"{split}_accuracy", f"{split}_auc"):
-        if name in metrics:
-            return name
-    raise KeyError(f"metrics table has no {split}_accuracy or {split}_auc column; columns: {list(metrics)}")
+    """The column of a run's metrics table holding the headline score of ``split``.
+
+    Parameters
+    ----------
+    metrics : pandas.DataFrame
+        A run's metrics table (:attr:`transferscope.train.TrainingRun.metrics`).
+    split : str
+        ``"test"``, ``"train_clean"`` or ``"train_running"``.
+
+    Returns
+    -------
+    str
+        ``f"{split}_accuracy"`` or ``f"{split}_auc"`` (:func:`transferscope.evaluation.score_metric`).
+    """
+    return f"{split}_{score_metric(metrics, f'{split}_')}"
 
 
-def optimization_speed(metrics: pd.DataFrame, series: str = "clean") -> float:
-    """Mean over epochs 1..E of the training accuracy (``series`` "clean": eval mode on
-    a fixed training subset; "running": the train-mode running accuracy)."""
+def _require(table: pd.DataFrame, columns: set[str], what: str, fix: str) -> None:
+    if missing := columns - set(table.columns):
+        raise ValueError(f"{what} lacks columns {sorted(missing)} (it has {list(table.columns)}); {fix}")
+
+
+def optimization_speed(metrics: pd.DataFrame, *, series: str = "clean") -> float:
+    """Optimization speed: the mean over epochs 1..E of the training score.
+
+    Parameters
+    ----------
+    metrics : pandas.DataFrame
+        A run's metrics table, with ``epoch`` and ``train_clean_*`` / ``train_running_*`` scores.
+    series : {"clean", "running"}
+        Eval mode on a fixed training subset, or the train-mode running accuracy.
+
+    Returns
+    -------
+    float
+        ``mean_{e=1..E} A_train(e)``.
+
+    References
+    ----------
+    Neyshabur, Sedghi & Zhang (2020), Sec. 3.1.
+    """
     if series not in SPEED_SERIES:
         raise ValueError(f"series must be one of {SPEED_SERIES}, got {series!r}")
     trained = metrics[metrics["epoch"] >= 1]
@@ -38,18 +71,47 @@ def optimization_speed(metrics: pd.DataFrame, series: str = "clean") -> float:
 
 
 def relative_drop(a_pt: float, a_rit: float) -> float:
-    """``100 · (A_PT − A_RIT) / A_PT``: how much of P-T's performance RI-T lacks."""
+    """How much of P-T's performance RI-T lacks: ``100 · (A_PT − A_RIT) / A_PT``.
+
+    Parameters
+    ----------
+    a_pt, a_rit : float
+        The same measure (final score, optimization speed) for P-T and RI-T.
+
+    Returns
+    -------
+    float
+        The drop in percent of ``a_pt``.
+
+    References
+    ----------
+    Neyshabur, Sedghi & Zhang (2020), Sec. 3.1.
+    """
     if a_pt == 0:
         raise ValueError("relative drop is undefined when A_PT is 0")
     return 100.0 * (a_pt - a_rit) / a_pt
 
 
-def summarize_run(metrics: pd.DataFrame, series: str = "clean") -> dict[str, float]:
-    """Final and best test score, and optimization speed, of one run's metrics table."""
+def summarize_run(metrics: pd.DataFrame, *, series: str = "clean") -> dict[str, float | int | str]:
+    """Final and best test score, and optimization speed, of one run.
+
+    Parameters
+    ----------
+    metrics : pandas.DataFrame
+        The run's metrics table.
+    series : {"clean", "running"}
+        As in :func:`optimization_speed`.
+
+    Returns
+    -------
+    dict
+        ``final_score`` (last epoch), ``best_score``, ``optimization_speed``, ``epochs``,
+        ``metric`` (``"accuracy"`` or ``"auc"``) and ``speed_series``.
+    """
     test = score_column(metrics, "test")
     return {"final_score": float(metrics.sort_values("epoch")[test].iloc[-1]),
             "best_score": float(metrics[test].max()),
-            "optimization_speed": optimization_speed(metrics, series),
+            "optimization_speed": optimization_speed(metrics, series=series),
             "epochs": int(metrics["epoch"].max()),
             "metric": test.removeprefix("test_"), "speed_series": series}
 
@@ -57,15 +119,29 @@ def summarize_run(metrics: pd.DataFrame, series: str = "clean") -> dict[str, flo
 def feature_reuse_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Aggregate run summaries into the Fig. 3 table.
 
-    ``runs``: one row per run with columns ``target, role ("P-T"/"RI-T"), block_size,
-    seed, final_score, optimization_speed``. Returns one row per (target, block_size)
-    with the mean and std over seeds for each role and the relative drops of final
-    performance and of optimization speed."""
-    required = {"target", "role", "block_size", "seed", "final_score", "optimization_speed"}
-    if missing := required - set(runs):
-        raise KeyError(f"runs table lacks columns {sorted(missing)}")
+    Parameters
+    ----------
+    runs : pandas.DataFrame
+        One row per run: ``target``, ``metric``, ``role`` (``"P-T"``/``"RI-T"``),
+        ``block_size``, ``seed``, ``final_score``, ``optimization_speed``
+        (:func:`summarize_run` plus the run's labels).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per ``(target, metric, block_size)``: mean, std and count over seeds of
+        each measure for each role (``PT_final_score_mean``, ``RIT_optimization_speed_std``…)
+        and the relative drops ``final_score_relative_drop`` and
+        ``optimization_speed_relative_drop`` (:func:`relative_drop` of the means).
+
+    References
+    ----------
+    Neyshabur, Sedghi & Zhang (2020), Sec. 3.1, Fig. 3.
+    """
+    _require(runs, {"target", "metric", "role", "block_size", "seed", "final_score", "optimization_speed"},
+             "the runs table", "pass one row per run: summarize_run(metrics) with target, role, block_size, seed")
     runs = runs.assign(block_size=runs["block_size"].astype(str))
-    stats = (runs.groupby(["target", "block_size", "role"])[["final_score", "optimization_speed"]]
+    stats = (runs.groupby(["target", "metric", "block_size", "role"])[["final_score", "optimization_speed"]]
              .agg(["mean", "std", "count"]))
     stats.columns = [f"{measure}_{stat}" for measure, stat in stats.columns]
     wide = stats.unstack("role")

@@ -33,7 +33,7 @@ def training_tables(spec: StudySpec, store: Store, jobs: list[Job]) -> dict[str,
         image_size = run.config.data.image_size
         meta |= {"job": job.id, "kind": job.kind, "block": _block_label(meta["block_size"], image_size),
                  "best_epoch": run.best_epoch}
-        runs.append(meta | summarize_run(metrics, spec.shuffle.speed_series))
+        runs.append(meta | summarize_run(metrics, series=spec.shuffle.speed_series))
         curves.append(metrics.assign(**{k: v for k, v in meta.items() if k != "block_size"}))
     tables: dict[str, pd.DataFrame] = {}
     if not runs:

@@ -21,7 +21,7 @@ def plot_checkpoints(table: pd.DataFrame) -> Figure:
             ax.errorbar(x, frame[f"{measure}_mean"], yerr=np.nan_to_num(frame[f"{measure}_std"].to_numpy()),
                         fmt=marker, capsize=2, label=measure.replace("_", " "))
         ax.set_xlabel("pre-training epoch fine-tuned from")
-        ax.set_ylabel("accuracy / AUC")
+        ax.set_ylabel(" / ".join(dict.fromkeys([*frame["metric"], *frame["source_metric"]])))
         ax.set_ylim(0, 1.05)
         ax.set_title(target)
         ax.grid(alpha=0.3)

@@ -25,6 +25,7 @@ def plot_feature_reuse(table: pd.DataFrame, target: str) -> Figure:
     frame = table[table["target"] == target].set_index("block_size")
     order = [b for b in block_order(frame.index) if b in frame.index]
     frame = frame.loc[order]
+    metric = frame["metric"].iloc[0]
     figure = Figure(figsize=(10, 3.4), layout="constrained")
     x = np.arange(len(order))
     for ax, measure, title in zip(figure.subplots(1, 2), ("final_score", "optimization_speed"),
@@ -41,7 +42,7 @@ def plot_feature_reuse(table: pd.DataFrame, target: str) -> Figure:
                     ax.text(xi, height + 0.02, f"{value:.0f}%", ha="center", fontsize=7)
         ax.set_xticks(x, [f"{b}\n(none)" if i == 0 and b != "*" else b for i, b in enumerate(order)])
         ax.set_xlabel("block size (pixels); first = unshuffled")
-        ax.set_ylabel("accuracy / AUC")
+        ax.set_ylabel(metric)
         ax.set_ylim(0, 1.1)
         ax.set_title(title)
         ax.grid(alpha=0.3, axis="y")

@@ -7,14 +7,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ...evaluation import score_metric
+
 ROLE_COLOURS = {"P-T": "tab:blue", "RI-T": "tab:orange", "P": "tab:green"}
 
 
 def _score(curves: pd.DataFrame, split: str) -> tuple[str, str]:
-    for metric in ("accuracy", "auc"):
-        if f"{split}_{metric}" in curves and curves[f"{split}_{metric}"].notna().any():
-            return f"{split}_{metric}", metric
-    raise KeyError(f"no {split} score in the curves")
+    """The score column of ``split`` in the curves of one target, and its metric."""
+    metric = score_metric(curves, f"{split}_")
+    return f"{split}_{metric}", metric
 
 
 def main_runs(curves: pd.DataFrame, last_epoch: int | None = None) -> pd.DataFrame:
