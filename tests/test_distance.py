@@ -49,7 +49,7 @@ def test_matches_numpy_reference_per_module_and_whole_network():
     assert list(frame["module"]) == ["conv1", "layer1", "layer2", "layer3", "layer4", "fc", "network"]
     parameters = [name for name, _ in a.named_parameters()]  # default: parameters incl. BN affine, no buffers
     assert _row(frame, "network")["distance"] == pytest.approx(_reference(a, b, parameters), rel=1e-12)
-    assert _row(frame, "network")["n_params"] == sum(p.numel() for p in a.parameters())
+    assert _row(frame, "network")["n_parameters"] == sum(p.numel() for p in a.parameters())
     for module in ["conv1", "layer1", "layer2", "layer3", "layer4", "fc"]:
         keys = [k for k in parameters if k.startswith(module + ".")]
         row = _row(frame, module)
@@ -163,3 +163,5 @@ def test_clear_errors():
         param_distance(a, wider)
     with pytest.raises(ValueError, match="no module named 'layer9'"):
         param_distance(a, _model(1), modules=["layer9"])
+    with pytest.raises(TypeError):
+        param_distance(a, _model(1), ["layer1"])  # settings are keyword-only

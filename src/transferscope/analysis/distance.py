@@ -72,7 +72,7 @@ def _row(module: str, keys: Sequence[str], squared: Mapping[str, float], sizes: 
         "module": module,
         # NaN, not 0, when nothing in the module was compared: 0 would claim equality
         "distance": sum(squared[key] for key in counted) ** 0.5 if counted else float("nan"),
-        "n_params": sum(sizes[key] for key in counted),
+        "n_parameters": sum(sizes[key] for key in counted),
         "n_tensors": len(counted),
         "skipped": ", ".join(left_out),
         "n_skipped": len(left_out),
@@ -82,21 +82,51 @@ def _row(module: str, keys: Sequence[str], squared: Mapping[str, float], sizes: 
 def param_distance(
     model_a: ModelOrState,
     model_b: ModelOrState,
+    *,
     modules: Sequence[str] | None = None,
     include_head: bool = True,
     include_bn_affine: bool = True,
     include_bn_buffers: bool = False,
 ) -> pd.DataFrame:
     """L2 distance between the weights of two models of one architecture, per partition
-    module and for the whole network (Table 2 of the paper; formula in the module docstring).
+    module and for the whole network:
 
-    ``model_a``/``model_b``: ``nn.Module`` or state dict; at least one must be a module,
-    which supplies the partition, the BatchNorm layers and the head. ``modules`` picks
-    partition modules by exact name (default: the model's partition); the ``"network"`` row
-    always covers the whole network. Returns one row per module plus ``module="network"``:
-    ``module, distance, n_params, n_tensors, skipped, n_skipped`` and the three flags.
-    ``distance`` is NaN for a module with no counted tensor (e.g. ``fc`` with
-    ``include_head=False``).
+        d_S(Θ, Θ') = sqrt( Σ_{t ∈ S} ‖Θ_t − Θ'_t‖²_F )
+
+    in float64, S the counted tensors of a module (or of the network).
+
+    Parameters
+    ----------
+    model_a, model_b : torch.nn.Module or mapping of str to Tensor
+        Models or state dicts of one architecture; at least one must be a module, which
+        supplies the partition, the BatchNorm layers and the head. Not changed.
+    modules : sequence of str, optional
+        Partition modules by exact name; default :func:`transferscope.models.modules`.
+        The ``"network"`` row always covers the whole network.
+    include_head : bool
+        Count the classifier head (:func:`transferscope.models.head_name`).
+    include_bn_affine : bool
+        Count the weight and bias of BatchNorm layers.
+    include_bn_buffers : bool
+        Count the running mean and variance of BatchNorm layers.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per module, then ``module="network"``: ``module``, ``distance`` (NaN
+        for a module with no counted tensor, e.g. ``fc`` with ``include_head=False``),
+        ``n_parameters`` and ``n_tensors`` counted, ``skipped`` (head tensors whose
+        shapes differ, left out with a warning) and ``n_skipped``, and the three flags.
+
+    Raises
+    ------
+    ValueError
+        When the state-dict keys differ, a shape differs outside the head, or a module
+        name is unknown (the message lists those that exist).
+
+    References
+    ----------
+    Neyshabur, Sedghi & Zhang (2020), Table 2.
     """
     reference = next((m for m in (model_a, model_b) if isinstance(m, nn.Module)), None)
     if reference is None:
