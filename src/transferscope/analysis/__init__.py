@@ -1,9 +1,12 @@
 """Analyses of Neyshabur, Sedghi & Zhang (2020), one file each: plain functions on
 models, loaders and tensors that return tidy DataFrames and never change the models.
 
-``transferscope.analysis.cka`` (and ``mistakes``, ``spectrum``, ``basin``, ``rewind``,
-``criticality``) is the function; ``from transferscope.analysis.cka import ...`` still
-reaches the rest of its module."""
+The functions are exported here (``transferscope.analysis.cka`` is the CKA function);
+no module file has a function's name, so each module's helpers are reached by the
+file's name: ``transferscope.analysis.similarity.gram_matrix`` (CKA),
+``mistake_overlap`` (mistakes), ``spectra`` (spectrum), ``basins``, ``rewinding``,
+``module_criticality``, ``interpolation``, ``distance``, ``feature_reuse``,
+``checkpoints``."""
 
 from .basins import basin
 from .checkpoints import checkpoint_table
