@@ -16,11 +16,23 @@ SETTINGS = [("linear", False), ("linear", True), ("rbf", False), ("rbf", True)]
 
 
 # ---------------------------------------------------------------- float64 references
-def gram(X: np.ndarray, kernel: str, fraction: float = 0.5) -> np.ndarray:
+def kornblith_rbf(x: np.ndarray, threshold: float) -> np.ndarray:
+    """``gram_rbf`` of Kornblith et al.'s reference code (CKA.ipynb), transcribed: sigma^2 =
+    threshold^2 * median of all n^2 squared distances, diagonal zeros included."""
+    dot_products = x.dot(x.T)
+    sq_norms = np.diag(dot_products)
+    sq_distances = -2 * dot_products + sq_norms[:, None] + sq_norms[None, :]
+    sq_median_distance = np.median(sq_distances)
+    return np.exp(-sq_distances / (2 * threshold ** 2 * sq_median_distance))
+
+
+def gram(X: np.ndarray, kernel: str, fraction: float = 0.5, rule: str = "kornblith") -> np.ndarray:
     X = np.asarray(X, dtype=np.float64).reshape(len(X), -1)
     if kernel == "linear":
         return X @ X.T
-    sigma = fraction * np.median(pdist(X))
+    if rule == "kornblith":
+        return kornblith_rbf(X, fraction)
+    sigma = fraction * np.median(pdist(X))  # "offdiagonal": the median of the n(n-1)/2 distances
     return np.exp(-cdist(X, X, "sqeuclidean") / (2 * sigma ** 2))
 
 
@@ -70,6 +82,25 @@ def test_rbf_bandwidth_is_a_fraction_of_the_median_distance():
         expected = reference_cka(gram(X.numpy(), "rbf", fraction), gram(Y, "rbf", fraction), False)
         assert cka(X, Y, kernel="rbf", bandwidth=fraction) == pytest.approx(expected, abs=1e-10)
     assert abs(cka(X, Y, kernel="rbf", bandwidth=0.2) - cka(X, Y, kernel="rbf", bandwidth=1.0)) > 1e-3
+
+
+def test_rbf_bandwidth_rules_match_their_float64_references_and_differ():
+    """Issue 11: the default RBF bandwidth is the reference code's (median of all n^2 squared
+    distances); the median of the off-diagonal distances is the other rule. 64 points."""
+    generator = np.random.default_rng(11)
+    X = generator.normal(size=(64, 12))
+    Y = np.tanh(X @ generator.normal(size=(12, 6))) + 0.5 * generator.normal(size=(64, 6))
+    values = {}
+    for rule in ("kornblith", "offdiagonal"):
+        for debiased in (False, True):
+            expected = reference_cka(gram(X, "rbf", 0.5, rule), gram(Y, "rbf", 0.5, rule), debiased)
+            value = cka(X, Y, kernel="rbf", debiased=debiased, bandwidth_rule=rule)
+            assert value == pytest.approx(expected, abs=1e-9)
+        values[rule] = cka(X, Y, kernel="rbf", bandwidth_rule=rule)
+    assert cka(X, Y, kernel="rbf") == values["kornblith"]  # the reference convention is the default
+    assert abs(values["kornblith"] - values["offdiagonal"]) > 1e-4
+    with pytest.raises(ValueError, match=r"bandwidth_rule must be one of \('kornblith', 'offdiagonal'\)"):
+        cka(X, Y, kernel="rbf", bandwidth_rule="median")
 
 
 @pytest.mark.parametrize("kernel,debiased", SETTINGS)
@@ -154,7 +185,7 @@ def test_minibatch_estimator_equals_mean_of_per_batch_unbiased_hsic(kernel):
     assert np.abs(frame_matrix(frame, "a", "b") - expected).max() < 1e-6
     assert np.abs(expected).max() > 0.1
     assert list(frame.columns) == ["model_a", "model_b", "module_a", "module_b", "cka", "estimator", "kernel",
-                                   "debiased", "n_examples", "batch_size", "bandwidth"]
+                                   "debiased", "n_examples", "batch_size", "bandwidth", "bandwidth_rule"]
     assert len(frame) == 36
     assert set(frame.estimator) == {"minibatch"} and set(frame.debiased) == {True}
     assert set(frame.n_examples) == {100} and set(frame.batch_size) == {32}
@@ -171,6 +202,21 @@ def test_full_estimator_equals_direct_formula(kernel, debiased):
     expected = np.array([[reference_cka(K, L, debiased) for L in grams_b] for K in grams_a])
     assert np.abs(frame_matrix(frame, "a", "b") - expected).max() < 1e-6
     assert set(frame.n_examples) == {100} and set(frame.batch_size) == {100} and set(frame.debiased) == {debiased}
+
+
+def test_compare_representations_passes_the_rbf_bandwidth_and_its_rule():
+    models, batches = tiny_models(), tiny_batches((40, 40, 20))
+    layers = ["layer2", "fc"]
+    fa, fb = (captured_features(copy.deepcopy(models[name]), batches) for name in ("a", "b"))
+    for rule, fraction in (("kornblith", 0.5), ("offdiagonal", 0.8)):
+        frame = compare_representations(models, batches, modules=layers, estimator="full", kernel="rbf",
+                                        bandwidth=fraction, bandwidth_rule=rule)
+        expected = np.array([[reference_cka(gram(np.concatenate(fa[la]), "rbf", fraction, rule),
+                                            gram(np.concatenate(fb[lb]), "rbf", fraction, rule), False)
+                              for lb in layers] for la in layers])
+        assert np.abs(frame_matrix(frame, "a", "b") - expected).max() < 1e-6
+        assert set(frame.bandwidth) == {fraction} and set(frame.bandwidth_rule) == {rule}
+    assert compare_representations(models, batches, modules=["fc"])["bandwidth_rule"].isna().all()  # linear kernel
 
 
 @pytest.mark.parametrize("estimator,kernel", [("minibatch", "linear"), ("minibatch", "rbf"), ("full", "linear")])

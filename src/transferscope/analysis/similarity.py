@@ -6,7 +6,10 @@ Sec. 3) of two representations of the same ``n`` examples, with Gram matrices ``
 
     CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) * HSIC(L, L))
     linear kernel  K = X X^T
-    RBF kernel     K_ij = exp(-|x_i - x_j|^2 / (2 sigma^2)),  sigma = bandwidth * median_{i<j} |x_i - x_j|
+    RBF kernel     K_ij = exp(-|x_i - x_j|^2 / (2 sigma^2)),  with (``bandwidth_rule``)
+        "kornblith"    sigma^2 = bandwidth^2 * median_{i,j} |x_i - x_j|^2   (all n^2 entries, diagonal zeros included;
+                                                                          Kornblith et al.'s reference code)
+        "offdiagonal"  sigma   = bandwidth * median_{i<j} |x_i - x_j|        (the n(n-1)/2 distinct pairs)
 
 HSIC estimators, both Frobenius inner products of transformed Gram matrices::
 
@@ -49,16 +52,21 @@ from ..models import modules as partition
 
 Kernel = Literal["linear", "rbf"]
 Estimator = Literal["minibatch", "full"]
+BandwidthRule = Literal["kornblith", "offdiagonal"]
 KERNELS = ("linear", "rbf")
 ESTIMATORS = ("minibatch", "full")
+BANDWIDTH_RULES = ("kornblith", "offdiagonal")
 MIN_UNBIASED_EXAMPLES = 4  # HSIC_1 divides by n(n-3) and (n-2)
 
 
-def _check_settings(kernel: str, bandwidth: float) -> None:
+def _check_settings(kernel: str, bandwidth: float, bandwidth_rule: str) -> None:
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if not bandwidth > 0:
         raise ValueError(f"bandwidth is a positive fraction of the median pairwise distance, got {bandwidth}")
+    if bandwidth_rule not in BANDWIDTH_RULES:
+        raise ValueError(f"bandwidth_rule must be one of {BANDWIDTH_RULES} (the median behind the RBF bandwidth), "
+                         f"got {bandwidth_rule!r}")
 
 
 def _check_examples(n: int, unbiased: bool) -> None:
@@ -83,14 +91,27 @@ def _median(values: Tensor) -> Tensor:
     return (ordered[(len(ordered) - 1) // 2] + ordered[len(ordered) // 2]) / 2
 
 
-def gram_matrix(features: Tensor, *, kernel: Kernel = "linear", bandwidth: float = 0.5) -> Tensor:
+def gram_matrix(features: Tensor, *, kernel: Kernel = "linear", bandwidth: float = 0.5,
+                bandwidth_rule: BandwidthRule = "kornblith") -> Tensor:
     """The ``n x n`` float64 Gram matrix of ``features`` for the linear or RBF kernel.
 
-    Linear ``K = X X^T``; RBF ``K_ij = exp(-|x_i - x_j|^2 / (2 sigma^2))`` with
-    ``sigma = bandwidth * median_{i<j} |x_i - x_j|``. The features are centred over the
-    examples first (which changes neither ``H K H`` nor the distances), in float32
-    (float64 features stay float64) with full-precision float32 products (no TF32 on
-    GPUs, whose float64 units may be 64x slower); autocast is off.
+    Linear ``K = X X^T``; RBF ``K_ij = exp(-d_ij^2 / (2 sigma^2))``, ``d_ij = |x_i - x_j|``,
+    with the bandwidth of ``bandwidth_rule``:
+
+    - ``"kornblith"`` (default): ``sigma^2 = bandwidth^2 * median_{i,j} d_ij^2``, the median
+      over all ``n^2`` entries of the squared-distance matrix, its ``n`` diagonal zeros
+      included, as the reference code of Kornblith et al. (2019) computes it
+      (``rbf(x, threshold)`` in their ``CKA.ipynb``: ``sq_median_distance =
+      np.median(sq_distances)``; ``threshold`` is ``bandwidth`` here);
+    - ``"offdiagonal"``: ``sigma = bandwidth * median_{i<j} d_ij``, the median over the
+      ``n(n-1)/2`` distinct pairs (this package's convention before issue 11; the two
+      differ by the diagonal zeros, which pull the median down).
+
+    Medians of an even count are the mean of the two middle values (as ``numpy.median``).
+    The features are centred over the examples first (which changes neither ``H K H``
+    nor the distances), in float32 (float64 features stay float64) with full-precision
+    float32 products (no TF32 on GPUs, whose float64 units may be 64x slower); autocast
+    is off.
 
     Parameters
     ----------
@@ -98,7 +119,10 @@ def gram_matrix(features: Tensor, *, kernel: Kernel = "linear", bandwidth: float
         ``(n, ...)``, one row per example (flattened).
     kernel : {"linear", "rbf"}
     bandwidth : float
-        RBF only: sigma as a fraction of the median pairwise distance.
+        RBF only: sigma as a fraction of the median pairwise distance (the reference
+        code's ``threshold``).
+    bandwidth_rule : {"kornblith", "offdiagonal"}
+        RBF only: which median sets sigma (above).
 
     Returns
     -------
@@ -112,7 +136,9 @@ def gram_matrix(features: Tensor, *, kernel: Kernel = "linear", bandwidth: float
 
     References
     ----------
-    Kornblith, Norouzi, Lee & Hinton (2019), Sec. 3.
+    Kornblith, Norouzi, Lee & Hinton (2019), "Similarity of neural network
+    representations revisited", ICML, Sec. 3, and its reference code
+    (github.com/google-research/google-research, ``representation_similarity``).
     """
     features = features.detach().flatten(1)
     dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
@@ -131,12 +157,15 @@ def gram_matrix(features: Tensor, *, kernel: Kernel = "linear", bandwidth: float
         return gram
     norms = gram.diagonal()
     squared = (norms[:, None] + norms[None, :] - 2 * gram).clamp_(min=0).fill_diagonal_(0)
-    upper = torch.triu_indices(len(gram), len(gram), offset=1, device=gram.device)
-    median = _median(squared[upper[0], upper[1]].sqrt())
-    if not median > 0:
+    if bandwidth_rule == "kornblith":
+        variance = bandwidth ** 2 * _median(squared.flatten())
+    else:
+        upper = torch.triu_indices(len(gram), len(gram), offset=1, device=gram.device)
+        variance = (bandwidth * _median(squared[upper[0], upper[1]].sqrt())) ** 2
+    if not variance > 0:
         raise ValueError("the RBF bandwidth is 0: the median distance between examples is 0 (most examples have "
                          "identical features); use kernel='linear' or more varied inputs")
-    return torch.exp(-squared / (2 * (bandwidth * median) ** 2))
+    return torch.exp(-squared / (2 * variance))
 
 
 def hsic_operand(gram: Tensor, *, debiased: bool) -> Tensor:
@@ -180,7 +209,7 @@ def _cka_from_hsic(cross: Tensor, self_a: Tensor, self_b: Tensor) -> Tensor:
 
 
 def cka(X: Tensor | np.ndarray, Y: Tensor | np.ndarray, *, kernel: Kernel = "linear", debiased: bool = False,
-        bandwidth: float = 0.5) -> float:
+        bandwidth: float = 0.5, bandwidth_rule: BandwidthRule = "kornblith") -> float:
     """CKA of two representations of the same examples, in float64.
 
         CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) * HSIC(L, L))
@@ -196,6 +225,9 @@ def cka(X: Tensor | np.ndarray, Y: Tensor | np.ndarray, *, kernel: Kernel = "lin
         The unbiased HSIC_1 instead of HSIC_0 (needs ``n >= 4``).
     bandwidth : float
         RBF only: sigma as a fraction of the median pairwise distance.
+    bandwidth_rule : {"kornblith", "offdiagonal"}
+        RBF only: the median behind sigma (:func:`gram_matrix`); "kornblith" is the
+        reference implementation's.
 
     Returns
     -------
@@ -208,13 +240,14 @@ def cka(X: Tensor | np.ndarray, Y: Tensor | np.ndarray, *, kernel: Kernel = "lin
     Kornblith, Norouzi, Lee & Hinton (2019), "Similarity of neural network
     representations revisited", Sec. 3; Nguyen, Raghu & Kornblith (2021), Sec. 3.1.
     """
-    _check_settings(kernel, bandwidth)
+    _check_settings(kernel, bandwidth, bandwidth_rule)
     x, y = _as_features(X, "X"), _as_features(Y, "Y")
     if len(x) != len(y):
         raise ValueError(f"X and Y must describe the same examples: X has {len(x)} rows, Y has {len(y)}")
     _check_examples(len(x), debiased)
-    a = hsic_operand(gram_matrix(x.double(), kernel=kernel, bandwidth=bandwidth), debiased=debiased)
-    b = hsic_operand(gram_matrix(y.double(), kernel=kernel, bandwidth=bandwidth), debiased=debiased)
+    kernel_settings = {"kernel": kernel, "bandwidth": bandwidth, "bandwidth_rule": bandwidth_rule}
+    a = hsic_operand(gram_matrix(x.double(), **kernel_settings), debiased=debiased)
+    b = hsic_operand(gram_matrix(y.double(), **kernel_settings), debiased=debiased)
     return float(_cka_from_hsic((a * b).sum().reshape(1, 1), (a * a).sum().reshape(1), (b * b).sum().reshape(1)))
 
 
@@ -275,7 +308,7 @@ class _HSICSums:
         return _cka_from_hsic(self.cross[pair], self.self[pair[0]], self.self[pair[1]]).cpu().numpy()
 
 
-def _hook(store: dict[str, Tensor], model: str, name: str, keep_features: bool, kernel: Kernel, bandwidth: float,
+def _hook(store: dict[str, Tensor], model: str, name: str, keep_features: bool, kernel_settings: Mapping[str, object],
           unbiased: bool):
     """Forward hook: store the module's HSIC operand for the batch (minibatch), or a copy of
     its flattened features (full); never the output itself or an autograd graph."""
@@ -291,7 +324,7 @@ def _hook(store: dict[str, Tensor], model: str, name: str, keep_features: bool, 
             dtype = torch.float64 if output.dtype == torch.float64 else torch.float32
             store[name] = output.detach().flatten(1).to(dtype, copy=True)
         else:
-            store[name] = hsic_operand(gram_matrix(output, kernel=kernel, bandwidth=bandwidth), debiased=unbiased)
+            store[name] = hsic_operand(gram_matrix(output, **kernel_settings), debiased=unbiased)
 
     return hook
 
@@ -316,6 +349,7 @@ def compare_representations(
     debiased: bool = False,
     bandwidth: float = 0.5,
     pairs: Iterable[tuple[str, str]] | None = None,
+    bandwidth_rule: BandwidthRule = "kornblith",
 ) -> pd.DataFrame:
     """CKA between the hooked modules of every pair of models over the same examples.
 
@@ -348,6 +382,9 @@ def compare_representations(
         RBF only: sigma as a fraction of the median pairwise distance.
     pairs : iterable of (str, str), optional
         ``(model_a, model_b)`` name pairs; default every pair of distinct models, in dict order.
+    bandwidth_rule : {"kornblith", "offdiagonal"}
+        RBF only: the median behind sigma (:func:`gram_matrix`); the default is the
+        convention of Kornblith et al.'s reference code.
 
     Returns
     -------
@@ -355,7 +392,8 @@ def compare_representations(
         One row per ``(model_a, model_b, module_a, module_b)`` with ``cka`` and the
         settings behind it: ``estimator``, ``kernel``, ``debiased`` (the HSIC estimator
         used), ``n_examples``, ``batch_size`` (largest batch; ``n_examples`` for the full
-        estimator) and ``bandwidth`` (RBF only, else NaN).
+        estimator), ``bandwidth`` (RBF only, else NaN) and ``bandwidth_rule`` (RBF only,
+        else None).
 
     Raises
     ------
@@ -370,7 +408,8 @@ def compare_representations(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    _check_settings(kernel, bandwidth)
+    _check_settings(kernel, bandwidth, bandwidth_rule)
+    kernel_settings = {"kernel": kernel, "bandwidth": bandwidth, "bandwidth_rule": bandwidth_rule}
     if not isinstance(models, Mapping) or not all(isinstance(model, nn.Module) for model in models.values()):
         raise TypeError("models must be a dict mapping names to torch.nn.Module instances")
     pairs = _resolve_pairs(models, pairs)
@@ -387,7 +426,7 @@ def compare_representations(
             cleanup.enter_context(eval_mode(models[name]))
             for module_name, module in hooked[name].items():
                 handle = module.register_forward_hook(
-                    _hook(stores[name], name, module_name, keep_features, kernel, bandwidth, unbiased))
+                    _hook(stores[name], name, module_name, keep_features, kernel_settings, unbiased))
                 cleanup.callback(handle.remove)
         for index, batch in enumerate(loader):
             inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -410,8 +449,7 @@ def compare_representations(
         raise ValueError("the loader yielded no batches")
     if keep_features:
         _check_examples(n_examples, unbiased)
-        sums.add({name: [hsic_operand(gram_matrix(torch.cat(per_module), kernel=kernel, bandwidth=bandwidth),
-                                      debiased=unbiased)
+        sums.add({name: [hsic_operand(gram_matrix(torch.cat(per_module), **kernel_settings), debiased=unbiased)
                          for per_module in zip(*features.pop(name))] for name in used})
         largest_batch = n_examples
     rows = []
@@ -421,5 +459,6 @@ def compare_representations(
             rows.append({"model_a": a, "model_b": b, "module_a": module_a, "module_b": module_b,
                          "cka": float(values[i, j]), "estimator": estimator, "kernel": kernel, "debiased": unbiased,
                          "n_examples": n_examples, "batch_size": largest_batch,
-                         "bandwidth": bandwidth if kernel == "rbf" else float("nan")})
+                         "bandwidth": bandwidth if kernel == "rbf" else float("nan"),
+                         "bandwidth_rule": bandwidth_rule if kernel == "rbf" else None})
     return pd.DataFrame(rows)

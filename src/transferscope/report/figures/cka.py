@@ -19,7 +19,7 @@ from .names import role
 PAPER_PAIRS = ("P-T&P", "P-T&P-T", "P-T&RI-T", "RI-T&RI-T")
 _PAIR_OF_ROLES = {frozenset({"P-T", "P"}): "P-T&P", frozenset({"P-T"}): "P-T&P-T",
                   frozenset({"P-T", "RI-T"}): "P-T&RI-T", frozenset({"RI-T"}): "RI-T&RI-T"}
-_SETTINGS = ("estimator", "kernel", "debiased", "batch_size", "bandwidth")
+_SETTINGS = ("estimator", "kernel", "debiased", "batch_size", "bandwidth", "bandwidth_rule")
 _REQUIRED = ("model_a", "model_b", "module_a", "module_b", "cka")
 PAPER_FINDING = ("The paper (Table 1, CheXpert, ResNet-50) found P-T&P-T the most similar pair, falling with depth "
                  "(0.67/0.82/0.61/0.41/0.16 for conv1/layer1-4), and P-T&RI-T and RI-T&RI-T near 0 (below 0.01 but "
