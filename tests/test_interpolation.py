@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ from scipy.special import logsumexp
 from scipy.stats import mannwhitneyu
 from torch import nn
 
-from transferscope.analysis.interpolation import barrier, interpolate
+from transferscope.analysis.interpolation import LinearPath, barrier, interpolate
 from transferscope.evaluation import evaluate, recalibrate_batchnorm
 from transferscope.models import build_model
 
@@ -144,6 +145,47 @@ def test_negative_extrapolated_variance_warns(pair, data):
     assert any("running_var" in m and "bn='recalibrate'" in m for m in messages)
     assert any("at α in [4.0]" in m and "NaN or inf" in m for m in messages)
     assert np.isnan(frame["loss"].iloc[0]) and np.isnan(frame["score"].iloc[0])  # not argmax-of-NaN class 0
+
+
+def _dead_channel_pair() -> tuple[nn.Module, nn.Module]:
+    """Models whose running variances have exact zeros (dead channels), per BatchNorm:
+    channel 0 is 0 in both, channel 1 is 0 in b only, channel 2 is 1 in a and 2 in b (so
+    (1 − α)·1 + α·2 = 0 exactly at α = −1); the others lie in [1, 1.5]."""
+    a, b = _bn_model(0, 0.5), _bn_model(1, -0.5)
+    with torch.no_grad():
+        for model, values in ((a, [0.0, 1.2, 1.0]), (b, [0.0, 0.0, 2.0])):
+            for module in model.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.running_var[:3] = torch.tensor(values)
+    return a, b
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_dead_batchnorm_channels_warn_only_where_the_path_breaks_a_variance(data, batched):
+    """Issue 11: zeros taken from an endpoint (dead channels) are the models' own statistics,
+    with finite outputs: no warning on the segment nor where extrapolation keeps every
+    variance usable; a warning where it makes one negative (α = 1.5: −0.5 × 1.2) or drives
+    two positive endpoints to exactly 0 (α = −1)."""
+    a, b = _dead_channel_pair()
+    test, _ = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = interpolate(a, b, test, alphas=[-0.5, 0.0, 0.3, 0.5, 1.0], bn="follow", batched=batched)
+    assert np.isfinite(frame["loss"]).all()
+    for alpha in (-1.0, 1.5):  # at 1.5 the outputs are NaN as well, with their own warning
+        with pytest.warns(RuntimeWarning) as record:
+            interpolate(a, b, test, alphas=[alpha], bn="follow", batched=batched)
+        assert any(f"at α = {alpha:g} the extrapolated BatchNorm variance 'conv1.1.running_var' has negative "
+                   "entries" in str(warning.message) for warning in record)
+
+
+def test_broken_variances_rule_entry_by_entry():
+    a, b = _dead_channel_pair()
+    path = LinearPath(a, b, bn="follow")
+    key = "conv1.1.running_var"
+    for alpha, broken in ((0.0, False), (0.5, False), (1.0, False), (-0.5, False), (-1.0, True), (1.5, True)):
+        assert (key in path.broken_variances(path.state_at(alpha))) is broken, alpha
+    assert LinearPath(a, b, bn="keep").broken_variances(path.state_at(1.5)) == []  # kept statistics never break
 
 
 def test_models_are_not_modified(pair, data):

@@ -12,7 +12,8 @@ BatchNorm the running statistics at Θ(α) are a choice (``bn``,
   for models with BatchNorm when ``recalibration_loader`` is given;
 - ``"follow"``: interpolate them like the weights (endpoints exact; when
   extrapolating, a variance can turn negative and the outputs NaN — a RuntimeWarning
-  says so; use "recalibrate" there); what "auto" resolves to otherwise;
+  says so, :meth:`LinearPath.broken_variances`; use "recalibrate" there); what "auto"
+  resolves to otherwise;
 - ``"keep"``: use model_a's statistics at every α.
 
 :class:`LinearPath` holds the two states and one working copy; the basin test
@@ -106,20 +107,43 @@ class LinearPath:
         # torch.lerp is exact at both endpoints: a + α(b − a) for |α| < 0.5, b − (b − a)(1 − α) otherwise.
         return {k: torch.lerp(a, self.state_b[k], alpha) if k in self.moving else a for k, a in self.state_a.items()}
 
-    def _check_variances(self, state: dict[str, Tensor], alphas: Sequence[float]) -> None:
-        """Warn when extrapolated BatchNorm variances ("follow" mode) are not positive."""
+    def broken_variances(self, state: Mapping[str, Tensor]) -> list[str]:
+        """The BatchNorm ``running_var`` keys of ``state`` (Θ(α)) that the path has
+        broken: an entry v(α) = (1 − α)·v_a + α·v_b is
+        broken when
+
+            v(α) < 0,  or  v(α) = 0 while v_a > 0 and v_b > 0.
+
+        Why: BatchNorm divides by √(v + eps); a negative variance is no variance (NaN once
+        v < −eps, meaningless above), and a zero reached from two positive endpoints is
+        the border of that region, reached only by extrapolating. A zero taken from an
+        endpoint (a dead channel, v_a = 0 or v_b = 0) is a statistic the model itself has,
+        and its outputs are finite. For α in [0, 1], v(α) is a convex combination of two
+        non-negative variances, hence never negative, and zero only where an endpoint
+        is zero: nothing on the segment is ever broken. Empty unless ``bn="follow"``.
+        """
         if self.bn_mode != "follow":
-            return
-        bad = [k for k, v in state.items() if k.endswith("running_var") and k in self.moving and bool((v <= 0).any())]
-        if bad:
-            warnings.warn(f"at α in {list(alphas)} the extrapolated BatchNorm variance {bad[0]!r} has non-positive "
-                          "entries, so the outputs are NaN; use bn='recalibrate' to extrapolate a model with BatchNorm",
-                          RuntimeWarning, stacklevel=3)
+            return []
+        broken = []
+        for key, value in state.items():
+            if key.endswith("running_var") and key in self.moving:
+                a, b = self.state_a[key], self.state_b[key]
+                if bool(((value < 0) | ((value == 0) & (a > 0) & (b > 0))).any()):
+                    broken.append(key)
+        return broken
+
+    def _check_variances(self, state: Mapping[str, Tensor], alpha: float) -> None:
+        """Warn when the path broke a BatchNorm variance at α (:meth:`broken_variances`)."""
+        broken = self.broken_variances(state)
+        if broken:
+            warnings.warn(f"at α = {alpha:g} the extrapolated BatchNorm variance {broken[0]!r} has negative "
+                          "entries (or zeros between two positive endpoints), so the outputs are NaN or meaningless; "
+                          "use bn='recalibrate' to extrapolate a model with BatchNorm", RuntimeWarning, stacklevel=3)
 
     @torch.no_grad()
     def load(self, alpha: float, noise: Tensor | None = None) -> nn.Module:
         state = self.state_at(alpha)
-        self._check_variances(state, [alpha])
+        self._check_variances(state, alpha)
         self.model.load_state_dict(state)
         if noise is not None:  # a flat vector in parameters() order (any memory format)
             offset = 0
@@ -146,7 +170,8 @@ class LinearPath:
             return torch.lerp(a.unsqueeze(0), self.state_b[key].unsqueeze(0), weight)
 
         buffers = {k: at(k) for k in self.buffer_names}
-        self._check_variances(buffers, alphas)
+        for index, alpha in enumerate(alphas):
+            self._check_variances({k: v[index] for k, v in buffers.items()}, alpha)
         return {k: at(k) for k in self.parameter_names}, buffers
 
 
