@@ -51,6 +51,7 @@ from scipy.optimize import brentq
 from torch import Tensor, nn
 
 from ..evaluation import Batches, cache_batches
+from .batchnorm_modes import BnMode
 from .interpolation import LinearPath
 
 LossAt = Callable[[float, "Tensor | None"], float]
@@ -210,7 +211,7 @@ def basin(
     n_noise: int = 10,
     seed: int = 0,
     max_examples: int | None = None,
-    bn: str = "auto",
+    bn: BnMode = "auto",
     recalibration_loader: Batches | None = None,
     recalibration_batches: int | None = None,
     rise: float = 2.0,

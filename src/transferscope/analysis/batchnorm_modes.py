@@ -16,13 +16,15 @@ The analyses record the resolved mode (never "auto") in their ``bn`` column.
 from __future__ import annotations
 
 from itertools import islice
+from typing import Literal, get_args
 
 from torch import Tensor, nn
 
 from ..evaluation import Batches, cache_batches
 from ..models.state import has_batchnorm
 
-BN_MODES = ("auto", "recalibrate", "follow", "keep")
+BnMode = Literal["auto", "recalibrate", "follow", "keep"]
+BN_MODES: tuple[str, ...] = get_args(BnMode)
 
 
 def resolve_bn_mode(model: nn.Module, bn: str, recalibration_loader: Batches | None) -> str:

@@ -50,7 +50,7 @@ from ..evaluation import (
     score_name,
 )
 from ..models.state import batchnorm_buffer_keys, check_compatible
-from .batchnorm_modes import recalibration_data, resolve_bn_mode
+from .batchnorm_modes import BnMode, recalibration_data, resolve_bn_mode
 
 DEFAULT_ALPHAS = tuple(round(-0.5 + 0.1 * i, 2) for i in range(21))  # -0.5, -0.4, ..., 1.5
 EVAL_MODE_BN = ("follow", "keep")  # modes the batched (vmap) path supports
@@ -216,7 +216,7 @@ def interpolate(
     loader: Batches,
     *,
     alphas: Iterable[float] = DEFAULT_ALPHAS,
-    bn: str = "auto",
+    bn: BnMode = "auto",
     recalibration_loader: Batches | None = None,
     recalibration_batches: int | None = None,
     split: str = "test",

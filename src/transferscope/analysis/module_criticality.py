@@ -64,7 +64,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence, get_args
 
 import numpy as np
 import pandas as pd
@@ -80,8 +80,10 @@ from ..models.state import ModelOrState, as_state_dict, check_compatible
 DEFAULT_GRID = tuple(np.arange(1, 12) / 11)  # 11 points in (0, 1]
 PATHS = ("direct", "optimization")
 STARTS = ("final", "best")
-NOISES = ("absolute", "frobenius", "per_filter")
-THRESHOLD_MODES = ("relative", "absolute")
+Noise = Literal["absolute", "frobenius", "per_filter"]
+ThresholdMode = Literal["relative", "absolute"]
+NOISES: tuple[str, ...] = get_args(Noise)
+THRESHOLD_MODES: tuple[str, ...] = get_args(ThresholdMode)
 METHODS = ("grid", "bisection")
 BN_MODE = "follow"  # running statistics move with the module along the path (module docstring)
 POINT_COLUMNS = ["module", "alpha", "sigma", "loss_mean", "loss_std", "n_samples", "feasible", "measure"]
@@ -377,9 +379,9 @@ def criticality(
     path_states: Sequence[ModelOrState] | None = None,
     start: str = "final",
     best_state: ModelOrState | None = None,
-    noise: str = "frobenius",
+    noise: Noise = "frobenius",
     threshold: float = 1.01,
-    threshold_mode: str = "relative",
+    threshold_mode: ThresholdMode = "relative",
     alphas: Sequence[float] | None = None,
     sigmas: Sequence[float] | None = None,
     samples: int = 10,

@@ -33,7 +33,7 @@ from torch import nn
 from ..evaluation import Batches, cache_batches, evaluate, recalibrate_batchnorm, score_name
 from ..models import module_state_keys
 from ..models.state import ModelOrState, as_state_dict, batchnorm_buffer_keys, check_compatible
-from .batchnorm_modes import recalibration_data, resolve_bn_mode
+from .batchnorm_modes import BnMode, recalibration_data, resolve_bn_mode
 from .interpolation import score_columns
 
 
@@ -53,7 +53,7 @@ def rewind(
     loaders: Mapping[str, Batches] | Batches,
     *,
     modules: Sequence[str] | None = None,
-    bn: str = "follow",
+    bn: BnMode = "follow",
     recalibration_loader: Batches | None = None,
     recalibration_batches: int | None = None,
     max_examples: int | None = None,
