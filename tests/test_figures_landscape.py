@@ -76,6 +76,28 @@ def test_barrier_table_matches_the_bumps():
     assert len(single) == 1 and single["loss_barrier"].iloc[0] == pytest.approx(0.01)
 
 
+def test_barrier_table_of_concatenated_interpolate_frames_has_one_row_per_curve():
+    """Issue 11: interpolate() frames named by model_a/model_b (no pair column) were merged
+    into one pair, and the error told the user to see barrier_table itself."""
+    study = _study_frame().query("target == 'real'")
+    curves = []
+    for _, pair, _, _ in CURVES[:3]:
+        a, b = pair.split("|")
+        curve = study[study["pair"] == pair].drop(columns=["pair", "pair_type", "target"])
+        curves.append(curve.assign(model_a=a, model_b=b))
+    recalibrated = curves[2].assign(bn="recalibrate", loss=curves[2]["loss"] + 0.5 * np.sin(np.pi * np.clip(ALPHAS, 0, 1)))
+    table = barrier_table(pd.concat([*curves, recalibrated], ignore_index=True))
+    assert list(table["pair"]) == [pair for _, pair, _, _ in CURVES[:3]] + [CURVES[2][1]]
+    assert list(table["bn"]) == ["follow"] * 3 + ["recalibrate"]
+    assert table["loss_barrier"].to_numpy() == pytest.approx([c[3] for c in CURVES[:3]] + [CURVES[2][3] + 0.5])
+    assert table["error_barrier"].to_numpy() == pytest.approx([c[2] for c in CURVES[:3]] + [CURVES[2][2]])
+    unnamed = pd.concat([curve.drop(columns=["model_a", "model_b"]) for curve in curves], ignore_index=True)
+    with pytest.raises(ValueError, match=r"several rows at one α.*do not tell apart.*assign\(model_a='a', "
+                                         r"model_b='b'\).*'pair' column") as raised:
+        barrier_table(unnamed)
+    assert "see" not in str(raised.value)
+
+
 def test_targets_with_different_metrics_and_frames_without_scores():
     mixed = pd.concat([_study_frame().query("target == 'real'"), _study_frame("auc").query("target == 'clipart'")])
     figure = plot_interpolation(mixed)

@@ -4,7 +4,10 @@ solutions — interpolation curves, performance barriers and (ε, δ)-basins.
 Study frames are :func:`transferscope.analysis.interpolation.interpolate` (or
 :func:`transferscope.analysis.basins.basin`) outputs with columns ``pair`` (e.g.
 ``"P-T:s0|P-T:s1"``), ``pair_type`` (e.g. ``"P-T/P-T"``, ``"best/final P-T"``) and
-``target`` added; a frame of one curve without them is one pair.
+``target`` added; without ``pair``, the pair is ``"<model_a>|<model_b>"`` from columns
+``model_a`` and ``model_b``, and a frame without either is one pair. One curve is one
+(target, pair type, pair) and, where the frame has them, one ``bn`` mode and ``split``
+(:data:`CURVE_SETTINGS`).
 """
 
 from __future__ import annotations
@@ -17,15 +20,24 @@ from transferscope.analysis.interpolation import barrier
 
 PAIR_ORDER = ("P-T/P-T", "RI-T/RI-T", "P-T/RI-T")
 GROUPS = ("target", "pair_type", "pair")
+CURVE_SETTINGS = ("bn", "split")  # settings that make separate curves of one pair, where the frame has them
 BASIN_COLUMNS = ("mu", "epsilon", "alpha_lo", "alpha_hi", "basin_delta", "in_basin", "n_parameters", "distance",
                  "threshold", "rise", "n_segment", "n_noise", "seed", "bn")
 PAPER_DELTAS = "49.14, 98.28"
 
 
 def _grouped(frame: pd.DataFrame) -> pd.DataFrame:
-    """The frame with ``target``, ``pair_type`` and ``pair`` columns (filled in for one curve)."""
+    """The frame with ``target``, ``pair_type`` and ``pair`` columns (``pair`` from
+    ``model_a`` and ``model_b`` where the frame has them; filled in for one curve)."""
+    if "pair" not in frame.columns and {"model_a", "model_b"} <= set(frame.columns):
+        frame = frame.assign(pair=[f"{a}|{b}" for a, b in zip(frame["model_a"], frame["model_b"])])
     defaults = {"target": "target", "pair_type": "pair", "pair": "a|b"}
     return frame.assign(**{c: v for c, v in defaults.items() if c not in frame.columns})
+
+
+def _curve_keys(frame: pd.DataFrame) -> list[str]:
+    """The columns whose values tell one curve of a :func:`_grouped` frame from another."""
+    return list(GROUPS) + [column for column in CURVE_SETTINGS if column in frame.columns]
 
 
 def _ordered_types(types: pd.Series) -> list[str]:
@@ -78,11 +90,45 @@ def plot_interpolation(frame: pd.DataFrame) -> Figure:
 
 
 def barrier_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (target, pair type, pair): the loss and error barriers of its curve
-    (:func:`transferscope.analysis.interpolation.barrier`), error = 1 − score, and the
-    ``metric`` of the score (accuracy or AUC)."""
-    return pd.DataFrame([{**dict(zip(GROUPS, key)), **barrier(curve)}
-                         for key, curve in _grouped(frame).groupby(list(GROUPS), sort=False)])
+    """Performance barriers of every curve of a frame of concatenated interpolation curves.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        :func:`transferscope.analysis.interpolation.interpolate` outputs, each named by
+        ``pair`` (or ``model_a`` and ``model_b``), with ``target`` and ``pair_type``
+        where there are several (module docstring).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per curve: ``target``, ``pair_type``, ``pair`` (and ``bn``, ``split``
+        where the frame has them), the loss and error barriers of the curve
+        (:func:`transferscope.analysis.interpolation.barrier`; error = 1 − score) and the
+        ``metric`` of the score (accuracy or AUC).
+
+    Raises
+    ------
+    ValueError
+        When the columns leave several rows at one α in a curve (curves that no column
+        tells apart), or as :func:`~transferscope.analysis.interpolation.barrier`.
+
+    References
+    ----------
+    Neyshabur, Sedghi & Zhang (2020), "What is being transferred in transfer
+    learning?", NeurIPS, Sec. 3.3 and Fig. 4.
+    """
+    rows = _grouped(frame)
+    keys = _curve_keys(rows)
+    table = []
+    for key, curve in rows.groupby(keys, sort=False, dropna=False):
+        if "alpha" in curve and curve["alpha"].duplicated().any():
+            raise ValueError(
+                f"the interpolation frame has several rows at one α for {dict(zip(keys, key))}: it holds several "
+                f"curves that its columns {keys} do not tell apart; name each curve before concatenating, e.g. "
+                "pd.concat([interpolate(a, b, loader).assign(model_a='a', model_b='b'), ...]), or add a 'pair' column")
+        table.append({**dict(zip(keys, key)), **barrier(curve)})
+    return pd.DataFrame(table)
 
 
 def caption_interpolation(frame: pd.DataFrame) -> str:
@@ -99,16 +145,17 @@ def caption_interpolation(frame: pd.DataFrame) -> str:
 
 
 def basin_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (target, pair type, pair) of :func:`transferscope.analysis.basins.basin`
-    frames: μ, ε, the boundary α, the basin's δ (smallest δ of the σ grid where
+    """One row per (target, pair type, pair[, bn, split]) of
+    :func:`transferscope.analysis.basins.basin` frames: μ, ε, the boundary α, the basin's δ (smallest δ of the σ grid where
     conditions 2 and 3 hold; NaN if none) and its σ = δ/√n, whether that δ is the grid's
     smallest (then the true δ may be smaller still), and the settings."""
     rows = _grouped(frame)
     missing = {"basin_delta", "mu", "epsilon", "delta", "n_parameters"} - set(rows.columns)
     if missing:
         raise ValueError(f"the basin frame lacks columns {sorted(missing)}; pass basin() output")
-    groups = rows.groupby(list(GROUPS), sort=False)
-    table = groups[[c for c in BASIN_COLUMNS if c in rows]].first().reset_index()
+    keys = _curve_keys(rows)
+    groups = rows.groupby(keys, sort=False, dropna=False)
+    table = groups[[c for c in BASIN_COLUMNS if c in rows and c not in keys]].first().reset_index()
     table.insert(table.columns.get_loc("basin_delta") + 1, "basin_sigma",
                  table["basin_delta"] / np.sqrt(table["n_parameters"]))
     table.insert(table.columns.get_loc("basin_sigma") + 1, "at_grid_min",
