@@ -423,3 +423,53 @@ def test_largest_feasible_search_finds_the_prefix_end(size):
             found = _largest_feasible(lambda i, probed=probed, last=last: probed.append(i) or i <= last, low, size)
             assert found == last and all(low < i < size for i in probed)
             assert len(probed) <= 2 * math.ceil(math.log2(size + 1)) + 1
+
+
+# ---------------------------------------------------------------- grids that resolve themselves (issue 11)
+EXTENSION = dict(modules=["0"], noise="absolute", alphas=[0.5, 1.0], sigmas=[0.3, 1.0], samples=3, seed=0)
+
+
+def test_infeasible_grid_extends_sigma_down_by_halving_until_a_point_is_feasible():
+    """No (α, σ) of the grid is feasible; σ = 0.15 (nothing feasible) then 0.075 (feasible) are
+    searched at every α, with the draws of σ indices 2 and 3, and μ is finite."""
+    final, initial = _mlp_pair()
+    batches = _mlp_data()
+    grid = criticality(final, initial, batches, **EXTENSION)
+    assert list(grid["sigma"]) == [0.3, 1.0, 0.3, 1.0, 0.15, 0.15, 0.075, 0.075]
+    assert not grid["feasible"].iloc[:6].any() and grid["feasible"].iloc[6:].any()
+    reference, _ = _numpy_mlp_grid(final, initial, batches, "0", "absolute", [0.5, 1.0], [0.3, 1.0, 0.15, 0.075], 3, 0,
+                                   1.01)
+    merged = grid.merge(reference, on=["alpha", "sigma"], suffixes=("", "_numpy"))
+    assert len(merged) == 8 and np.allclose(merged["loss_mean"], merged["loss_mean_numpy"], rtol=1e-5)
+    assert criticality_value(grid) == pytest.approx(reference[reference["feasible"]]["measure"].min(), rel=1e-9)
+    assert (grid["sigma_searched_min"] == 0.075).all() and (grid["sigma_floor"] == 1e-4).all()
+    only_grid = criticality(final, initial, batches, sigma_floor=None, **EXTENSION)
+    assert len(only_grid) == 4 and criticality_value(only_grid) == math.inf
+    assert (only_grid["sigma_searched_min"] == 0.3).all() and only_grid["sigma_floor"].isna().all()
+    bisection = criticality(final, initial, batches, method="bisection", **EXTENSION)
+    assert criticality_value(bisection) == criticality_value(grid) and len(bisection) < len(grid)
+    network = network_criticality(final, initial, batches, **{**EXTENSION, "modules": None})
+    assert np.isfinite(network["criticality"]).all()
+
+
+def test_no_feasible_point_down_to_the_floor_is_reported():
+    final, initial = _mlp_pair()
+    never = dict(modules=["2"], alphas=[1.0], sigmas=[0.5], samples=2, threshold=1e-3, threshold_mode="absolute")
+    grid = criticality(final, initial, _mlp_data(), sigma_floor=0.05, **never)
+    assert list(grid["sigma"]) == [0.5, 0.25, 0.125, 0.0625, 0.05]  # halving, the last step clipped to the floor
+    assert criticality_value(grid) == math.inf and (grid["sigma_searched_min"] == 0.05).all()
+    frame = network_criticality(final, initial, _mlp_data(), sigma_floor=0.05, **never)
+    module, network = frame.iloc[0], frame.iloc[-1]
+    assert module["criticality"] == math.inf and module["sigma_searched_min"] == 0.05
+    assert network["module"] == "network" and network["criticality"] == math.inf
+    with pytest.raises(ValueError, match="sigma_floor must be a positive σ"):
+        criticality(final, initial, _mlp_data(), sigma_floor=0.0, **never)
+
+
+def test_a_grid_that_resolves_is_not_extended():
+    final, initial = _mlp_pair()
+    settings = dict(modules=["0"], alphas=ALPHAS, sigmas=SIGMAS, samples=3, seed=4, threshold=1.05)
+    extended = criticality(final, initial, _mlp_data(), **settings)
+    plain = criticality(final, initial, _mlp_data(), sigma_floor=None, **settings)
+    assert extended["feasible"].any() and len(extended) == len(ALPHAS) * len(SIGMAS)
+    pd.testing.assert_frame_equal(extended.drop(columns="sigma_floor"), plain.drop(columns="sigma_floor"))

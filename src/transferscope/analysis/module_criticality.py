@@ -21,7 +21,19 @@ the reference implementation used 1.01) or ε = threshold (``"absolute"``). Then
     μ_i = min over feasible (α, σ) of  α² · ‖θ_i^F − θ_i^0‖²_F / σ²
 
 (Definition 3.2; the optimization path uses the same numerator), and the network
-criticality is Σ_i μ_i. μ_i = +inf when no grid point is feasible.
+criticality is Σ_i μ_i.
+
+A grid too coarse for a module resolves itself: when no point of the grid is feasible
+(μ_i would be +inf, and so would Σ_i μ_i), σ is extended below the grid's smallest
+σ_min by halving, σ_min/2, σ_min/4, … (the last step clipped to ``sigma_floor``), every
+α at each new σ (``method="bisection"``: α ascending up to the first feasible one, the
+smallest μ at that σ), until a σ has a feasible point or ``sigma_floor`` has been
+searched. When less noise can only help (feasibility monotone in σ, as
+``method="bisection"`` assumes), this finds the largest feasible σ to within a factor 2
+(the resolution of the default grid at its low end, σ_min = 1/11 beside 2/11).
+μ_i is then the minimum over every evaluated point, extension included; it stays +inf
+only when nothing is feasible down to ``sigma_floor``, and ``sigma_searched_min`` (the
+smallest σ evaluated for the module) says how far down the search went.
 
 Noise, per tensor W of module i (``noise``); W^F is its end value, θ_i^F the module:
 
@@ -41,7 +53,8 @@ eval mode.
 Randomness: the noise of grid point (α index a, σ index s, sample k) comes from a
 fresh ``torch.Generator`` seeded by ``SeedSequence(seed, spawn_key=(a, s, k))``
 (:func:`noise_generator`), so every point is reproducible on its own and grid and
-bisection see the same draws (the TensorFlow reference consumed one generator).
+bisection see the same draws (the TensorFlow reference consumed one generator); the
+k-th σ of the downward extension has σ index ``len(sigmas) + k − 1``.
 
 Cost: the modules that run before module i never change, so their output (the input
 of module i) is computed once and each evaluation runs module i and the rest of the
@@ -88,7 +101,7 @@ METHODS = ("grid", "bisection")
 BN_MODE = "follow"  # running statistics move with the module along the path (module docstring)
 POINT_COLUMNS = ["module", "alpha", "sigma", "loss_mean", "loss_std", "n_samples", "feasible", "measure"]
 SETTING_COLUMNS = ["path", "start", "noise", "threshold", "threshold_mode", "samples", "seed", "method", "split",
-                   "n_examples", "bn", "delta_norm_sq", "base_loss", "loss_limit"]
+                   "n_examples", "bn", "delta_norm_sq", "base_loss", "loss_limit", "sigma_floor", "sigma_searched_min"]
 
 State = dict[str, Tensor]
 
@@ -307,16 +320,18 @@ def _cache_prefix(module: _MovingModule, evaluator: CachedPrefixEvaluator, grid:
 
 
 class _Search:
-    """Evaluates (α, σ) points of one module's grid, one row per point in ``rows``."""
+    """Evaluates (α, σ) points of one module's grid, one row per point in ``rows``;
+    ``sigmas``: the grid's σ, then those of the downward extension."""
 
     def __init__(self, module: _MovingModule, evaluator: CachedPrefixEvaluator, grid: _Grid, limit: float) -> None:
         self.module, self.evaluator, self.grid, self.limit = module, evaluator, grid, limit
         self.rows: list[dict[str, Any]] = []
+        self.sigmas = [float(sigma) for sigma in grid.sigmas]
 
     def is_feasible(self, alpha_index: int, sigma_index: int, *, stop_early: bool) -> bool:
         """Mean loss over the noise draws at (α, σ) ≤ ε, with the module already at θ_i(α);
         ``stop_early``: stop drawing once the mean is bound to exceed ε."""
-        alpha, sigma = float(self.grid.alphas[alpha_index]), float(self.grid.sigmas[sigma_index])
+        alpha, sigma = float(self.grid.alphas[alpha_index]), self.sigmas[sigma_index]
         losses = []
         for sample in range(self.grid.samples):
             self.module.add_noise(sigma, noise_generator(self.grid.seed, alpha_index, sigma_index, sample))
@@ -350,9 +365,27 @@ class _Search:
             if largest > settled:
                 best = alpha ** 2 * delta_norm_sq / sigmas[largest] ** 2
 
+    def extend_down(self, floor: float) -> None:
+        """When no evaluated point is feasible: σ_min/2, σ_min/4, … (the last clipped to
+        ``floor``) until one σ has a feasible point (module docstring)."""
+        if any(row["feasible"] for row in self.rows):
+            return
+        first_only, sigma = self.grid.method == "bisection", self.sigmas[0]
+        while sigma > floor:
+            sigma = max(sigma / 2, floor)
+            self.sigmas.append(sigma)
+            found = False
+            for alpha_index, alpha in enumerate(self.grid.alphas):
+                self.module.move_to(float(alpha))
+                found = self.is_feasible(alpha_index, len(self.sigmas) - 1, stop_early=first_only) or found
+                if found and first_only:
+                    break
+            if found:
+                return
+
 
 def _module_grid(module: _MovingModule, batches: Batches, grid: _Grid, *, threshold: float, threshold_mode: str,
-                 cache_prefix: bool) -> pd.DataFrame:
+                 cache_prefix: bool, sigma_floor: float | None) -> pd.DataFrame:
     """The evaluated points of one module, with its base loss, ε and ‖Δ‖²."""
     evaluator = CachedPrefixEvaluator(module.model, batches)
     base_loss = evaluator.loss()
@@ -364,8 +397,13 @@ def _module_grid(module: _MovingModule, batches: Batches, grid: _Grid, *, thresh
         search.every_point()
     else:
         search.bisection()
-    return pd.DataFrame(search.rows).assign(module=module.name, n_examples=evaluator.n_examples, bn=BN_MODE,
-                                            delta_norm_sq=module.delta_norm_sq, base_loss=base_loss, loss_limit=limit)
+    if sigma_floor is not None:
+        search.extend_down(sigma_floor)
+    frame = pd.DataFrame(search.rows)
+    return frame.assign(module=module.name, n_examples=evaluator.n_examples, bn=BN_MODE,
+                        delta_norm_sq=module.delta_norm_sq, base_loss=base_loss, loss_limit=limit,
+                        sigma_floor=math.nan if sigma_floor is None else sigma_floor,
+                        sigma_searched_min=frame["sigma"].min())
 
 
 @torch.no_grad()
@@ -390,6 +428,7 @@ def criticality(
     method: str = "grid",
     split: str = "test",
     cache_prefix: bool = True,
+    sigma_floor: float | None = 1e-4,
 ) -> pd.DataFrame:
     """The (α, σ) grid of module criticality for each of ``modules``.
 
@@ -443,21 +482,28 @@ def criticality(
         Run only module i and what follows on its cached inputs
         (:class:`transferscope.cached_prefix.CachedPrefixEvaluator`) when that reproduces
         the full forward pass.
+    sigma_floor : float or None
+        When no grid point of a module is feasible, search σ below the grid down to
+        ``sigma_floor`` (module docstring); None: the grid only. Below the grid's
+        smallest σ it changes nothing.
 
     Returns
     -------
     pandas.DataFrame
         One row per evaluated (module, alpha, sigma) (every grid point for
-        ``method="grid"``): ``loss_mean``, ``loss_std`` (population std) over the
-        ``n_samples`` draws, ``feasible``, ``measure`` = α²‖θ_i^F − θ_i^0‖²/σ², the
-        settings, ``n_examples``, ``bn`` ("follow"), ``delta_norm_sq``, ``base_loss``
-        (at Θ^F) and ``loss_limit`` (ε).
+        ``method="grid"``, then those of the downward extension): ``loss_mean``,
+        ``loss_std`` (population std) over the ``n_samples`` draws, ``feasible``,
+        ``measure`` = α²‖θ_i^F − θ_i^0‖²/σ², the settings, ``n_examples``, ``bn``
+        ("follow"), ``delta_norm_sq``, ``base_loss`` (at Θ^F), ``loss_limit`` (ε),
+        ``sigma_floor`` (NaN for None) and ``sigma_searched_min`` (the smallest σ
+        evaluated for the module).
 
     Raises
     ------
     ValueError
         For an unknown module (naming those that exist), an unknown choice, a missing
-        ``path_states`` or ``best_state``, or states of another architecture.
+        ``path_states`` or ``best_state``, states of another architecture, or a
+        ``sigma_floor`` that is not positive.
 
     References
     ----------
@@ -466,13 +512,16 @@ def criticality(
     being transferred in transfer learning?", NeurIPS, Definition 3.2 and Fig. 6.
     """
     _check_settings(path, path_states, start, best_state, noise, threshold, threshold_mode, samples, seed, method)
+    if sigma_floor is not None and not sigma_floor > 0:
+        raise ValueError(f"sigma_floor must be a positive σ (or None to search the grid only), got {sigma_floor}")
     grid = _Grid(_grid_axis(alphas, "alphas", low_open=False), _grid_axis(sigmas, "sigmas", low_open=True), samples,
                  seed, method)
     names = _module_names(model, modules)
     batches = cache_batches(loader, max_examples)
     frames = [_module_grid(_MovingModule(model, initial, name, path=path, path_states=path_states, start=start,
                                          best_state=best_state, noise=noise),
-                           batches, grid, threshold=threshold, threshold_mode=threshold_mode, cache_prefix=cache_prefix)
+                           batches, grid, threshold=threshold, threshold_mode=threshold_mode, cache_prefix=cache_prefix,
+                           sigma_floor=sigma_floor)
               for name in names]
     frame = pd.concat(frames, ignore_index=True).assign(
         path=path, start=start, noise=noise, threshold=threshold, threshold_mode=threshold_mode, samples=samples,
@@ -541,8 +590,9 @@ def network_criticality(
     pandas.DataFrame
         One row per module: ``criticality`` (μ_i), the minimising ``alpha`` and
         ``sigma`` (NaN when nothing is feasible), the settings, ``n_examples``, ``bn``,
-        ``delta_norm_sq`` and ``base_loss``; then a row ``module="network"`` with
-        Σ_i μ_i and Σ_i ‖θ_i^F − θ_i^0‖².
+        ``delta_norm_sq``, ``base_loss`` and ``sigma_searched_min`` (a module with
+        μ_i = +inf has no feasible point down to that σ); then a row
+        ``module="network"`` with Σ_i μ_i and Σ_i ‖θ_i^F − θ_i^0‖².
 
     References
     ----------
@@ -552,5 +602,6 @@ def network_criticality(
     frame = pd.DataFrame([_module_summary(part) for _, part in grid.groupby("module", sort=False)])
     network = {column: frame[column].iloc[0] for column in frame.columns}
     network.update(module=NETWORK, criticality=float(frame["criticality"].sum()), alpha=math.nan, sigma=math.nan,
-                   delta_norm_sq=float(frame["delta_norm_sq"].sum()), base_loss=math.nan, loss_limit=math.nan)
+                   delta_norm_sq=float(frame["delta_norm_sq"].sum()), base_loss=math.nan, loss_limit=math.nan,
+                   sigma_searched_min=math.nan)
     return pd.concat([frame, pd.DataFrame([network])], ignore_index=True)
