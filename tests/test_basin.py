@@ -38,9 +38,9 @@ def _quadratic_loss_at():
     return loss_at
 
 
-def _quadratic_basin(deltas, rise, n_noise=400):
+def _quadratic_basin(deltas, rise, n_noise=400, **settings):
     return basin_along(_quadratic_loss_at(), N, D, threshold=THRESHOLD, sigmas=[d / math.sqrt(N) for d in deltas],
-                       n_segment=1000, n_noise=n_noise, rise=rise, boundary_tol=1e-9, seed=3)
+                       n_segment=1000, n_noise=n_noise, rise=rise, boundary_tol=1e-9, seed=3, **settings)
 
 
 def test_quadratic_boundary_mu_epsilon_in_closed_form():
@@ -84,16 +84,50 @@ def test_quadratic_conditions_and_smallest_delta_in_closed_form():
 
 def test_quadratic_walls_already_clear_mu_plus_two_epsilon():
     """For a quadratic, L − μ − 2ε = D²HALF²(2/3 − 8/(9√3)) > 0: with the default rise of 2
-    both conditions hold at the smallest δ of the grid."""
+    both conditions hold for every δ > 0, so the refinement runs down to sigma_floor and δ
+    stays an upper bound there (the grid alone gives the bound at its smallest δ)."""
     assert LEVEL - MU - 2 * EPSILON > 0
     frame = _quadratic_basin([0.01, 0.1], rise=2.0, n_noise=20)
-    assert frame["holds"].all() and frame["basin_delta"].iloc[0] == pytest.approx(0.01)
+    assert frame["holds"].all() and frame["basin_delta"].iloc[0] == pytest.approx(1e-4 * math.sqrt(N))
+    assert not frame["basin_delta_exact"].iloc[0] and frame["sigma_searched_min"].iloc[0] == 1e-4
+    grid_only = _quadratic_basin([0.01, 0.1], rise=2.0, n_noise=20, sigma_floor=None)
+    assert grid_only["holds"].all() and grid_only["basin_delta"].iloc[0] == pytest.approx(0.01)
+    assert not grid_only["basin_delta_exact"].iloc[0] and len(grid_only) == 2
+
+
+def test_delta_at_the_grid_minimum_is_refined_to_a_number():
+    """Issue 11. Walls at μ + 4ε: the conditions hold from δ* = √(μ + 4ε − L) ≈ 0.85 up
+    (closed form above). A grid starting at δ = 2 holds at its smallest δ; halving σ finds
+    δ = 1 holding and 0.5 failing, so δ = 1 is a number (δ* in (0.5, 1])."""
+    delta_star = math.sqrt(MU + 4 * EPSILON - LEVEL)
+    frame = _quadratic_basin([2.0, 4.0], rise=4.0)
+    assert frame["delta"].to_numpy() == pytest.approx([0.5, 1.0, 2.0, 4.0])
+    assert frame["holds"].tolist() == [False, True, True, True]
+    row = frame.iloc[0]
+    assert row["basin_delta"] == pytest.approx(1.0) and row["basin_delta_exact"] and row["in_basin"]
+    assert 0.5 < delta_star <= row["basin_delta"]
+    assert row["sigma_searched_min"] == pytest.approx(0.5 / math.sqrt(N)) and row["sigma_floor"] == 1e-4
+
+
+def test_delta_refinement_stops_at_the_floor_as_a_bound():
+    floor = 1.2 / math.sqrt(N)  # above δ*: the conditions still hold there
+    frame = _quadratic_basin([2.0, 4.0], rise=4.0, sigma_floor=floor)
+    assert frame["delta"].to_numpy() == pytest.approx([1.2, 2.0, 4.0])  # σ/2 clipped to the floor
+    row = frame.iloc[0]
+    assert row["basin_delta"] == pytest.approx(1.2) and not row["basin_delta_exact"]
+    assert row["sigma_searched_min"] == floor
+    above_grid = _quadratic_basin([2.0, 4.0], rise=4.0, sigma_floor=1.0)  # not below the grid: nothing to search
+    assert len(above_grid) == 2 and above_grid["basin_delta"].iloc[0] == pytest.approx(2.0)
+    assert not above_grid["basin_delta_exact"].iloc[0]
+    with pytest.raises(ValueError, match="sigma_floor must be a positive σ"):
+        _quadratic_basin([2.0], rise=4.0, sigma_floor=0.0)
 
 
 def test_no_delta_of_the_grid_holds():
     frame = _quadratic_basin([0.01, 0.05], rise=4.0, n_noise=20)
     assert not frame["holds"].any() and not frame["in_basin"].any()
     assert np.isnan(frame["basin_delta"]).all()
+    assert len(frame) == 2 and not frame["basin_delta_exact"].any()  # nothing to refine
 
 
 def _linear_setup(multilabel: bool = False):
@@ -134,9 +168,19 @@ def test_linear_model_matches_numpy_reference(multilabel):
     losses = np.array([_numpy_loss(a, b, alpha, x, y) for alpha in grid])
     assert row["mu"] == pytest.approx(losses.mean(), rel=1e-5)
     assert row["epsilon"] == pytest.approx(np.abs(losses - losses.mean()).mean(), rel=1e-4)
-    assert frame["delta"].to_numpy() == pytest.approx(np.array([0.05, 0.5]) * math.sqrt(21))
+    grid = frame[frame["sigma"].isin([0.05, 0.5])]  # and the refinement's smaller σ, where δ ≤ 0.05·√21 held
+    assert grid["delta"].to_numpy() == pytest.approx(np.array([0.05, 0.5]) * math.sqrt(21))
     for model, state in zip((a, b), before):
         assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_basin_passes_sigma_floor_on():
+    a, b, loader, _, _ = _linear_setup()
+    settings = dict(sigmas=(0.05, 0.5), n_segment=4, n_noise=2, boundary_tol=1e-3)
+    grid_only = basin(a, b, loader, sigma_floor=None, **settings)
+    assert len(grid_only) == 2 and grid_only["sigma_floor"].isna().all()
+    refined = basin(a, b, loader, sigma_floor=0.01, **settings)
+    assert refined["sigma_searched_min"].iloc[0] < 0.05 and (refined["sigma_floor"] == 0.01).all()
 
 
 def test_seed_makes_the_noise_reproducible():

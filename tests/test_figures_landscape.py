@@ -120,7 +120,7 @@ def test_caption_interpolation_states_the_numbers():
     assert "P-T/RI-T error barrier 40.0 points" in caption
 
 
-def _basin_study() -> pd.DataFrame:
+def _basin_study(rise: float = 2.0, sigmas=(0.01, 0.1)) -> pd.DataFrame:
     """Two quadratic bowls ℓ = ‖θ‖² (n = 50): a P-T pair and a RI-T pair whose segment
     sits further from the minimum."""
     frames = []
@@ -130,7 +130,7 @@ def _basin_study() -> pd.DataFrame:
             theta[0], theta[1] = alpha - 0.5, offset
             theta = theta + (noise.numpy() if noise is not None else 0)
             return float(theta @ theta)
-        frame = basin_along(loss_at, 50, 1.0, sigmas=(0.01, 0.1), n_segment=50, n_noise=5)
+        frame = basin_along(loss_at, 50, 1.0, sigmas=sigmas, n_segment=50, n_noise=5, rise=rise)
         frames.append(frame.assign(pair=pair, pair_type=pair_type, target="real", bn="follow"))
     return pd.concat(frames, ignore_index=True)
 
@@ -149,6 +149,20 @@ def test_basin_table_and_caption():
         assert f"ε {row['epsilon']:.3g}, μ {row['mu']:.3g}" in caption
         bound = "≤ " if row["at_grid_min"] else ""
         assert f"smallest δ {bound}{row['basin_delta']:.3g}" in caption
+
+
+def test_basin_caption_marks_only_bounds_with_le():
+    """Issue 11: a δ that the refinement resolved (walls at μ + 4ε, P-T pair) is a number; one
+    that holds down to sigma_floor (walls at μ + 2ε, cleared for every δ) is a bound, "≤"."""
+    study = pd.concat([_basin_study(rise=4.0, sigmas=(0.1, 0.5)).query("pair_type == 'P-T/P-T'"),
+                       _basin_study().query("pair_type == 'RI-T/RI-T'")], ignore_index=True)
+    table = basin_table(study).set_index("pair_type")
+    assert not table.loc["P-T/P-T", "at_grid_min"] and table.loc["RI-T/RI-T", "at_grid_min"]
+    resolved = study.loc[study["pair_type"] == "P-T/P-T", "basin_delta"].iloc[0]
+    assert resolved > study.loc[study["pair_type"] == "P-T/P-T", "delta"].min()  # a failing δ lies below it
+    caption = caption_basin(study)
+    assert f"P-T/P-T: 1/1 pair(s) in one basin, smallest δ {resolved:.3g} " in caption
+    assert "RI-T/RI-T: 1/1 pair(s) in one basin, smallest δ ≤ " in caption and "lower sigma_floor" in caption
 
 
 def test_basin_table_rejects_other_frames():

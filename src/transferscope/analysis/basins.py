@@ -16,7 +16,12 @@ of the paper puts the walls at ``rise = 2`` (2ε above μ); walls at μ + ε are
 ``rise = 1`` — a setting, recorded in the frame.
 Conditions 2 and 3 ask the loss to *rise* past the basin level at distance δ (the
 basin has walls); both get easier as δ grows, so "the" δ of a basin is the smallest
-δ of a grid for which both hold.
+δ of a grid for which both hold. When they already hold at the grid's smallest σ, that
+δ is only an upper bound, and the grid refines itself: σ_min/2, σ_min/4, … (the last
+step clipped to ``sigma_floor``) until the conditions fail at some σ. δ is then the
+smallest δ that holds with the next smaller searched δ failing, a number resolved to
+a factor 2 (``basin_delta_exact``); it stays a bound (δ ≤ …) only when the conditions
+still hold at ``sigma_floor``.
 
 Procedure for two solutions θ_a, θ_b (S is a segment of their line, Θ(α) =
 (1 − α)θ_a + αθ_b):
@@ -26,8 +31,8 @@ Procedure for two solutions θ_a, θ_b (S is a segment of their line, Θ(α) =
   (1 + ``threshold``)·max(ℓ(θ_a), ℓ(θ_b)); refine the crossing inside the last step
   with Brent's method (``boundary_tol`` in α). S = [Θ(α_lo), Θ(α_hi)]. Keep the
   threshold small (default 5%) so the boundary sits at the foot of the walls: when
-  the level already exceeds μ + rise·ε, conditions 2 and 3 hold for every δ > 0 and
-  the δ found is only the smallest of the grid (the report marks it "≤").
+  the level already exceeds μ + rise·ε, conditions 2 and 3 hold for every δ > 0, and
+  δ is only a bound at ``sigma_floor`` (the report marks it "≤").
 - μ and ε: the uniform expectation over S by the midpoint rule on ``n_segment``
   evenly spaced α in [α_lo, α_hi]; ε = mean |ℓ − μ|, the smallest ε that satisfies
   condition 1.
@@ -98,6 +103,7 @@ def basin_along(
     initial_step: float = 0.1,
     max_extent: float = 100.0,
     boundary_tol: float = 1e-3,
+    sigma_floor: float | None = 1e-4,
 ) -> pd.DataFrame:
     """The (ε, δ)-basin test of the module docstring on any loss along a line.
 
@@ -125,23 +131,31 @@ def basin_along(
     initial_step, max_extent, boundary_tol : float
         The boundary search: first step in α, largest distance in α searched beyond an
         endpoint, precision in α of Brent's method.
+    sigma_floor : float or None
+        When both conditions hold at the smallest σ of ``sigmas``, search smaller σ
+        down to ``sigma_floor`` (module docstring); None: the grid only.
 
     Returns
     -------
     pandas.DataFrame
-        One row per σ (ascending): ``sigma``, ``delta``, ``noise_loss_lo|hi`` and
-        ``extrapolation_loss_lo|hi`` (the condition estimates at both ends of S),
-        ``noise_holds``, ``extrapolation_holds``, ``holds``; and in every row μ
-        (``mu``), ε (``epsilon``), ``wall`` = μ + rise·ε, the boundary ``alpha_lo``,
-        ``alpha_hi``, ``endpoint_loss``, ``level``, ``basin_delta`` (smallest δ of the
-        grid where both conditions hold at both ends; NaN if none), ``in_basin``,
-        ``n_parameters``, ``distance`` and every setting.
+        One row per σ searched (ascending; the grid's and those of the refinement):
+        ``sigma``, ``delta``, ``noise_loss_lo|hi`` and ``extrapolation_loss_lo|hi`` (the
+        condition estimates at both ends of S), ``noise_holds``,
+        ``extrapolation_holds``, ``holds``; and in every row μ (``mu``), ε
+        (``epsilon``), ``wall`` = μ + rise·ε, the boundary ``alpha_lo``, ``alpha_hi``,
+        ``endpoint_loss``, ``level``, ``basin_delta`` (smallest δ searched where both
+        conditions hold at both ends; NaN if none), ``basin_delta_exact`` (True when a
+        smaller searched δ fails, so ``basin_delta`` is a number; False when it is an
+        upper bound or NaN), ``in_basin``, ``sigma_searched_min`` (the smallest σ
+        searched), ``n_parameters``, ``distance`` and every setting (``sigma_floor``
+        NaN for None).
 
     Raises
     ------
     ValueError
-        For invalid settings, identical solutions, a non-finite loss on the search, or
-        a loss that never reaches the boundary level within ``max_extent``.
+        For invalid settings (``sigma_floor`` included), identical solutions, a
+        non-finite loss on the search, or a loss that never reaches the boundary level
+        within ``max_extent``.
 
     References
     ----------
@@ -154,6 +168,8 @@ def basin_along(
         raise ValueError(f"need n_segment >= 2 and n_noise >= 1, got {n_segment} and {n_noise}")
     if not len(sigmas) or min(sigmas) <= 0:
         raise ValueError(f"sigmas must be a non-empty list of positive noise stds, got {list(sigmas)}")
+    if sigma_floor is not None and not sigma_floor > 0:
+        raise ValueError(f"sigma_floor must be a positive σ (or None to search the grid only), got {sigma_floor}")
     if not distance > 0:
         raise ValueError("the two solutions have identical parameters, so the segment has no direction; "
                          "pass two different solutions")
@@ -174,8 +190,8 @@ def basin_along(
     streams = {"lo": 0, "hi": 1}  # noise of end e: stream streams[e]; extrapolation steps: stream 2 + streams[e]
     steps = {end: next(_draws(seed, 2 + stream, 1, n_noise)).abs().tolist() for end, stream in streams.items()}
 
-    rows = []
-    for sigma in sorted(float(s) for s in sigmas):
+    def conditions(sigma: float) -> dict[str, float | bool]:
+        """Conditions 2 and 3 at both ends of S for noise std σ (δ = σ·√n)."""
         delta = sigma * np.sqrt(n_parameters)
         row: dict[str, float | bool] = {"sigma": sigma, "delta": delta}
         for end, alpha in ends.items():
@@ -186,16 +202,22 @@ def basin_along(
         row["noise_holds"] = min(row["noise_loss_lo"], row["noise_loss_hi"]) >= wall
         row["extrapolation_holds"] = min(row["extrapolation_loss_lo"], row["extrapolation_loss_hi"]) >= wall
         row["holds"] = row["noise_holds"] and row["extrapolation_holds"]
-        rows.append(row)
+        return row
+
+    rows = [conditions(sigma) for sigma in sorted(float(s) for s in sigmas)]
+    while sigma_floor is not None and rows[0]["holds"] and rows[0]["sigma"] > sigma_floor:
+        rows.insert(0, conditions(max(rows[0]["sigma"] / 2, sigma_floor)))  # refine a δ at the smallest σ
     frame = pd.DataFrame(rows)
     holding = frame.loc[frame["holds"], "delta"]
     summary = {
         "mu": mu, "epsilon": epsilon, "wall": wall, "alpha_lo": ends["lo"], "alpha_hi": ends["hi"],
         "endpoint_loss": endpoint_loss, "level": level,
         "basin_delta": float(holding.min()) if len(holding) else float("nan"),
-        "in_basin": bool(len(holding)), "n_parameters": n_parameters, "distance": distance, "threshold": threshold, "rise": rise,
+        "basin_delta_exact": bool(len(holding)) and bool(holding.min() > frame["delta"].min()),
+        "in_basin": bool(len(holding)), "sigma_searched_min": float(frame["sigma"].min()),
+        "n_parameters": n_parameters, "distance": distance, "threshold": threshold, "rise": rise,
         "n_segment": n_segment, "n_noise": n_noise, "seed": seed, "initial_step": initial_step,
-        "boundary_tol": boundary_tol,
+        "boundary_tol": boundary_tol, "sigma_floor": float("nan") if sigma_floor is None else sigma_floor,
     }
     return frame.assign(**summary)
 
@@ -219,6 +241,7 @@ def basin(
     max_extent: float = 100.0,
     boundary_tol: float = 1e-3,
     split: str = "test",
+    sigma_floor: float | None = 1e-4,
 ) -> pd.DataFrame:
     """(ε, δ)-basin test (Definition 3.1, read as in the module docstring) of the
     segment through two solutions, on their loss along Θ(α) = (1 − α)·θ_a + α·θ_b.
@@ -229,7 +252,7 @@ def basin(
         Two solutions of the same architecture. Not changed.
     loader : iterable of (Tensor, Tensor)
         Evaluation batches; the first ``max_examples`` examples are cached once.
-    threshold, sigmas, n_segment, n_noise, seed, rise, initial_step, max_extent, boundary_tol
+    threshold, sigmas, n_segment, n_noise, seed, rise, initial_step, max_extent, boundary_tol, sigma_floor
         As in :func:`basin_along`.
     max_examples : int, optional
         Evaluate on the first ``max_examples`` examples (default: all).
@@ -272,6 +295,6 @@ def basin(
 
     frame = basin_along(loss_at, path.n_parameters, path.parameter_distance(), threshold=threshold, sigmas=sigmas,
                         n_segment=n_segment, n_noise=n_noise, seed=seed, rise=rise, initial_step=initial_step,
-                        max_extent=max_extent, boundary_tol=boundary_tol)
+                        max_extent=max_extent, boundary_tol=boundary_tol, sigma_floor=sigma_floor)
     return frame.assign(bn=path.bn_mode, recalibration_batches=path.recalibration_batches, split=split,
                         n_examples=sum(len(y) for _, y in batches))

@@ -146,9 +146,11 @@ def caption_interpolation(frame: pd.DataFrame) -> str:
 
 def basin_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (target, pair type, pair[, bn, split]) of
-    :func:`transferscope.analysis.basins.basin` frames: μ, ε, the boundary α, the basin's δ (smallest δ of the σ grid where
-    conditions 2 and 3 hold; NaN if none) and its σ = δ/√n, whether that δ is the grid's
-    smallest (then the true δ may be smaller still), and the settings."""
+    :func:`transferscope.analysis.basins.basin` frames: μ, ε, the boundary α, the basin's
+    δ (smallest δ searched where conditions 2 and 3 hold; NaN if none) and its σ = δ/√n,
+    whether that δ is only an upper bound (``at_grid_min``: the conditions hold at the
+    smallest σ searched, from the frame's ``basin_delta_exact``; for frames without it,
+    δ at the grid's smallest), and the settings."""
     rows = _grouped(frame)
     missing = {"basin_delta", "mu", "epsilon", "delta", "n_parameters"} - set(rows.columns)
     if missing:
@@ -158,8 +160,9 @@ def basin_table(frame: pd.DataFrame) -> pd.DataFrame:
     table = groups[[c for c in BASIN_COLUMNS if c in rows and c not in keys]].first().reset_index()
     table.insert(table.columns.get_loc("basin_delta") + 1, "basin_sigma",
                  table["basin_delta"] / np.sqrt(table["n_parameters"]))
-    table.insert(table.columns.get_loc("basin_sigma") + 1, "at_grid_min",
-                 np.isclose(table["basin_delta"], groups["delta"].min().to_numpy()))
+    bound = (table["in_basin"] & ~groups["basin_delta_exact"].first().to_numpy().astype(bool)
+             if "basin_delta_exact" in rows else np.isclose(table["basin_delta"], groups["delta"].min().to_numpy()))
+    table.insert(table.columns.get_loc("basin_sigma") + 1, "at_grid_min", bound)
     return table
 
 
@@ -175,8 +178,8 @@ def caption_basin(frame: pd.DataFrame) -> str:
                  if len(found) else "no δ of the grid")
         parts.append(f"{pair_type}: {len(found)}/{len(rows)} pair(s) in one basin, {delta}, "
                      f"ε {rows['epsilon'].mean():.3g}, μ {rows['mu'].mean():.3g}")
-    note = (" Where δ is marked ≤, the smallest σ of the grid already satisfies conditions 2 and 3; add smaller "
-            "sigmas to resolve it." if table["at_grid_min"].any() else "")
+    note = (" Where δ is marked ≤, the smallest σ searched already satisfies conditions 2 and 3, so δ is an upper "
+            "bound; lower sigma_floor to resolve it." if table["at_grid_min"].any() else "")
     return ("Paper (Sec. 3.3, Def. 3.1): solutions fine-tuned from pre-trained weights stay in one (ε, δ)-basin; "
             f"of its Table 3 (DomainNet, Fixup ResNet-50) this report knows only the δ values {PAPER_DELTAS} "
             "(σ = 0.01, 0.02 per coordinate × √n, n ≈ 24.16M), not its ε and μ. Here (walls at μ + "
