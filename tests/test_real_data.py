@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from transferscope.config import DataConfig
 from transferscope.data.chexpert import chexpert_domain, chexpert_targets
-from transferscope.data.domain import load_domain
+from transferscope.data import load_domain
 from transferscope.data.domainnet import domainnet_domain
 from transferscope.data.files import (IMAGENET_MEAN, IMAGENET_STD, FileImageDataset, ImageReadError, read_image,
                                       to_image_set)

@@ -2,10 +2,11 @@
 and loaders for DomainNet, CheXpert and image folders."""
 
 from .chexpert import chexpert_domain, chexpert_targets
-from .domain import Domain, block_shuffle_for, load_domain
+from .domain import Domain, block_shuffle_for
 from .domainnet import domainnet_domain
 from .files import FileImageDataset, ImageReadError, read_image, to_image_set
 from .folder import image_folder_domain
+from .load import load_domain
 from .preview import save_preview
 from .shuffle import BlockShuffle
 from .synthetic import SYNTHETIC_DOMAINS, synthetic_domain

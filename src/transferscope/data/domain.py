@@ -63,30 +63,6 @@ class Domain:
                            channels_last=channels_last, num_workers=num_workers)
 
 
-def load_domain(config: "DataConfig", cache_dir: str | None = None) -> Domain:
-    """The :class:`Domain` a :class:`~transferscope.config.DataConfig` describes."""
-    if config.kind == "synthetic":
-        from .synthetic import synthetic_domain
-
-        return synthetic_domain(config.name, n_train=config.n_train, n_test=config.n_test,
-                                image_size=config.image_size, num_classes=config.num_classes, seed=config.seed,
-                                cache_dir=cache_dir)
-    if config.kind == "domainnet":
-        from .domainnet import domainnet_domain
-
-        return domainnet_domain(config.root, config.name, image_size=config.image_size, n_train=config.n_train,
-                                n_test=config.n_test, num_classes=config.num_classes, seed=config.seed)
-    if config.kind == "chexpert":
-        from .chexpert import chexpert_domain
-
-        return chexpert_domain(config.root, image_size=config.image_size, n_train=config.n_train,
-                               n_test=config.n_test, seed=config.seed)
-    from .folder import image_folder_domain
-
-    return image_folder_domain(config.root, image_size=config.image_size, seed=config.seed, n_train=config.n_train,
-                               n_test=config.n_test, num_classes=config.num_classes)
-
-
 def block_shuffle_for(config: "DataConfig") -> BlockShuffle | None:
     """The fixed permutation of a data config, or None when the images are not shuffled
     (no block size, or a block as large as the image)."""
