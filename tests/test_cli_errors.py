@@ -230,7 +230,7 @@ def prepared_study(tmp_path_factory) -> Path:
             pass
 
     folder = tmp_path_factory.mktemp("prepared") / "study"
-    run_study(StudySpec.model_validate(tiny_spec()), folder, NoJobs(), report=False)
+    run_study(StudySpec.model_validate(tiny_spec()), folder, NoJobs())
     return folder
 
 

@@ -11,7 +11,7 @@ import pytest
 from transferscope.config import TrainConfig
 from transferscope.data.synthetic.domains import _cache_path
 from transferscope.io import content_hash
-from transferscope.study.plan import Job
+from transferscope.study.job import JOB_SCHEMA, Job
 
 
 def test_content_hash_is_sha256_of_sorted_json():
@@ -25,10 +25,13 @@ def test_content_hash_is_sha256_of_sorted_json():
         content_hash({"path": Path("x")})
 
 
-def test_job_id_of_a_known_config_is_unchanged():
-    job = Job(kind="finetune", label="P-T:s0", deps=("pretrain-b", "pretrain-a"),
-              config={"lr": 0.1, "model": {"arch": "small_resnet", "width": 8}, "seed": 0})
-    assert job.id == "finetune-eba66656c327"  # the id this job had before content_hash existed
+def test_job_id_is_the_content_hash_of_schema_kind_identity_and_deps():
+    identity = {"train": {"lr": 0.2, "model": {"width": 8}}}
+    job = Job(kind="finetune", label="P-T:s0", deps=("pretrain-b", "pretrain-a"), identity=identity,
+              config={"train": {"lr": 0.2, "model": {"arch": "small_resnet", "width": 8}, "seed": 0}})
+    expected = content_hash({"schema": JOB_SCHEMA, "kind": "finetune", "identity": identity,
+                             "deps": ["pretrain-a", "pretrain-b"]})
+    assert job.id == f"finetune-{expected}"
 
 
 def test_synthetic_cache_name_is_unchanged():

@@ -44,7 +44,7 @@ def study(tmp_path_factory) -> Path:
     spec = {
         "name": "odd | labels", "model": {"arch": "small_resnet", "width": 4},
         "source": {"data": _data("source", num_classes=4), "recipe": recipe},
-        "targets": [{"label": label, "data": _data("real")} for label in LABELS],
+        "targets": [{"label": label, "data": _data("real", seed=i)} for i, label in enumerate(LABELS)],
         "finetune": recipe, "scratch": recipe, "seeds": [0],
         "shuffle": {"block_sizes": [4], "targets": [*SAME_SLUG, LONG]},
         "analyses": {name: {"enabled": False} for name in off},
@@ -53,6 +53,7 @@ def study(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRANSFERSCOPE_CACHE", str(tmp_path_factory.getbasetemp() / "synthetic-cache"))
         counts = run_study(StudySpec.model_validate(spec), folder / "study", LocalExecutor(progress=False))
+        build_report(folder / "study")
     assert set(counts) == {"done"}
     return folder / "study"
 

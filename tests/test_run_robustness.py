@@ -209,7 +209,7 @@ def run_killed_after_pt_epoch_two(study: Path, out: Path) -> None:
         return plain_run(self, on_epoch_end=kill)
 
     Trainer.run = run
-    run_study(load_study(study), out, LocalExecutor(progress=False), report=False)
+    run_study(load_study(study), out, LocalExecutor(progress=False))
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +229,7 @@ def straight_study(tmp_path_factory, cache) -> Path:
         patch.setenv("TRANSFERSCOPE_CACHE", str(cache))
         folder = tmp_path_factory.mktemp("straight")
         spec = StudySpec.model_validate(STUDY)
-        assert run_study(spec, folder, LocalExecutor(progress=False), report=False) == {"done": len(build_plan(spec))}
+        assert run_study(spec, folder, LocalExecutor(progress=False)) == {"done": len(build_plan(spec))}
     return folder
 
 
@@ -251,7 +251,7 @@ def test_study_killed_moved_and_resumed_by_another_spelling_ends_the_same(tmp_pa
     assert read_json(killed / pt / "run" / "config.json")["init"].startswith(str(killed))
     shutil.move(killed, tmp_path / "moved")
     monkeypatch.chdir(tmp_path)
-    counts = run_study(spec, Path("moved"), LocalExecutor(progress=False), report=False)
+    counts = run_study(spec, Path("moved"), LocalExecutor(progress=False))
     assert counts == {"done": len(build_plan(spec))}, Store("moved").error(pt.name)
     assert read_json(Path("moved") / pt / "run" / "config.json")["init"].startswith("moved/jobs/")
     for job_id in training_jobs(spec).values():

@@ -20,6 +20,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from transferscope.cli import app, preset_path
+from transferscope.report import build_report
 from transferscope.study import StudySpec, build_plan, load_study, run_study
 from transferscope.study.executors import LocalExecutor, PoolExecutor, SlurmExecutor, SlurmSettings
 from transferscope.study.runner import open_study
@@ -152,6 +153,7 @@ def finished_study(tmp_path_factory):
     os.environ.setdefault("TRANSFERSCOPE_CACHE", str(tmp_path_factory.getbasetemp() / "synthetic-cache"))
     spec = StudySpec.model_validate(tiny_spec())
     counts = run_study(spec, folder, LocalExecutor(progress=False))
+    build_report(folder)
     return spec, folder, counts
 
 
@@ -186,7 +188,7 @@ def test_tiny_study_runs_every_analysis_and_reports(finished_study):
 def test_second_run_skips_complete_jobs(finished_study):
     spec, folder, _ = finished_study
     started = time.perf_counter()
-    counts = run_study(spec, folder, LocalExecutor(progress=False), report=False)
+    counts = run_study(spec, folder, LocalExecutor(progress=False))
     assert counts == {"done": len(build_plan(spec))}
     assert time.perf_counter() - started < 15
 
@@ -264,7 +266,7 @@ def test_a_failed_job_does_not_stop_independent_jobs(tmp_path):
 def test_other_executors_run_the_jobs(tmp_path, executor):
     spec = StudySpec.model_validate(_train_only())
     runner = PoolExecutor(2) if executor == "pool" else SlurmExecutor(SlurmSettings(cluster="local", gpus_per_job=0))
-    counts = run_study(spec, tmp_path / "out", runner, report=False)
+    counts = run_study(spec, tmp_path / "out", runner)
     assert counts == {"done": len(build_plan(spec))}
     if executor == "submitit-local":
         assert any((tmp_path / "out" / "slurm").iterdir())
@@ -288,6 +290,7 @@ def test_report_on_a_partial_study_says_what_is_missing(tmp_path):
             super().run(root, [job for job in jobs if job.kind == "pretrain"], report)
 
     run_study(spec, tmp_path, PretrainOnly(progress=False))
+    build_report(tmp_path)
     html = (tmp_path / "report" / "index.html").read_text()
     assert 'class="error"' not in html
     assert html.count('class="missing"') >= 10

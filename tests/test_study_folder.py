@@ -136,7 +136,7 @@ def test_the_lock_is_exclusive_and_released(tmp_path):
 
 def test_an_index_write_during_another_does_not_collide(tmp_path):
     spec = StudySpec.model_validate(_train_only())
-    run_study(spec, tmp_path, NoJobs(), report=False)
+    run_study(spec, tmp_path, NoJobs())
     store, jobs = Store(tmp_path), build_plan(spec)
 
     class WriteMeanwhile:
@@ -184,7 +184,7 @@ def test_without_prctl_a_worker_watches_its_parent(tmp_path):
 # ------------------------------------------------------------ folder upkeep and failures
 def test_run_removes_stale_temporaries_and_rebuilds_damaged_job_descriptions_and_index(tmp_path):
     spec = StudySpec.model_validate(_train_only())
-    run_study(spec, tmp_path, NoJobs(), report=False)
+    run_study(spec, tmp_path, NoJobs())
     jobs = build_plan(spec)
     store = Store(tmp_path)
     first, busy = store.job_dir(jobs[0]), store.job_dir(jobs[1])
@@ -199,7 +199,7 @@ def test_run_removes_stale_temporaries_and_rebuilds_damaged_job_descriptions_and
     in_use.write_bytes(b"being written")
     (first / "job.json").write_text('{"id": "trunc')
     (tmp_path / "index.sqlite").write_bytes(b"not a database")
-    run_study(spec, tmp_path, NoJobs(), report=False)
+    run_study(spec, tmp_path, NoJobs())
     with sqlite3.connect(tmp_path / "index.sqlite") as db:  # the index is output only: rewritten whole
         assert db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == len(jobs)
     assert [path for path in stale if path.exists()] == []
@@ -210,7 +210,7 @@ def test_run_removes_stale_temporaries_and_rebuilds_damaged_job_descriptions_and
 
 def test_a_job_whose_failure_cannot_be_recorded_still_returns_failed(tmp_path, monkeypatch, capsys):
     spec = StudySpec.model_validate(_train_only())
-    run_study(spec, tmp_path, NoJobs(), report=False)
+    run_study(spec, tmp_path, NoJobs())
     job = build_plan(spec)[0]
 
     def disk_full(path, obj):
@@ -232,7 +232,7 @@ def test_written_files_follow_the_umask(tmp_path, umask):
         write_json(tmp_path / "b.json", {"x": 1})
         write_table(pd.DataFrame({"x": [1]}), tmp_path / "c")
         spec = StudySpec.model_validate(tiny_spec())
-        run_study(spec, tmp_path / "study", NoJobs(), report=False)
+        run_study(spec, tmp_path / "study", NoJobs())
     finally:
         os.umask(previous)
     written = [tmp_path / name for name in ("a.txt", "b.json", "c.parquet", "c.csv")]

@@ -163,7 +163,11 @@ def run(study: Path = typer.Argument(..., help="study YAML file"),
     from .study import load_study, run_study
 
     spec = load_study(study)
-    counts = run_study(spec, out, _executor(executor, workers, slurm), console, report=not no_report)
+    counts = run_study(spec, out, _executor(executor, workers, slurm), console)
+    if not no_report:
+        from .report import write_report
+
+        console.print(f"report: {write_report(out, force=False)}")
     if counts.get("failed"):
         console.print(f"[yellow]{counts['failed']} job(s) failed; `transferscope status {out}` shows why[/]")
         raise typer.Exit(code=1)
@@ -193,7 +197,7 @@ def status(out: Path = typer.Argument(..., help="study folder")) -> None:
 @app.command()
 def report(out: Path = typer.Argument(..., help="study folder")) -> None:
     """(Re)write the study's report from what is complete."""
-    from .study.runner import write_report
+    from .report import write_report
 
     console.print(f"report: {write_report(out)}")
 

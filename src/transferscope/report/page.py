@@ -173,6 +173,14 @@ def _markdown_table(frame: pd.DataFrame) -> str:
     return frame.to_markdown(index=False, floatfmt=".4g", disable_numparse=text)
 
 
+def write_report(root: str | Path, force: bool = True) -> Path:
+    """:func:`build_report` holding the study folder's lock (as ``transferscope run`` and
+    ``transferscope report`` do), so that no run changes the folder meanwhile."""
+    _, store, _ = open_study(root)
+    with store.lock():
+        return build_report(root, force=force)
+
+
 def _markdown(sections: list[Section], context: dict) -> str:
     lines = [f"# What is being transferred? — {_markdown_text(context['study'].name)}", "",
              f"transferscope {context['version']}, {context['generated']}; {context['counts']}.", ""]

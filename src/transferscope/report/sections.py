@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..data import ImageSet, load_domain
+from ..study.roles import Role
 from .figures import checkpoints as checkpoint_figures
 from .figures import cka as cka_figures
 from .figures import criticality as criticality_figures
@@ -149,7 +150,7 @@ def _with_pair_types(frame):
     """Add ``pair`` ("a|b") and ``pair_type`` ("P-T/RI-T", or "best/final P-T" for a run's
     best checkpoint against its final one) to a frame with model_a, model_b."""
     def pair_type(a: str, b: str) -> str:
-        if a.endswith(":best"):
+        if Role.parse(a).checkpoint == "best":
             return f"best/final {names.role(a)}"
         return f"{names.role(a)}/{names.role(b)}"
 

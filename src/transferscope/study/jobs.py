@@ -20,7 +20,9 @@ from ..models import build_model, load_into
 from ..train import TrainingRun, train
 from ..train.trainer import resolve_device
 from ..train.run_dir import checkpoint_path
-from .plan import Job
+from .job import Job
+from .roles import Role
+from .spec import Analyses
 from .store import Store
 
 
@@ -91,14 +93,16 @@ def _train_job(store: Store, job: Job, progress: bool) -> None:
 
 
 class AnalysisInputs:
-    """What an analysis job reads: its settings, its models (by name), and the target's
-    unshuffled test data and training data (for BatchNorm recalibration)."""
+    """What an analysis job reads: its settings (validated: the defaults fill what the
+    job file leaves out), its models (by role name), and the target's unshuffled test
+    data and training data (for BatchNorm recalibration)."""
 
     def __init__(self, store: Store, job: Job) -> None:
         self.store, self.job = store, job
-        self.settings: dict = dict(job.config["settings"])
+        self.settings = Analyses.settings_model(job.kind).model_validate(job.config["settings"])
+        self.arguments = self.settings.arguments()
         self.refs: dict[str, dict] = job.config["models"]
-        target_ref = next(ref for name, ref in self.refs.items() if name != "P")
+        target_ref = next(ref for name, ref in self.refs.items() if Role.parse(name).kind != "P")
         self.config = run_of(store, target_ref).config
         self.domain = domain_of(self.config)
 
@@ -127,10 +131,9 @@ class AnalysisInputs:
 def _distance_job(inputs: AnalysisInputs) -> None:
     from ..analysis.distance import param_distance
 
-    settings = {k: v for k, v in inputs.settings.items() if k != "enabled"}
     models = inputs.models()
     names = list(models)
-    frames = [param_distance(models[a], models[b], **settings).assign(model_a=a, model_b=b)
+    frames = [param_distance(models[a], models[b], **inputs.arguments).assign(model_a=a, model_b=b)
               for i, a in enumerate(names) for b in names[i + 1:]]
     inputs.write(pd.concat(frames, ignore_index=True))
 
@@ -138,14 +141,13 @@ def _distance_job(inputs: AnalysisInputs) -> None:
 def _mistakes_job(inputs: AnalysisInputs) -> None:
     from ..analysis.mistake_overlap import mistake_examples, mistakes
 
-    s = inputs.settings
     models = inputs.models()
-    loader = inputs.test_loader(s["max_examples"])
-    frame = mistakes(models, loader, threshold=s["threshold"], n_bootstrap=s["n_bootstrap"])
+    loader = inputs.test_loader(inputs.settings.max_examples)
+    frame = mistakes(models, loader, **inputs.arguments)
     inputs.write(frame)
-    a, b = next(((a, b) for a, b in zip(frame["model_a"], frame["model_b"])
-                 if a.startswith("P-T:") and b.startswith("RI-T:")), (frame["model_a"][0], frame["model_b"][0]))
-    found = mistake_examples(models, loader, a, b, limit=8, threshold=s["threshold"])
+    pairs = list(zip(frame["model_a"], frame["model_b"]))
+    a, b = next(((a, b) for a, b in pairs if (Role.parse(a).kind, Role.parse(b).kind) == ("P-T", "RI-T")), pairs[0])
+    found = mistake_examples(models, loader, a, b, limit=8, threshold=inputs.settings.threshold)
     examples = [{"model_a": a, "model_b": b, "category": category, "index": index}
                 for category, indices in found.items() for index in indices]
     inputs.write(pd.DataFrame(examples, columns=["model_a", "model_b", "category", "index"]), "examples")
@@ -157,19 +159,16 @@ def _spectrum_job(inputs: AnalysisInputs) -> None:
     frames = [spectrum(model).assign(model=name) for name, model in inputs.models().items()]
     values = pd.concat(frames, ignore_index=True)
     inputs.write(values)
-    inputs.write(spectrum_summary(values, top_k=inputs.settings["top_k"]), "summary")
+    inputs.write(spectrum_summary(values, **inputs.arguments), "summary")
 
 
 def _interpolation_job(inputs: AnalysisInputs) -> None:
     from ..analysis.interpolation import barrier, interpolate
 
-    s = inputs.settings
-    test, train = inputs.test_loader(s["max_examples"]), inputs.train_loader()
+    test, train = inputs.test_loader(inputs.settings.max_examples), inputs.train_loader()
     curves, barriers = [], []
     for a, b in inputs.job.config["pairs"]:
-        curve = interpolate(inputs.model(a), inputs.model(b), test, alphas=s["alphas"], bn=s["bn"],
-                            recalibration_loader=train, recalibration_batches=s["recalibration_batches"],
-                            max_examples=s["max_examples"])
+        curve = interpolate(inputs.model(a), inputs.model(b), test, recalibration_loader=train, **inputs.arguments)
         curves.append(curve.assign(model_a=a, model_b=b))
         barriers.append({"model_a": a, "model_b": b, "bn": curve["bn"].iloc[0], **barrier(curve)})
     inputs.write(pd.concat(curves, ignore_index=True))
@@ -179,33 +178,25 @@ def _interpolation_job(inputs: AnalysisInputs) -> None:
 def _basin_job(inputs: AnalysisInputs) -> None:
     from ..analysis.basins import basin
 
-    s = inputs.settings
-    test, train = inputs.test_loader(s["max_examples"]), inputs.train_loader()
-    frames = [basin(inputs.model(a), inputs.model(b), test, threshold=s["threshold"], rise=s["rise"],
-                    sigmas=s["sigmas"], n_segment=s["n_segment"], n_noise=s["n_noise"],
-                    max_examples=s["max_examples"], recalibration_loader=train, boundary_tol=s["boundary_tol"],
-                    recalibration_batches=s["recalibration_batches"]).assign(model_a=a, model_b=b)
-              for a, b in inputs.job.config["pairs"]]
+    test, train = inputs.test_loader(inputs.settings.max_examples), inputs.train_loader()
+    frames = [basin(inputs.model(a), inputs.model(b), test, recalibration_loader=train, **inputs.arguments)
+              .assign(model_a=a, model_b=b) for a, b in inputs.job.config["pairs"]]
     inputs.write(pd.concat(frames, ignore_index=True))
 
 
 def _cka_job(inputs: AnalysisInputs) -> None:
     from ..analysis.similarity import compare_representations
 
-    s = inputs.settings
-    loader = inputs.test_loader(s["max_examples"], s["batch_size"])
-    inputs.write(compare_representations(inputs.models(), loader, estimator=s["estimator"], kernel=s["kernel"],
-                                         debiased=s["debiased"]))
+    loader = inputs.test_loader(inputs.settings.max_examples, inputs.settings.batch_size)
+    inputs.write(compare_representations(inputs.models(), loader, **inputs.arguments))
 
 
 def _rewind_job(inputs: AnalysisInputs) -> None:
     from ..analysis.rewinding import rewind
 
-    s = inputs.settings
     splits = {"train": inputs.train_loader(), "test": inputs.test_loader()}
-    frames = [rewind(inputs.model(name), inputs.run(name).checkpoint("init"), splits, bn=s["bn"],
-                     recalibration_loader=splits["train"], recalibration_batches=s["recalibration_batches"],
-                     max_examples=s["max_examples"]).assign(model=name)
+    frames = [rewind(inputs.model(name), inputs.run(name).checkpoint("init"), splits,
+                     recalibration_loader=splits["train"], **inputs.arguments).assign(model=name)
               for name in inputs.refs]
     inputs.write(pd.concat(frames, ignore_index=True))
 
@@ -215,10 +206,7 @@ def _criticality_job(inputs: AnalysisInputs) -> None:
     paths from θ_F and θ_opt, and the full (α, σ) grid of one module for Fig. 6."""
     from ..analysis.module_criticality import criticality, network_criticality
 
-    s = inputs.settings
-    common = {"noise": s["noise"], "threshold": s["threshold"], "samples": s["samples"], "alphas": s["alphas"],
-              "sigmas": s["sigmas"]}
-    batches = cache_batches(inputs.test_loader(s["max_examples"]))
+    batches = cache_batches(inputs.test_loader(inputs.settings.max_examples))
     values, heatmaps = [], []
     for name in inputs.refs:
         run = inputs.run(name)
@@ -228,12 +216,11 @@ def _criticality_job(inputs: AnalysisInputs) -> None:
         starts = ("final", "best") if run.best_epoch > 0 else ("final",)
         for path in ("direct", "optimization"):
             for start in starts:
-                settings = {**common, **variant, "path": path, "start": start}
+                settings = {**inputs.arguments, **variant, "path": path, "start": start}
                 values.append(network_criticality(final, initial, batches, method="bisection", **settings)
                               .assign(model=name))
-                heatmaps.append(criticality(final, initial, batches, modules=[s["heatmap_module"]], method="grid",
-                                            **settings)
-                                .assign(model=name))
+                heatmaps.append(criticality(final, initial, batches, modules=[inputs.settings.heatmap_module],
+                                            method="grid", **settings).assign(model=name))
     inputs.write(pd.concat(values, ignore_index=True))
     inputs.write(pd.concat(heatmaps, ignore_index=True), "grid")
 

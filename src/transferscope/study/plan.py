@@ -1,43 +1,20 @@
-"""From a study spec to a plan: the list of jobs, each identified by the hash of its
-resolved config and of the jobs it depends on, so that changing one setting changes
-only the jobs it affects (and those downstream of them)."""
+"""From a study spec to a plan: the list of jobs, each identified by the hash of the
+settings that decide its numbers and of the jobs it depends on (:mod:`.job`), so that
+changing one setting changes only the jobs it affects (and those downstream of them)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
+from ..analysis.module_criticality import DEFAULT_GRID
 from ..config import TrainConfig
-from ..io import content_hash
+from .job import Job, decisive
+from .roles import Role
 from .spec import StudySpec
 
 TRAIN_KINDS = ("pretrain", "finetune")
 ANALYSIS_KINDS = ("cka", "distance", "mistakes", "spectrum", "interpolation", "basin", "rewind", "criticality")
-
-
-@dataclass(frozen=True)
-class Job:
-    kind: str
-    label: str
-    config: dict[str, Any]
-    deps: tuple[str, ...] = ()
-    target: str | None = None
-    cost: float = 0.0  # estimated images through the network (forward or forward+backward)
-    id: str = field(default="", compare=False)
-
-    def __post_init__(self) -> None:
-        if not self.id:
-            digest = content_hash({"kind": self.kind, "config": self.config, "deps": sorted(self.deps)})
-            object.__setattr__(self, "id", f"{self.kind}-{digest}")
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "label": self.label, "config": self.config, "deps": list(self.deps),
-                "target": self.target, "cost": self.cost}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Job":
-        return cls(kind=data["kind"], label=data["label"], config=data["config"], deps=tuple(data["deps"]),
-                   target=data["target"], cost=data["cost"], id=data["id"])
+__all__ = ["ANALYSIS_KINDS", "TRAIN_KINDS", "Job", "Planner", "build_plan", "levels"]
 
 
 def _train_cost(config: TrainConfig, n_train: int | None, n_test: int | None) -> float:
@@ -66,42 +43,50 @@ class Planner:
         meta = {"role": "P", "target": None, "seed": source.seed, "block_size": None, "permutation_seed": None,
                 "from_epoch": None}
         return self.add(Job("pretrain", "P (source)", {"train": config.model_dump(mode="json"), "meta": meta},
-                            cost=_train_cost(config, source.data.n_train, source.data.n_test)))
+                            cost=_train_cost(config, source.data.n_train, source.data.n_test),
+                            identity={"train": decisive(config)}))
 
-    def finetune(self, target: str, role: str, seed: int, *, block_size=None, permutation_seed: int = 0,
+    def finetune(self, target: str, kind: str, seed: int, *, block_size=None, permutation_seed: int = 0,
                  from_epoch: int | None = None) -> Job:
-        """A P-T run (init from P at ``from_epoch``, default its last epoch) or an RI-T run."""
+        """A P-T run (``kind`` "P-T": init from P at ``from_epoch``, default its last
+        epoch) or an RI-T run."""
         spec = self.spec
         data = spec.target(target).data.model_copy(update={"block_size": block_size, "shuffle_seed": permutation_seed})
-        recipe = spec.finetune if role == "P-T" else spec.scratch
+        recipe = spec.finetune if kind == "P-T" else spec.scratch
         config = TrainConfig(data=data, model=spec.model, seed=seed, **recipe.model_dump())
         last = spec.source.recipe.epochs
-        meta = {"role": role, "target": target, "seed": seed, "block_size": block_size,
+        meta = {"role": kind, "target": target, "seed": seed, "block_size": block_size,
                 "permutation_seed": permutation_seed if block_size is not None else None,
-                "from_epoch": (last if from_epoch is None else from_epoch) if role == "P-T" else None}
+                "from_epoch": (last if from_epoch is None else from_epoch) if kind == "P-T" else None}
         job_config: dict[str, Any] = {"train": config.model_dump(mode="json"), "meta": meta}
+        identity: dict[str, Any] = {"train": decisive(config)}
         deps: tuple[str, ...] = ()
-        label = f"{role} {target} s{seed}"
-        if role == "P-T":
+        label = f"{kind} {target} s{seed}"
+        if kind == "P-T":
             pretrain = self.pretrain()
             job_config["init"] = {"job": pretrain.id, "epoch": meta["from_epoch"]}
+            identity["init_epoch"] = meta["from_epoch"]
             deps = (pretrain.id,)
             if meta["from_epoch"] != last:
                 label += f" from P@{from_epoch}"
         if block_size is not None:
             label += f" block={block_size} perm={permutation_seed}"
         return self.add(Job("finetune", label, job_config, deps, target,
-                            cost=_train_cost(config, data.n_train, data.n_test)))
+                            cost=_train_cost(config, data.n_train, data.n_test), identity=identity))
 
     # ------------------------------------------------------------------ analyses
     def model_ref(self, job: Job, checkpoint: str | int = "final") -> dict[str, Any]:
         return {"job": job.id, "checkpoint": checkpoint}
 
-    def analysis(self, kind: str, target: str, models: dict[str, dict], settings: dict, cost: float,
-                 label: str = "", **extra: Any) -> Job:
-        config = {"settings": settings, "models": models, **extra}
+    def analysis(self, kind: str, target: str, models: dict[str, dict], cost: float, label: str = "",
+                 **extra: Any) -> Job:
+        """Analysis ``kind`` of ``models`` (role name -> model reference) with the
+        study's settings for it."""
+        settings = getattr(self.spec.analyses, kind)
+        config = {"settings": settings.model_dump(mode="json"), "models": models, **extra}
+        identity = {"settings": decisive(settings), "models": models, **extra}
         deps = tuple(sorted({ref["job"] for ref in models.values()}))
-        return self.add(Job(kind, f"{kind} {target}{label}", config, deps, target, cost=cost))
+        return self.add(Job(kind, f"{kind} {target}{label}", config, deps, target, cost=cost, identity=identity))
 
     def build(self) -> list[Job]:
         spec = self.spec
@@ -115,8 +100,8 @@ class Planner:
                 for size in sweep.block_sizes:
                     for perm in sweep.permutation_seeds:
                         for seed in sweep.run_seeds:
-                            for role in ("P-T", "RI-T"):
-                                self.finetune(label, role, seed, block_size=size, permutation_seed=perm)
+                            for kind in ("P-T", "RI-T"):
+                                self.finetune(label, kind, seed, block_size=size, permutation_seed=perm)
             if spec.checkpoints.targets is None or label in spec.checkpoints.targets:
                 for epoch in spec.checkpoints.epochs:
                     for seed in spec.checkpoints.run_seeds:
@@ -129,55 +114,56 @@ class Planner:
         data = spec.target(target).data
         n_test = data.n_test or 1000
         first = min(spec.seeds)
-        models = {"P": self.model_ref(pretrain)}
-        models |= {f"P-T:s{s}": self.model_ref(job) for s, job in pt.items()}
-        models |= {f"RI-T:s{s}": self.model_ref(job) for s, job in rit.items()}
+        runs = {Role("P"): pretrain} | {Role("P-T", s): job for s, job in pt.items()} \
+            | {Role("RI-T", s): job for s, job in rit.items()}
+        models = {str(role): self.model_ref(job) for role, job in runs.items()}
         if settings.cka.enabled:
-            self.analysis("cka", target, models, settings.cka.model_dump(mode="json"),
-                          len(models) * min(n_test, settings.cka.max_examples))
+            self.analysis("cka", target, models, len(models) * min(n_test, settings.cka.max_examples))
         if settings.distance.enabled:
-            self.analysis("distance", target, models, settings.distance.model_dump(mode="json"), 0)
+            self.analysis("distance", target, models, 0)
         if settings.mistakes.enabled:
-            trained = {k: v for k, v in models.items() if k != "P"}
-            self.analysis("mistakes", target, trained, settings.mistakes.model_dump(mode="json"), len(trained) * n_test)
+            trained = {str(role): models[str(role)] for role in runs if role.kind != "P"}
+            self.analysis("mistakes", target, trained, len(trained) * n_test)
+        firsts = [Role("P-T", first), Role("RI-T", first)]
         if settings.spectrum.enabled:
-            chosen = {"P": models["P"], f"P-T:s{first}": models[f"P-T:s{first}"],
-                      f"RI-T:s{first}": models[f"RI-T:s{first}"]}
-            self.analysis("spectrum", target, chosen, settings.spectrum.model_dump(mode="json"), 0)
+            self.analysis("spectrum", target, {str(r): models[str(r)] for r in [Role("P"), *firsts]}, 0)
         pairs = self._pairs()
         if settings.interpolation.enabled:
-            refs = dict(models)
-            for role, jobs in (("P-T", pt), ("RI-T", rit)):
-                refs[f"{role}:s{first}:best"] = self.model_ref(jobs[first], "best")
             interp = settings.interpolation
+            best = {role.at("best"): self.model_ref(runs[role], "best") for role in firsts}
+            refs = models | {str(role): ref for role, ref in best.items()}
             evaluated = min(n_test, interp.max_examples or n_test)
-            cost = (len(pairs) + 2) * len(interp.alphas) * (evaluated + interp.recalibration_batches * 64)
-            self.analysis("interpolation", target, refs, interp.model_dump(mode="json"), cost,
-                          pairs=pairs + [[f"P-T:s{first}:best", f"P-T:s{first}"],
-                                         [f"RI-T:s{first}:best", f"RI-T:s{first}"]])
-        same_role = [pair for pair in pairs if pair[0].split(":")[0] == pair[1].split(":")[0]]
-        if settings.basin.enabled and same_role:
+            recalibrated = 64 * interp.recalibration_batches if interp.recalibration_batches else data.n_train or 1000
+            cost = (len(pairs) + 2) * len(interp.alphas) * (evaluated + recalibrated)
+            self.analysis("interpolation", target, refs, cost,
+                          pairs=_names(pairs + [(role, role.at(None)) for role in best]))
+        same_kind = [(a, b) for a, b in pairs if a.kind == b.kind]
+        if settings.basin.enabled and same_kind:
             basin = settings.basin
             evaluated = min(n_test, basin.max_examples or n_test)
-            cost = len(same_role) * (basin.n_segment + 2 * len(basin.sigmas) * basin.n_noise + 20) * evaluated
-            self.analysis("basin", target, models, basin.model_dump(mode="json"), cost, pairs=same_role)
-        chosen = {f"P-T:s{first}": models[f"P-T:s{first}"], f"RI-T:s{first}": models[f"RI-T:s{first}"]}
+            cost = len(same_kind) * (basin.n_segment + 2 * len(basin.sigmas) * basin.n_noise + 20) * evaluated
+            self.analysis("basin", target, models, cost, pairs=_names(same_kind))
+        chosen = {str(role): models[str(role)] for role in firsts}
         if settings.rewind.enabled:
-            self.analysis("rewind", target, chosen, settings.rewind.model_dump(mode="json"),
-                          2 * 7 * 2 * min(n_test, settings.rewind.max_examples or n_test))
+            self.analysis("rewind", target, chosen, 2 * 7 * 2 * min(n_test, settings.rewind.max_examples or n_test))
         crit = settings.criticality
         if crit.enabled and (crit.targets is None or target in crit.targets):
             evaluated = min(n_test, crit.max_examples or n_test)
-            grid = len(crit.alphas) * len(crit.sigmas)
-            cost = 4 * (6 * len(crit.alphas) * 4 + grid) * crit.samples * evaluated
+            alphas, sigmas = len(crit.alphas or DEFAULT_GRID), len(crit.sigmas or DEFAULT_GRID)
+            cost = 4 * (6 * alphas * 4 + alphas * sigmas) * crit.samples * evaluated
             for name, ref in chosen.items():  # one job per model, so that they run side by side
-                self.analysis("criticality", target, {name: ref}, crit.model_dump(mode="json"), cost, f" {name}")
+                self.analysis("criticality", target, {name: ref}, cost, f" {name}")
 
-    def _pairs(self) -> list[list[str]]:
+    def _pairs(self) -> list[tuple[Role, Role]]:
         """P-T/P-T and RI-T/RI-T pairs of consecutive seeds, and P-T/RI-T of each seed."""
         seeds = list(self.spec.seeds)
-        pairs = [[f"{role}:s{a}", f"{role}:s{b}"] for role in ("P-T", "RI-T") for a, b in zip(seeds, seeds[1:])]
-        return pairs + [[f"P-T:s{s}", f"RI-T:s{s}"] for s in seeds]
+        pairs = [(Role(kind, a), Role(kind, b)) for kind in ("P-T", "RI-T") for a, b in zip(seeds, seeds[1:])]
+        return pairs + [(Role("P-T", s), Role("RI-T", s)) for s in seeds]
+
+
+def _names(pairs: list[tuple[Role, Role]]) -> list[list[str]]:
+    """Pairs of roles as stored in a job's config: lists of two names."""
+    return [[str(a), str(b)] for a, b in pairs]
 
 
 def build_plan(spec: StudySpec) -> list[Job]:

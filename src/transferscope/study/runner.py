@@ -1,6 +1,7 @@
-"""Run a study: plan it, execute the jobs that are not complete wave by wave (a job
-runs once everything it depends on is done), gather the tidy result tables, write the
-report. Running it again skips what is complete and resumes what is not."""
+"""Run a study: plan it and execute the jobs that are not complete wave by wave (a job
+runs once everything it depends on is done). Running it again skips what is complete
+and resumes what is not. The report (:mod:`transferscope.report`) is built from the
+study folder afterwards; this layer does not import it."""
 
 from __future__ import annotations
 
@@ -33,8 +34,7 @@ def open_study(root: str | Path) -> tuple[StudySpec, Store, list[Job]]:
     return spec, Store(root), build_plan(spec)
 
 
-def run_study(spec: StudySpec, root: str | Path, executor, console: Console | None = None,
-              report: bool = True) -> dict[str, int]:
+def run_study(spec: StudySpec, root: str | Path, executor, console: Console | None = None) -> dict[str, int]:
     """Execute every incomplete job of ``spec`` into ``root``; returns job counts by state.
     Holds the study folder's lock throughout (:class:`~.store.StudyBusy` if another
     process holds it)."""
@@ -43,19 +43,10 @@ def run_study(spec: StudySpec, root: str | Path, executor, console: Console | No
     store = Store(root)
     with store.lock():
         store.remove_stale_temporaries()
-        return _run_locked(spec, store, executor, console or Console(), report)
+        return _run_locked(spec, store, executor, console or Console())
 
 
-def write_report(root: str | Path) -> Path:
-    """(Re)write the report of the study folder ``root``, holding its lock; returns the HTML path."""
-    from ..report import build_report
-
-    _, store, _ = open_study(root)
-    with store.lock():
-        return build_report(root)
-
-
-def _run_locked(spec: StudySpec, store: Store, executor, console: Console, report: bool) -> dict[str, int]:
+def _run_locked(spec: StudySpec, store: Store, executor, console: Console) -> dict[str, int]:
     root = store.root
     save_spec(spec, root)
     jobs = build_plan(spec)
@@ -85,11 +76,6 @@ def _run_locked(spec: StudySpec, store: Store, executor, console: Console, repor
     counts = Counter(store.state(job) for job in jobs)
     console.print(f"study {spec.name}: " + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
                   + f" ({time.perf_counter() - started:.0f}s)")
-    if report:
-        from ..report import build_report
-
-        path = build_report(root, force=False)
-        console.print(f"report: {path}")
     return dict(counts)
 
 

@@ -1,7 +1,10 @@
 """The study file: one YAML document, validated by pydantic, that describes a whole
 paper-style study (source, targets, model, recipes, seeds, sweeps, analyses).
 
-Unknown keys and invalid values are errors naming the key and the allowed values."""
+A recipe is every :class:`~transferscope.config.TrainConfig` setting the study does not
+set per run; an analysis's settings are its function's keyword-only parameters
+(:func:`.settings.keyword_settings`). Unknown keys and invalid values are errors naming
+the key and the allowed values."""
 
 from __future__ import annotations
 
@@ -10,7 +13,16 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
+from ..analysis.basins import basin
+from ..analysis.distance import param_distance
+from ..analysis.interpolation import interpolate
+from ..analysis.mistake_overlap import mistakes
+from ..analysis.module_criticality import criticality
+from ..analysis.rewinding import rewind
+from ..analysis.similarity import compare_representations
+from ..analysis.spectra import spectrum_summary
 from ..config import BlockSize, DataConfig, ModelConfig, Settings, TrainConfig, explain, load_yaml
+from .settings import AnalysisSettings, keyword_settings
 
 _PER_RUN = {"data", "model", "init", "seed"}
 Recipe = create_model(
@@ -21,84 +33,73 @@ Recipe = create_model(
 )
 
 
-class CKASettings(Settings):
-    enabled: bool = True
-    estimator: Literal["minibatch", "full"] = "minibatch"
-    kernel: Literal["linear", "rbf"] = "linear"
-    debiased: bool = False
-    max_examples: int = Field(1000, ge=4)
-    batch_size: int = Field(250, ge=4)
-
-
-class DistanceSettings(Settings):
-    enabled: bool = True
-    include_head: bool = False
-    include_bn_affine: bool = True
-    include_bn_buffers: bool = False
-
-
-class MistakesSettings(Settings):
-    enabled: bool = True
-    threshold: float = Field(0.5, gt=0, lt=1)
-    n_bootstrap: int = Field(1000, ge=10)
-    max_examples: int | None = None
-
-
-class InterpolationSettings(Settings):
-    enabled: bool = True
-    alphas: tuple[float, ...] = tuple(round(-0.5 + 0.1 * i, 2) for i in range(21))
-    bn: Literal["auto", "recalibrate", "follow", "keep"] = "auto"
-    recalibration_batches: int = Field(8, ge=1)
-    max_examples: int | None = Field(1000, ge=1)
-
-
-class BasinSettings(Settings):
-    enabled: bool = True
-    threshold: float = Field(0.05, gt=0, description="boundary: loss passes (1 + threshold) × the larger endpoint loss")
-    rise: float = Field(2.0, gt=0, description="walls: conditions 2-3 ask the loss to reach μ + rise·ε")
-    sigmas: tuple[float, ...] = (0.002, 0.005, 0.01, 0.02, 0.05)
-    n_segment: int = Field(20, ge=3)
-    n_noise: int = Field(5, ge=1)
-    recalibration_batches: int = Field(8, ge=1)
-    boundary_tol: float = Field(1e-3, gt=0, description="precision in λ of the boundary search")
-    max_examples: int | None = Field(500, ge=1)
-
-
-class RewindSettings(Settings):
-    enabled: bool = True
-    bn: Literal["auto", "recalibrate", "follow", "keep"] = "follow"
-    recalibration_batches: int | None = Field(None, ge=1, description="bn=recalibrate: training batches; None = all")
-    max_examples: int | None = Field(1000, ge=1)
-
-
-class CriticalitySettings(Settings):
-    enabled: bool = True
-    noise: Literal["absolute", "frobenius", "per_filter"] = "frobenius"
-    threshold: float = Field(1.01, gt=0, description="feasible: mean noisy loss <= threshold x loss at the end point")
-    alphas: tuple[float, ...] = Field(tuple(round(i / 11, 4) for i in range(1, 12)), min_length=1,
-                                      description="points in (0, 1] along the path (1 = end point)")
-    sigmas: tuple[float, ...] = Field(tuple(round(i / 11, 4) for i in range(1, 12)), min_length=1,
-                                      description="noise levels (relative to the module norm for noise=frobenius)")
-    samples: int = Field(10, ge=1)
-    max_examples: int | None = Field(512, ge=1)
-    heatmap_module: str = "conv1"
-    targets: tuple[str, ...] | None = Field(None, description="targets to analyse; None = all")
-
-
-class SpectrumSettings(Settings):
-    enabled: bool = True
-    top_k: tuple[int, ...] = (1, 5, 10)
+# Each analysis's settings are its function's keyword-only parameters (defaults there);
+# below: what the job supplies, validation, the study's deliberate defaults, study-only fields.
+_TEST_EXAMPLES = "evaluate on the first max_examples test examples; None = all"
+CKASettings = keyword_settings(
+    "CKASettings", compare_representations, set_by_job=("modules", "pairs"), doc="CKA between modules (Table 1).",
+    checks={"bandwidth": Field(gt=0)},
+    study={"max_examples": (int, Field(1000, ge=4, description="test examples")),
+           "batch_size": (int, Field(250, ge=4, description="examples per batch (the minibatch estimator's)"))})
+DistanceSettings = keyword_settings(
+    "DistanceSettings", param_distance, set_by_job=("modules",), doc="Parameter distance (Table 2).",
+    defaults={"include_head": False})  # Table 2 compares bodies: P's head is sized for the source's classes
+MistakesSettings = keyword_settings(
+    "MistakesSettings", mistakes, set_by_job=("pairs",), doc="Common and uncommon mistakes (Sec. 3.2).",
+    checks={"threshold": (float, Field(gt=0, lt=1, description="multi-label: one threshold for every label")),
+            "n_bootstrap": Field(ge=10), "confidence": Field(gt=0, lt=1)},
+    study={"max_examples": (int | None, Field(None, ge=1, description=_TEST_EXAMPLES))})
+InterpolationSettings = keyword_settings(
+    "InterpolationSettings", interpolate, set_by_job=("recalibration_loader", "split"),
+    doc="Loss along the straight path between two models (Fig. 4).",
+    checks={"recalibration_batches": Field(ge=1), "max_examples": Field(ge=1, description=_TEST_EXAMPLES),
+            "vmap_chunk": Field(ge=1)},
+    defaults={"recalibration_batches": 8, "max_examples": 1000})  # bounded cost on large data sets
+BasinSettings = keyword_settings(
+    "BasinSettings", basin, set_by_job=("recalibration_loader", "split"), doc="(ε, δ)-basins (Definition 3.1).",
+    checks={"threshold": Field(gt=0, description="boundary: loss passes (1 + threshold) × the larger endpoint loss"),
+            "rise": Field(gt=0, description="walls: conditions 2-3 ask the loss to reach μ + rise·ε"),
+            "sigmas": Field(min_length=1), "n_segment": Field(ge=3), "n_noise": Field(ge=1), "seed": Field(ge=0),
+            "max_examples": Field(ge=1, description=_TEST_EXAMPLES), "recalibration_batches": Field(ge=1),
+            "initial_step": Field(gt=0), "max_extent": Field(gt=0),
+            "boundary_tol": Field(gt=0, description="precision in λ of the boundary search")},
+    defaults={"recalibration_batches": 8, "max_examples": 500})  # bounded cost on large data sets
+RewindSettings = keyword_settings(
+    "RewindSettings", rewind, set_by_job=("modules", "recalibration_loader"),
+    doc="Rewinding one module to its initial value (Fig. 5).",
+    checks={"recalibration_batches": Field(ge=1, description="bn=recalibrate: training batches; None = all"),
+            "max_examples": Field(ge=1, description="train and test examples; None = all")},
+    defaults={"max_examples": 1000})  # bounded cost on large data sets
+CriticalitySettings = keyword_settings(
+    "CriticalitySettings", criticality,
+    set_by_job=("modules", "path", "path_states", "start", "best_state", "method", "split"),
+    doc="Module criticality (Definition 3.2, Fig. 6), per module and on the (α, σ) grid of heatmap_module.",
+    checks={"threshold": Field(gt=0, description="feasible: mean noisy loss <= threshold x loss at the end point"),
+            "alphas": Field(min_length=1, description="points in (0, 1] along the path (1 = end point); "
+                                                      "None = 11 points"),
+            "sigmas": Field(min_length=1, description="noise levels (relative to the module norm for "
+                                                      "noise=frobenius); None = 11 points"),
+            "samples": Field(ge=1), "seed": Field(ge=0), "max_examples": Field(ge=1, description=_TEST_EXAMPLES)},
+    defaults={"max_examples": 512},  # bounded cost on large data sets
+    study={"heatmap_module": (str, Field("conv1", description="module whose (α, σ) grid is drawn")),
+           "targets": (tuple[str, ...] | None, Field(None, description="targets to analyse; None = all"))})
+SpectrumSettings = keyword_settings("SpectrumSettings", spectrum_summary, doc="Singular-value spectra of the weights.")
 
 
 class Analyses(Settings):
-    cka: CKASettings = CKASettings()
-    distance: DistanceSettings = DistanceSettings()
-    mistakes: MistakesSettings = MistakesSettings()
-    interpolation: InterpolationSettings = InterpolationSettings()
-    basin: BasinSettings = BasinSettings()
-    rewind: RewindSettings = RewindSettings()
-    criticality: CriticalitySettings = CriticalitySettings()
-    spectrum: SpectrumSettings = SpectrumSettings()
+    cka: CKASettings = CKASettings()  # type: ignore[valid-type]
+    distance: DistanceSettings = DistanceSettings()  # type: ignore[valid-type]
+    mistakes: MistakesSettings = MistakesSettings()  # type: ignore[valid-type]
+    interpolation: InterpolationSettings = InterpolationSettings()  # type: ignore[valid-type]
+    basin: BasinSettings = BasinSettings()  # type: ignore[valid-type]
+    rewind: RewindSettings = RewindSettings()  # type: ignore[valid-type]
+    criticality: CriticalitySettings = CriticalitySettings()  # type: ignore[valid-type]
+    spectrum: SpectrumSettings = SpectrumSettings()  # type: ignore[valid-type]
+
+    @classmethod
+    def settings_model(cls, kind: str) -> type[AnalysisSettings]:
+        """The settings model of analysis ``kind`` (a job's ``config["settings"]`` validates against it)."""
+        return cls.model_fields[kind].annotation  # type: ignore[return-value]
 
 
 class ShuffleSweep(Settings):
@@ -148,6 +149,12 @@ class StudySpec(Settings):
         labels = [t.label for t in targets]
         if len(set(labels)) != len(labels):
             raise ValueError(f"target labels must be unique, got {labels}")
+        first: dict[DataConfig, str] = {}
+        for target in targets:  # a label decides no number: two targets of one data would be one set of jobs
+            other = first.setdefault(target.data, target.label)
+            if other != target.label:
+                raise ValueError(f"targets {other!r} and {target.label!r} have the same data; give each target "
+                                 "its own data (another name, seed or folder), or drop one")
         return targets
 
     @model_validator(mode="after")

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..io import atomic_path, json_text, naming_errors, read_json, remove_stale_temporaries, write_json
-from .plan import Job
+from .job import Job
 
 STATES = ("done", "running", "failed", "interrupted", "pending")
 LOCK_FILE = ".lock"

@@ -1,14 +1,21 @@
-"""Model names in study tables: ``"<role>:<tag>"`` such as ``"P"``, ``"P-T:s0"``,
-``"RI-T:s1"``; the role groups seeds into the paper's pair types."""
+"""Model names in study tables: role names such as ``"P"``, ``"P-T:s0"``, ``"RI-T:s1"``
+(:class:`transferscope.study.roles.Role`); the role groups seeds into the paper's pair
+types."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
+from ...study.roles import Role
+
 
 def role(name: str) -> str:
-    """Role of a model name ``"<role>:<tag>"``: ``"P-T:s0"`` -> ``"P-T"``, ``"P"`` -> ``"P"``."""
-    return str(name).split(":", 1)[0]
+    """Kind of a model name: ``"P-T:s0"`` -> ``"P-T"``, ``"P"`` -> ``"P"``; a name that
+    is no role (a model of your own) is its own kind."""
+    try:
+        return Role.parse(name).kind
+    except ValueError:
+        return str(name)
 
 
 def pair_type(model_a: str, model_b: str, order: Sequence[tuple[str, str]], sep: str = "&") -> str | None:
