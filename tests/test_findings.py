@@ -76,7 +76,7 @@ def test_pt_beats_rit_over_seeds(claim, pt, rit, verdict):
 
 def test_welch_interval_matches_scipy():
     a, b = [0.8, 0.82, 0.81, 0.86], [0.6, 0.62, 0.7]
-    estimate = f.difference(a, b)
+    estimate = f._difference(a, b)
     test = stats.ttest_ind(a, b, equal_var=False)
     low, high = test.confidence_interval(0.95)
     assert (estimate.ci_low, estimate.ci_high, estimate.p_value) == pytest.approx((low, high, test.pvalue))

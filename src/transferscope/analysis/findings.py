@@ -88,7 +88,7 @@ class Estimate:
                         self.n_kind)
 
 
-def contrast(terms: Sequence[tuple[float, float, float, float]], n_kind: str = "seeds") -> Estimate:
+def _contrast(terms: Sequence[tuple[float, float, float, float]], n_kind: str = "seeds") -> Estimate:
     """Σ sign·mean of independent group means, with Welch's t-interval.
 
     Parameters
@@ -130,13 +130,13 @@ def _summary(values: Iterable[float]) -> tuple[float, float, int]:
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else math.nan, len(array)
 
 
-def difference(a: Iterable[float], b: Iterable[float], n_kind: str = "seeds") -> Estimate:
-    """mean(a) − mean(b) with Welch's t-interval (:func:`contrast`); no interval when a
+def _difference(a: Iterable[float], b: Iterable[float], n_kind: str = "seeds") -> Estimate:
+    """mean(a) − mean(b) with Welch's t-interval (:func:`_contrast`); no interval when a
     group has one value."""
-    return contrast([(1, *_summary(a)), (-1, *_summary(b))], n_kind)
+    return _contrast([(1, *_summary(a)), (-1, *_summary(b))], n_kind)
 
 
-def greater(estimate: Estimate, *, negligible: float, margin: float) -> str:
+def _greater(estimate: Estimate, *, negligible: float, margin: float) -> str:
     """Verdict on "the effect is positive": ``holds`` when the interval lies above 0,
     ``does not hold`` when it lies below ``negligible`` (no advantage worth the name),
     else ``inconclusive``; without an interval, ``value ± margin`` stands for it."""
@@ -144,7 +144,7 @@ def greater(estimate: Estimate, *, negligible: float, margin: float) -> str:
     return HOLDS if low > 0 else FAILS if high < negligible else INCONCLUSIVE
 
 
-def every(verdicts: Iterable[str]) -> str:
+def _every(verdicts: Iterable[str]) -> str:
     """A claim made of parts: ``holds`` when all hold, ``does not hold`` when one does
     not, else ``inconclusive``."""
     verdicts = list(verdicts)
@@ -159,7 +159,7 @@ def _role(name: object) -> Role | None:
         return None
 
 
-def pair_type(model_a: object, model_b: object, sep: str = "&") -> str | None:
+def _pair_type(model_a: object, model_b: object, sep: str = "&") -> str | None:
     """The paper's name of a pair of two distinct final models (``"P-T&RI-T"``,
     ``"P-T&P"``…), kinds in the order P-T, RI-T, P; None for a best checkpoint, a model
     against itself, or a name that is no role."""
@@ -170,7 +170,7 @@ def pair_type(model_a: object, model_b: object, sep: str = "&") -> str | None:
 
 
 def _with_pair_types(frame: pd.DataFrame, sep: str = "&") -> pd.DataFrame:
-    types = [pair_type(a, b, sep) for a, b in zip(frame["model_a"], frame["model_b"])]
+    types = [_pair_type(a, b, sep) for a, b in zip(frame["model_a"], frame["model_b"])]
     return frame.assign(pair_type=types).dropna(subset=["pair_type"])
 
 
@@ -185,6 +185,30 @@ def _table(tables: Mapping[str, pd.DataFrame], name: str, columns: Iterable[str]
         return None
     _require(frame, set(columns) | {"target"}, f"the {name} table", fix)
     return frame
+
+
+_CLAIM_SECTIONS = """
+    Parameters
+    ----------
+    tables : mapping of str to pandas.DataFrame
+        The study's result tables by name (:func:`findings`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        This claim's rows of the findings table (columns :data:`COLUMNS`), one per
+        target; empty when the table it needs is missing.
+
+    References
+    ----------
+    Neyshabur, Sedghi & Zhang (2020), the section named above.
+    """
+
+
+def _claim(function: Callable[[Mapping[str, pd.DataFrame]], pd.DataFrame]):
+    """Register a claim function's docstring sections (the same for every claim)."""
+    function.__doc__ = (function.__doc__ or "").rstrip() + "\n" + _CLAIM_SECTIONS
+    return function
 
 
 def _row(claim: str, section: str, target: object, verdict: str, statistic: str, estimate: Estimate,
@@ -209,7 +233,7 @@ def _interval_text(estimate: Estimate, margin: float | str) -> str:
 RUN_COLUMNS = ("kind", "role", "seed", "permutation_seed", "from_epoch", "metric", "final_score", "optimization_speed")
 
 
-def main_runs(runs: pd.DataFrame) -> pd.DataFrame:
+def _main_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The unshuffled P-T and RI-T runs of the main comparison: fine-tuning runs without
     a block shuffle (``permutation_seed`` NaN), P-T from the last pre-training epoch."""
     tuned = runs[(runs["kind"] == "finetune") & runs["permutation_seed"].isna()]
@@ -236,12 +260,12 @@ def _pt_beats_rit(tables: Mapping[str, pd.DataFrame], measure: str, claim: str, 
     if runs is None:
         return _frame([])
     rows = []
-    for target, group in _targets(main_runs(runs)):
+    for target, group in _targets(_main_runs(runs)):
         pt, rit = (group[group["role"] == kind] for kind in ("P-T", "RI-T"))
         if pt.empty or rit.empty:
             continue
-        estimate = difference(pt[measure], rit[measure], "seeds per role")
-        verdict = greater(estimate, negligible=NEGLIGIBLE_SCORE, margin=SINGLE_SEED_SCORE_MARGIN)
+        estimate = _difference(pt[measure], rit[measure], "seeds per role")
+        verdict = _greater(estimate, negligible=NEGLIGIBLE_SCORE, margin=SINGLE_SEED_SCORE_MARGIN)
         metric = group["metric"].iloc[0]
         statistic = (f"{words} ({metric}) of P-T minus RI-T: {pt[measure].mean():.3f} vs {rit[measure].mean():.3f} "
                      f"over {len(pt)} and {len(rit)} seed(s); {_interval_text(estimate, SINGLE_SEED_SCORE_MARGIN)}")
@@ -262,6 +286,7 @@ def _pt_beats_rit(tables: Mapping[str, pd.DataFrame], measure: str, claim: str, 
     return _frame(rows)
 
 
+@_claim
 def pt_ends_higher(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """P-T ends higher than RI-T (final test score; Sec. 3.1, Fig. 2).
 
@@ -278,6 +303,7 @@ def pt_ends_higher(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return _pt_beats_rit(tables, "final_score", "P-T ends higher than RI-T", "final test score", True)
 
 
+@_claim
 def pt_optimizes_faster(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """P-T optimizes faster than RI-T (optimization speed = mean training score over the
     epochs; Sec. 3.1, Fig. 2).
@@ -310,6 +336,7 @@ def _feature_reuse(tables: Mapping[str, pd.DataFrame], measure: str) -> pd.DataF
     return None if frame is None else frame.assign(block_size=frame["block_size"].astype(str))
 
 
+@_claim
 def advantage_shrinks_with_block_size(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """The P-T advantage in final score shrinks as blocks get smaller (Sec. 3.1, Fig. 3).
 
@@ -331,7 +358,7 @@ def advantage_shrinks_with_block_size(tables: Mapping[str, pd.DataFrame]) -> pd.
         first, last = by_block.loc[unshuffled], by_block.loc[small]
         terms = [(sign * side, *_group_stats(row, role, "final_score"))
                  for sign, row in ((1, first), (-1, last)) for side, role in ((1, "PT"), (-1, "RIT"))]
-        estimate = contrast(terms, "seeds per role and block")
+        estimate = _contrast(terms, "seeds per role and block")
         gaps = [row["PT_final_score_mean"] - row["RIT_final_score_mean"] for row in (first, last)]
         statistic = (f"P-T − RI-T final {group['metric'].iloc[0]} unshuffled (block {unshuffled}: {gaps[0]:.3f}) "
                      f"minus at block {small} ({gaps[1]:.3f}); "
@@ -339,11 +366,12 @@ def advantage_shrinks_with_block_size(tables: Mapping[str, pd.DataFrame]) -> pd.
         rule = (f"Welch t over seeds: holds if the gap shrinks (interval above 0), does not hold if the interval lies "
                 f"below {NEGLIGIBLE_SCORE}; one seed: beyond ±{SINGLE_SEED_SCORE_MARGIN}")
         rows.append(_row("The P-T advantage in final score shrinks as blocks get smaller", "Sec. 3.1, Fig. 3",
-                         target, greater(estimate, negligible=NEGLIGIBLE_SCORE, margin=SINGLE_SEED_SCORE_MARGIN),
+                         target, _greater(estimate, negligible=NEGLIGIBLE_SCORE, margin=SINGLE_SEED_SCORE_MARGIN),
                          statistic, estimate, rule))
     return _frame(rows)
 
 
+@_claim
 def speed_advantage_on_shuffled_pixels(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """P-T keeps an optimization-speed advantage on fully shuffled images (block ``"*"``:
     every scalar permuted; Sec. 3.1, Fig. 3), evidence that low-level statistics transfer.
@@ -358,7 +386,7 @@ def speed_advantage_on_shuffled_pixels(tables: Mapping[str, pd.DataFrame]) -> pd
     rows = []
     for target, group in _targets(frame[frame["block_size"] == "*"]):
         row = group.iloc[0]
-        estimate = contrast([(1, *_group_stats(row, "PT", "optimization_speed")),
+        estimate = _contrast([(1, *_group_stats(row, "PT", "optimization_speed")),
                              (-1, *_group_stats(row, "RIT", "optimization_speed"))], "seeds per role")
         statistic = (f"optimization speed ({row['metric']}) of P-T minus RI-T at block *: "
                      f"{row['PT_optimization_speed_mean']:.3f} vs {row['RIT_optimization_speed_mean']:.3f}; "
@@ -366,7 +394,7 @@ def speed_advantage_on_shuffled_pixels(tables: Mapping[str, pd.DataFrame]) -> pd
         rule = (f"Welch t over seeds: holds if the interval lies above 0, does not hold if below {NEGLIGIBLE_SCORE}; "
                 f"one seed: beyond ±{SINGLE_SEED_SCORE_MARGIN}")
         rows.append(_row("P-T keeps an optimization-speed advantage on fully shuffled images", "Sec. 3.1, Fig. 3",
-                         target, greater(estimate, negligible=NEGLIGIBLE_SCORE, margin=SINGLE_SEED_SCORE_MARGIN),
+                         target, _greater(estimate, negligible=NEGLIGIBLE_SCORE, margin=SINGLE_SEED_SCORE_MARGIN),
                          statistic, estimate, rule))
     return _frame(rows)
 
@@ -387,6 +415,7 @@ def _uncommon(rows: pd.DataFrame) -> tuple[float, float]:
     return float(rows["uncommon_fraction"].mean()), se_examples**2 + seeds
 
 
+@_claim
 def pt_pairs_share_mistakes(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """Two P-T models make fewer uncommon mistakes (one right, the other wrong) than
     P-T/RI-T and RI-T/RI-T pairs (Sec. 3.2).
@@ -416,7 +445,7 @@ def pt_pairs_share_mistakes(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
             p = float(2 * stats.norm.sf(abs(value) / se)) if se > 0 else float(value == 0)
             estimate = Estimate(value, value - _Z * se, value + _Z * se, p, int(group["n_units"].min()),
                                 "example-label units" if group["unit"].iloc[0] == "example-label" else "examples")
-            results.append((name, estimate, greater(estimate, negligible=NEGLIGIBLE_FRACTION, margin=0.0)))
+            results.append((name, estimate, _greater(estimate, negligible=NEGLIGIBLE_FRACTION, margin=0.0)))
         name, estimate, _ = min(results, key=lambda item: item[1].ci_low)
         counts = ", ".join(f"{len(part)} {kind}" for kind, part in types.items())
         statistic = (f"uncommon mistakes (fraction of units) of {name} minus P-T/P-T: "
@@ -426,7 +455,7 @@ def pt_pairs_share_mistakes(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
                 f"for X = P-T/RI-T and RI-T/RI-T: holds if all lie above 0, does not hold if one lies below "
                 f"{NEGLIGIBLE_FRACTION}")
         rows.append(_row("P-T/P-T pairs make fewer uncommon mistakes than P-T/RI-T and RI-T/RI-T pairs", "Sec. 3.2",
-                         target, every(v for *_, v in results), statistic, estimate, rule))
+                         target, _every(v for *_, v in results), statistic, estimate, rule))
     return _frame(rows)
 
 
@@ -480,13 +509,13 @@ def cka_module_verdicts(cka: pd.DataFrame) -> pd.DataFrame:
             continue
         results = []
         for name in others:
-            estimate = difference(types["P-T&P-T"], types[name], "model pairs per type")
-            results.append((name, estimate, greater(estimate, negligible=NEGLIGIBLE_CKA, margin=SINGLE_PAIR_CKA_MARGIN)))
+            estimate = _difference(types["P-T&P-T"], types[name], "model pairs per type")
+            results.append((name, estimate, _greater(estimate, negligible=NEGLIGIBLE_CKA, margin=SINGLE_PAIR_CKA_MARGIN)))
         name, estimate, _ = min(results, key=lambda item: item[1].bounds(SINGLE_PAIR_CKA_MARGIN)[0])
         floor_values = floors.loc[(floors["target"] == target) & (floors["module_a"] == module), "cka"]
         floor = float(floor_values.max()) if len(floor_values) else math.nan
         pt_pt = float(types["P-T&P-T"].mean())
-        verdict = INCONCLUSIVE if floor >= pt_pt - FLOOR_MARGIN else every(v for *_, v in results)
+        verdict = INCONCLUSIVE if floor >= pt_pt - FLOOR_MARGIN else _every(v for *_, v in results)
         rows.append({"target": target, "module": module, "verdict": verdict, "other": name,
                      "value": estimate.value, "ci_low": estimate.ci_low, "ci_high": estimate.ci_high,
                      "p_value": estimate.p_value, "n": min(len(values) for values in types.values()),
@@ -495,6 +524,7 @@ def cka_module_verdicts(cka: pd.DataFrame) -> pd.DataFrame:
                                        "n", "pt_pt", "floor"])
 
 
+@_claim
 def pt_pairs_most_similar(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """P-T&P-T is the most similar pair by CKA at each module (Sec. 3.2, Table 1).
 
@@ -525,11 +555,12 @@ def pt_pairs_most_similar(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
                 f"if all lie above 0 at every module, does not hold if one lies below {NEGLIGIBLE_CKA}; one pair: "
                 f"±{SINGLE_PAIR_CKA_MARGIN}; inconclusive at a module whose floor is within {FLOOR_MARGIN}")
         rows.append(_row("P-T/P-T is the most similar pair by CKA at each module", "Sec. 3.2, Table 1", target,
-                         every(group["verdict"]), statistic, estimate, rule))
+                         _every(group["verdict"]), statistic, estimate, rule))
     return _frame(rows)
 
 
 # ----------------------------------------------------------------- Sec. 3.2, Table 2: distance
+@_claim
 def pt_models_closer(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """P-T models are closer to each other and to P than RI-T models are (whole-network
     L2 distance; Sec. 3.2, Table 2).
@@ -555,9 +586,9 @@ def pt_models_closer(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
                        if far in types and close in types]
         if not comparisons:
             continue
-        results = [(far, close, difference(types[far], types[close], "model pairs per type"))
+        results = [(far, close, _difference(types[far], types[close], "model pairs per type"))
                    for far, close in comparisons]
-        verdicts = [greater(estimate, negligible=math.log(NEGLIGIBLE_DISTANCE_RATIO), margin=margin)
+        verdicts = [_greater(estimate, negligible=math.log(NEGLIGIBLE_DISTANCE_RATIO), margin=margin)
                     for *_, estimate in results]
         far, close, estimate = min(results, key=lambda item: item[2].bounds(margin)[0])
         ratio = estimate.scaled(math.exp)
@@ -568,7 +599,7 @@ def pt_models_closer(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
                 f"ratios lie above 1, does not hold if one lies below {NEGLIGIBLE_DISTANCE_RATIO}; one pair: a factor "
                 f"{SINGLE_PAIR_DISTANCE_RATIO} either way")
         rows.append(_row("P-T models are closer to each other and to P than RI-T models are (L2)",
-                         "Sec. 3.2, Table 2", target, every(verdicts), statistic, ratio, rule))
+                         "Sec. 3.2, Table 2", target, _every(verdicts), statistic, ratio, rule))
     return _frame(rows)
 
 
@@ -578,7 +609,7 @@ def _barrier_estimate(pairs: pd.DataFrame, curves: pd.DataFrame | None) -> Estim
     the accuracy at the barrier's α (class-index targets, when the curve is there), else
     none."""
     if len(pairs) > 1:
-        return contrast([(1, *_summary(pairs["error_barrier"]))], "model pairs")
+        return _contrast([(1, *_summary(pairs["error_barrier"]))], "model pairs")
     pair = pairs.iloc[0]
     value = float(pair["error_barrier"])
     if curves is None or pair["metric"] != "accuracy":
@@ -618,6 +649,7 @@ def _barrier_claim(tables: Mapping[str, pd.DataFrame], kind: str, expect_barrier
     return _frame(rows)
 
 
+@_claim
 def no_barrier_between_pt(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """No performance barrier between two P-T solutions (Sec. 3.3, Fig. 4).
 
@@ -631,6 +663,7 @@ def no_barrier_between_pt(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return _barrier_claim(tables, "P-T", False, "No performance barrier between two P-T solutions")
 
 
+@_claim
 def barrier_between_rit(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """A performance barrier between two RI-T solutions (Sec. 3.3, Fig. 4).
 
@@ -640,6 +673,7 @@ def barrier_between_rit(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return _barrier_claim(tables, "RI-T", True, "A performance barrier between two RI-T solutions")
 
 
+@_claim
 def pt_pairs_in_one_basin(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """Two P-T solutions lie in one (ε, δ)-basin (Sec. 3.3, Definition 3.1, Table 3).
 
@@ -687,6 +721,7 @@ def _spearman_increase(values: np.ndarray) -> Estimate:
     return Estimate(float(test.statistic), p_value=float(test.pvalue), n=len(values), n_kind="modules")
 
 
+@_claim
 def criticality_grows_with_depth(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """Module criticality of P-T models grows with depth (Sec. 3.4, Fig. 6: lower
     modules less critical).
@@ -729,6 +764,7 @@ CHECKPOINT_COLUMNS = ("checkpoint_epoch", "metric", "final_score_mean", "final_s
                       "source_score")
 
 
+@_claim
 def checkpoint_plateau(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """Fine-tuning from later pre-training checkpoints stops helping after a plateau
     while the source accuracy still rises (Sec. 3.5, Fig. 7).
@@ -762,7 +798,7 @@ def checkpoint_plateau(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
                              Estimate(math.nan, n=len(group), n_kind="checkpoints"), rule))
             continue
         start = rising.iloc[-1]
-        estimate = contrast([(1, last["final_score_mean"], last["final_score_std"], last["final_score_count"]),
+        estimate = _contrast([(1, last["final_score_mean"], last["final_score_std"], last["final_score_count"]),
                              (-1, start["final_score_mean"], start["final_score_std"], start["final_score_count"])],
                             "seeds per checkpoint")
         low, high = estimate.bounds(SINGLE_SEED_SCORE_MARGIN)
