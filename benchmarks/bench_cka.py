@@ -74,7 +74,7 @@ def numpy_reference(models: dict[str, torch.nn.Module], loader: ImageLoader) -> 
     """Minibatch CKA of the two models, every module pair, in float64 NumPy from the features."""
     (name_a, a), (name_b, b) = models.items()
     features: dict[tuple[str, str], np.ndarray] = {}
-    handles = [module.register_forward_hook(lambda m, i, out, key=(name, layer): features.__setitem__(
+    handles = [module.register_forward_hook(lambda _m, _i, out, key=(name, layer): features.__setitem__(
         key, out.flatten(1).double().cpu().numpy()))
         for name, model in models.items() for layer, module in modules(model).items()]
     modules_a, modules_b = list(modules(a)), list(modules(b))

@@ -236,6 +236,6 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="positive"):
         basin(a, b, loader, threshold=0)
     with pytest.raises(ValueError, match="max_extent"):
-        basin_along(lambda alpha, noise: 1.0, 10, 1.0, max_extent=5.0)
+        basin_along(lambda _alpha, _noise: 1.0, 10, 1.0, max_extent=5.0)
     with pytest.raises(ValueError, match="bn='recalibrate'"):
-        basin_along(lambda alpha, noise: 1.0 if 0 <= alpha <= 1 else float("nan"), 10, 1.0)
+        basin_along(lambda alpha, _noise: 1.0 if 0 <= alpha <= 1 else float("nan"), 10, 1.0)

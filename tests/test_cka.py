@@ -153,7 +153,7 @@ def tiny_batches(sizes=(32, 32, 32, 4)) -> list[tuple[torch.Tensor, torch.Tensor
 def captured_features(model: torch.nn.Module, batches) -> dict[str, list[np.ndarray]]:
     """Per module, the float64 features of each batch, captured by the test's own hooks."""
     features: dict[str, list[np.ndarray]] = {}
-    handles = [module.register_forward_hook(lambda m, i, out, name=name: features.setdefault(name, []).append(
+    handles = [module.register_forward_hook(lambda _m, _i, out, name=name: features.setdefault(name, []).append(
         out.flatten(1).double().numpy())) for name, module in modules(model).items()]
     model.eval()
     for x, _ in batches:
@@ -252,7 +252,7 @@ def test_pairs_and_modules_select_the_rows():
     models = tiny_models()
 
     class Broken(torch.nn.Module):
-        def forward(self, x):
+        def forward(self, _x):
             raise AssertionError("a model in no pair must not run")
 
     models["unused"] = Broken()
@@ -323,7 +323,7 @@ def test_features_do_not_require_grad():
     models = tiny_models()
     seen = []
     probe = models["a"].layer3.register_forward_hook(
-        lambda m, i, out: seen.append((out.requires_grad, out.grad_fn is None, torch.is_grad_enabled())))
+        lambda _m, _i, out: seen.append((out.requires_grad, out.grad_fn is None, torch.is_grad_enabled())))
     try:
         compare_representations(models, tiny_batches())
     finally:

@@ -217,7 +217,7 @@ CASES: dict[str, Callable[[Scene], Case]] = {
     "status: failed.json damaged": lambda s: s.damaged("status", lambda f: overwrite(first_job(f) / "failed.json",
                                                                                       "\x00\x00")),
     "run: running.json damaged": lambda s: s.damaged("run", lambda f: overwrite(first_job(f) / "running.json", "{")),
-    "run: disk full": lambda s: dataclasses.replace(s.damaged("run", lambda folder: LOCK_FILE), file_size_limit=0),
+    "run: disk full": lambda s: dataclasses.replace(s.damaged("run", lambda _folder: LOCK_FILE), file_size_limit=0),
 }
 
 

@@ -11,10 +11,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from transferscope.evaluation import (cache_batches, eval_mode, evaluate, has_batchnorm, loss_fn, metrics,
-                                      model_device, predict, recalibrate_batchnorm, roc_auc, score_metric,
-                                      score_name)
-
+from transferscope.evaluation import (
+    cache_batches,
+    eval_mode,
+    evaluate,
+    has_batchnorm,
+    loss_fn,
+    metrics,
+    model_device,
+    predict,
+    recalibrate_batchnorm,
+    roc_auc,
+    score_metric,
+    score_name,
+)
 
 
 def auc_reference(scores: np.ndarray, labels: np.ndarray) -> float:

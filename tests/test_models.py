@@ -12,12 +12,11 @@ import torchvision
 from torch import nn
 
 from transferscope.evaluation import has_batchnorm
-from transferscope.models.partition import head_name, module_state_keys, modules
 from transferscope.models import list_models, register
 from transferscope.models import registry as registry_module
+from transferscope.models.partition import head_name, module_state_keys, modules
 from transferscope.models.registry import build_model
 from transferscope.models.weights import init_for_finetuning, load_into, load_weights, save_weights
-
 
 RESNET_PARTITION = ["conv1", "layer1", "layer2", "layer3", "layer4", "fc"]
 
@@ -131,7 +130,8 @@ def test_list_models_names_builtins_and_torchvision():
     assert set(torchvision.models.list_models(module=torchvision.models)) <= set(names)
 
 
-def test_register_a_custom_builder(registry):
+@pytest.mark.usefixtures("registry")
+def test_register_a_custom_builder():
     calls = []
 
     @register("tiny_mlp")
@@ -154,7 +154,7 @@ def test_a_new_family_reaches_build_model_unchanged(registry, monkeypatch):
     """How import-path models (issue 10) plug in: a family resolves names by their form."""
     monkeypatch.setattr(registry, "_FAMILIES", list(registry._FAMILIES))
     registry.register_family(registry.Family(
-        "'linear:<n>'", lambda arch: (lambda num_classes, in_channels=3: nn.Linear(int(arch[7:]), num_classes))
+        "'linear:<n>'", lambda arch: (lambda num_classes, **_settings: nn.Linear(int(arch[7:]), num_classes))
         if arch.startswith("linear:") else None))
     assert build_model("linear:7", 2).weight.shape == (2, 7)
     with pytest.raises(ValueError, match="'linear:<n>'"):

@@ -16,11 +16,10 @@ from PIL import Image
 from pydantic import ValidationError
 
 from transferscope.config import DataConfig
-from transferscope.data.chexpert import chexpert_domain, chexpert_targets
 from transferscope.data import load_domain
+from transferscope.data.chexpert import chexpert_domain, chexpert_targets
 from transferscope.data.domainnet import domainnet_domain
-from transferscope.data.files import (IMAGENET_MEAN, IMAGENET_STD, FileImageDataset, ImageReadError, read_image,
-                                      to_image_set)
+from transferscope.data.files import IMAGENET_MEAN, IMAGENET_STD, FileImageDataset, ImageReadError, read_image, to_image_set
 from transferscope.data.folder import image_folder_domain, stratified_subsample
 from transferscope.data.tensors import ImageSet
 

@@ -157,8 +157,7 @@ def test_other_init_weights_at_the_same_path_are_another_run(tmp_path, toy_domai
         train(config, out, toy_domain)
 
 
-def test_a_run_that_never_finished_an_epoch_restarts_with_a_new_config(tmp_path, reference, toy_domain,
-                                                                        toy_train_config):
+def test_a_run_that_never_finished_an_epoch_restarts_with_a_new_config(tmp_path, reference, toy_domain):
     broken = reference.config.model_copy(update={"lr": 1e30})
     with pytest.raises(TrainingFailed, match="at epoch 1"):
         train(broken, tmp_path, toy_domain)
@@ -202,7 +201,7 @@ def run_killed_after_pt_epoch_two(study: Path, out: Path) -> None:
     epoch 2: a kill at an epoch boundary, with the parent's imports already done."""
     plain_run = Trainer.run
 
-    def run(self, on_epoch_end=None):
+    def run(self, on_epoch_end=None):  # noqa: ARG001 - Trainer.run's signature; the kill replaces the callback
         def kill(epoch: int) -> None:
             if self.config.init is not None and epoch == 2:
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -16,6 +16,7 @@ import yaml
 from pydantic import Field, ValidationError
 from test_study import tiny_spec
 
+import transferscope.study
 from transferscope.analysis.basins import DEFAULT_SIGMAS, basin
 from transferscope.analysis.distance import param_distance
 from transferscope.analysis.interpolation import DEFAULT_ALPHAS, interpolate
@@ -24,7 +25,6 @@ from transferscope.analysis.module_criticality import criticality
 from transferscope.analysis.rewinding import rewind
 from transferscope.analysis.similarity import compare_representations
 from transferscope.analysis.spectra import spectrum_summary
-import transferscope.study
 from transferscope.config import DataConfig
 from transferscope.data import load, load_domain
 from transferscope.study import StudySpec
@@ -139,7 +139,7 @@ def test_the_study_layer_does_not_import_the_report():
 def test_data_kinds_are_one_table(monkeypatch):
     assert set(load.BUILDERS) == set(DataConfig.model_fields["kind"].annotation.__args__)
     built = []
-    monkeypatch.setitem(load.BUILDERS, "synthetic", lambda config, cache_dir: built.append(config) or "domain")
+    monkeypatch.setitem(load.BUILDERS, "synthetic", lambda config, _cache_dir: built.append(config) or "domain")
     assert load_domain(DataConfig()) == "domain" and built == [DataConfig()]
     with pytest.raises(ValueError, match="unknown data kind 'tiff'; known kinds: synthetic, domainnet"):
         load_domain(DataConfig.model_construct(kind="tiff"))

@@ -141,7 +141,7 @@ def test_cache_hit_returns_identical_tensors_without_regenerating(tmp_path, monk
     files = list((tmp_path / "cache").glob("*.safetensors"))
     assert len(files) == 1 and "clipart" in files[0].name
 
-    def fail(*args, **kwargs):
+    def fail(*_args, **_kwargs):
         raise AssertionError("a cache hit must not regenerate")
 
     monkeypatch.setattr(domains, "generate_split", fail)

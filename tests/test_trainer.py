@@ -31,7 +31,6 @@ from transferscope.models.weights import load_into
 from transferscope.train.run_dir import TrainingRun
 from transferscope.train.trainer import Trainer, TrainingFailed, build_run_model, parameter_groups
 
-
 COLUMNS = {"epoch", "train_loss", "train_running_accuracy", "lr", "images_per_second", "train_seconds",
            "test_loss", "test_accuracy", "train_clean_accuracy"}
 DETERMINISTIC = ["epoch", "train_loss", "train_running_accuracy", "lr", "test_loss", "test_accuracy",

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
+from test_study import tiny_spec, write_spec
 from typer.testing import CliRunner
 
 from transferscope.cli import app
@@ -18,8 +19,6 @@ from transferscope.config import DataConfig, TrainConfig, explain, load_yaml
 from transferscope.data.shuffle import BlockShuffle
 from transferscope.study import load_study
 from transferscope.study.spec import Analyses, Recipe, ShuffleSweep
-
-from test_study import tiny_spec, write_spec
 
 
 def _words(output: str) -> str:

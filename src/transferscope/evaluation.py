@@ -14,10 +14,9 @@ pass for a real prediction. :func:`metrics` scores non-finite logits as NaN.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Mapping
-
-import math
 
 import pandas as pd
 import torch

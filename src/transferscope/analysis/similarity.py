@@ -40,7 +40,8 @@ from __future__ import annotations
 import itertools
 import math
 from contextlib import ExitStack
-from typing import Iterable, Literal, Mapping, Sequence
+from functools import partial
+from typing import Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -245,9 +246,9 @@ def cka(X: Tensor | np.ndarray, Y: Tensor | np.ndarray, *, kernel: Kernel = "lin
     if len(x) != len(y):
         raise ValueError(f"X and Y must describe the same examples: X has {len(x)} rows, Y has {len(y)}")
     _check_examples(len(x), debiased)
-    kernel_settings = {"kernel": kernel, "bandwidth": bandwidth, "bandwidth_rule": bandwidth_rule}
-    a = hsic_operand(gram_matrix(x.double(), **kernel_settings), debiased=debiased)
-    b = hsic_operand(gram_matrix(y.double(), **kernel_settings), debiased=debiased)
+    gram = partial(gram_matrix, kernel=kernel, bandwidth=bandwidth, bandwidth_rule=bandwidth_rule)
+    a = hsic_operand(gram(x.double()), debiased=debiased)
+    b = hsic_operand(gram(y.double()), debiased=debiased)
     return float(_cka_from_hsic((a * b).sum().reshape(1, 1), (a * a).sum().reshape(1), (b * b).sum().reshape(1)))
 
 
@@ -257,10 +258,12 @@ def _resolve_pairs(models: Mapping[str, nn.Module], pairs: Iterable[tuple[str, s
             raise ValueError(f"compare_representations needs at least two models, got {list(models)}; "
                              "pass pairs=[(name, name)] to compare a model with itself")
         return list(itertools.combinations(models, 2))
-    resolved = [tuple(pair) for pair in pairs]
-    for pair in resolved:
-        if len(pair) != 2 or any(name not in models for name in pair):
-            raise ValueError(f"each pair must name two of the models {list(models)}, got {pair!r}")
+    resolved = []
+    for pair in pairs:
+        names = tuple(pair)
+        if len(names) != 2 or any(name not in models for name in names):
+            raise ValueError(f"each pair must name two of the models {list(models)}, got {names!r}")
+        resolved.append((names[0], names[1]))
     if not resolved:
         raise ValueError("pairs is empty: list (model_a, model_b) tuples, or leave pairs=None for every pair")
     return resolved
@@ -308,12 +311,12 @@ class _HSICSums:
         return _cka_from_hsic(self.cross[pair], self.self[pair[0]], self.self[pair[1]]).cpu().numpy()
 
 
-def _hook(store: dict[str, Tensor], model: str, name: str, keep_features: bool, kernel_settings: Mapping[str, object],
-          unbiased: bool):
+def _hook(store: dict[str, Tensor], model: str, name: str, keep_features: bool, gram: Callable[[Tensor], Tensor],
+          unbiased: bool) -> Callable[[nn.Module, object, object], None]:
     """Forward hook: store the module's HSIC operand for the batch (minibatch), or a copy of
     its flattened features (full); never the output itself or an autograd graph."""
 
-    def hook(module: nn.Module, inputs: object, output: object) -> None:
+    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
         if not isinstance(output, Tensor):
             raise TypeError(f"module {name!r} of model {model!r} returned {type(output).__name__}, not a tensor; "
                             "hook a module whose output is a tensor (pass modules=...)")
@@ -324,9 +327,44 @@ def _hook(store: dict[str, Tensor], model: str, name: str, keep_features: bool, 
             dtype = torch.float64 if output.dtype == torch.float64 else torch.float32
             store[name] = output.detach().flatten(1).to(dtype, copy=True)
         else:
-            store[name] = hsic_operand(gram_matrix(output, **kernel_settings), debiased=unbiased)
+            store[name] = hsic_operand(gram(output), debiased=unbiased)
 
     return hook
+
+
+def _register_hooks(cleanup: ExitStack, models: Mapping[str, nn.Module], hooked: Mapping[str, Mapping[str, nn.Module]],
+                    stores: Mapping[str, dict[str, Tensor]], keep_features: bool, gram: Callable[[Tensor], Tensor],
+                    unbiased: bool) -> None:
+    """Put every hooked model in eval mode and hook its modules, both undone by ``cleanup``."""
+    for name, modules in hooked.items():
+        cleanup.enter_context(eval_mode(models[name]))
+        for module_name, module in modules.items():
+            handle = module.register_forward_hook(_hook(stores[name], name, module_name, keep_features, gram, unbiased))
+            cleanup.callback(handle.remove)
+
+
+def _batch_inputs(batch: Tensor | Sequence[Tensor], index: int, estimator: Estimator) -> Tensor:
+    """The inputs of batch ``index`` (``(inputs, targets)`` or bare inputs), checked to be
+    large enough for the minibatch estimator."""
+    inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if estimator == "minibatch" and len(inputs) < MIN_UNBIASED_EXAMPLES:
+        raise ValueError(
+            f"batch {index} has {len(inputs)} examples, but the minibatch CKA estimator (unbiased HSIC) needs "
+            f"at least {MIN_UNBIASED_EXAMPLES} in every batch; use a larger batch size, or drop_last=True so "
+            "that a small last batch is skipped")
+    return inputs
+
+
+def _cka_rows(sums: _HSICSums, model_pairs: list[tuple[str, str]], hooked: Mapping[str, Mapping[str, nn.Module]],
+              settings: Mapping[str, object]) -> list[dict[str, object]]:
+    """One row per ``(model_a, model_b, module_a, module_b)``: its CKA and ``settings``."""
+    rows = []
+    for a, b in model_pairs:
+        values = sums.cka((a, b))
+        for (i, module_a), (j, module_b) in itertools.product(enumerate(hooked[a]), enumerate(hooked[b])):
+            rows.append({"model_a": a, "model_b": b, "module_a": module_a, "module_b": module_b,
+                         "cka": float(values[i, j]), **settings})
+    return rows
 
 
 def _take(store: dict[str, Tensor], model: str, names: Iterable[str]) -> list[Tensor]:
@@ -409,32 +447,22 @@ def compare_representations(
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     _check_settings(kernel, bandwidth, bandwidth_rule)
-    kernel_settings = {"kernel": kernel, "bandwidth": bandwidth, "bandwidth_rule": bandwidth_rule}
+    gram = partial(gram_matrix, kernel=kernel, bandwidth=bandwidth, bandwidth_rule=bandwidth_rule)
     if not isinstance(models, Mapping) or not all(isinstance(model, nn.Module) for model in models.values()):
         raise TypeError("models must be a dict mapping names to torch.nn.Module instances")
-    pairs = _resolve_pairs(models, pairs)
-    used = [name for name in models if any(name in pair for pair in pairs)]
+    model_pairs = _resolve_pairs(models, pairs)
+    used = [name for name in models if any(name in pair for pair in model_pairs)]
     hooked = {name: partition(models[name], _module_names(modules, name, models)) for name in used}
     unbiased = debiased or estimator == "minibatch"
     keep_features = estimator == "full"
     stores: dict[str, dict[str, Tensor]] = {name: {} for name in used}
     features: dict[str, list[list[Tensor]]] = {name: [] for name in used}  # full estimator: per batch, per module
-    sums = _HSICSums(pairs, {name: len(hooked[name]) for name in used}, model_device(models[used[0]]))
+    sums = _HSICSums(model_pairs, {name: len(hooked[name]) for name in used}, model_device(models[used[0]]))
     n_examples = largest_batch = 0
     with ExitStack() as cleanup:
-        for name in used:
-            cleanup.enter_context(eval_mode(models[name]))
-            for module_name, module in hooked[name].items():
-                handle = module.register_forward_hook(
-                    _hook(stores[name], name, module_name, keep_features, kernel_settings, unbiased))
-                cleanup.callback(handle.remove)
+        _register_hooks(cleanup, models, hooked, stores, keep_features, gram, unbiased)
         for index, batch in enumerate(loader):
-            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-            if estimator == "minibatch" and len(inputs) < MIN_UNBIASED_EXAMPLES:
-                raise ValueError(
-                    f"batch {index} has {len(inputs)} examples, but the minibatch CKA estimator (unbiased HSIC) needs "
-                    f"at least {MIN_UNBIASED_EXAMPLES} in every batch; use a larger batch size, or drop_last=True so "
-                    "that a small last batch is skipped")
+            inputs = _batch_inputs(batch, index, estimator)
             for name in used:
                 models[name](inputs.to(model_device(models[name])))
             batch_values = {name: _take(stores[name], name, hooked[name]) for name in used}
@@ -449,16 +477,10 @@ def compare_representations(
         raise ValueError("the loader yielded no batches")
     if keep_features:
         _check_examples(n_examples, unbiased)
-        sums.add({name: [hsic_operand(gram_matrix(torch.cat(per_module), **kernel_settings), debiased=unbiased)
+        sums.add({name: [hsic_operand(gram(torch.cat(per_module)), debiased=unbiased)
                          for per_module in zip(*features.pop(name))] for name in used})
         largest_batch = n_examples
-    rows = []
-    for a, b in pairs:
-        values = sums.cka((a, b))
-        for (i, module_a), (j, module_b) in itertools.product(enumerate(hooked[a]), enumerate(hooked[b])):
-            rows.append({"model_a": a, "model_b": b, "module_a": module_a, "module_b": module_b,
-                         "cka": float(values[i, j]), "estimator": estimator, "kernel": kernel, "debiased": unbiased,
-                         "n_examples": n_examples, "batch_size": largest_batch,
-                         "bandwidth": bandwidth if kernel == "rbf" else float("nan"),
-                         "bandwidth_rule": bandwidth_rule if kernel == "rbf" else None})
-    return pd.DataFrame(rows)
+    settings = {"estimator": estimator, "kernel": kernel, "debiased": unbiased, "n_examples": n_examples,
+                "batch_size": largest_batch, "bandwidth": bandwidth if kernel == "rbf" else float("nan"),
+                "bandwidth_rule": bandwidth_rule if kernel == "rbf" else None}
+    return pd.DataFrame(_cka_rows(sums, model_pairs, hooked, settings))

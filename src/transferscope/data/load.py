@@ -19,21 +19,21 @@ def _synthetic(config: DataConfig, cache_dir: str | None) -> Domain:
                             num_classes=config.num_classes, seed=config.seed, cache_dir=cache_dir)
 
 
-def _domainnet(config: DataConfig, cache_dir: str | None) -> Domain:
+def _domainnet(config: DataConfig, _cache_dir: str | None) -> Domain:
     from .domainnet import domainnet_domain
 
     return domainnet_domain(config.root, config.name, image_size=config.image_size, n_train=config.n_train,
                             n_test=config.n_test, num_classes=config.num_classes, seed=config.seed)
 
 
-def _chexpert(config: DataConfig, cache_dir: str | None) -> Domain:
+def _chexpert(config: DataConfig, _cache_dir: str | None) -> Domain:
     from .chexpert import chexpert_domain
 
     return chexpert_domain(config.root, image_size=config.image_size, n_train=config.n_train, n_test=config.n_test,
                            seed=config.seed)
 
 
-def _folder(config: DataConfig, cache_dir: str | None) -> Domain:
+def _folder(config: DataConfig, _cache_dir: str | None) -> Domain:
     from .folder import image_folder_domain
 
     return image_folder_domain(config.root, image_size=config.image_size, seed=config.seed, n_train=config.n_train,

@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from torch.utils.data import DataLoader, Dataset
-
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 from ..seeding import torch_generator
 from .shuffle import BlockShuffle

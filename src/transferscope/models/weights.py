@@ -48,7 +48,7 @@ def load_weights(path: str | os.PathLike) -> StateDict:
                              "train it again)") from error
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - re-raised with the file named
+    except Exception as error:  # torch.load fails in many ways (zip, pickle, EOF): re-raised naming the file
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(
             f"cannot read {path} as a weights-only torch file ({reason}); transferscope never unpickles "

@@ -18,8 +18,8 @@ from ..evaluation import cache_batches
 from ..io import write_table
 from ..models import build_model, load_into
 from ..train import TrainingRun, train
-from ..train.trainer import resolve_device
 from ..train.run_dir import checkpoint_path
+from ..train.trainer import resolve_device
 from .job import Job
 from .roles import Role
 from .spec import Analyses
@@ -226,7 +226,7 @@ def _criticality_job(inputs: AnalysisInputs) -> None:
 
 
 def _analysis(function: Callable[[AnalysisInputs], None]) -> Callable[[Store, Job, bool], None]:
-    return lambda store, job, progress: function(AnalysisInputs(store, job))
+    return lambda store, job, _progress: function(AnalysisInputs(store, job))
 
 
 RUNNERS: dict[str, Callable[[Store, Job, bool], None]] = {

@@ -19,9 +19,9 @@ import os
 import shutil
 import time
 import warnings
-from pathlib import Path
 from contextlib import contextmanager
 from functools import cached_property
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np

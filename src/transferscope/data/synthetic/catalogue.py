@@ -80,7 +80,7 @@ TARGET_SHAPES: dict[str, Field] = {
 # ---------------------------------------------------------------- textures: (u, v, f, grid) -> [0, 1]
 
 
-def _dots(u: Tensor, v: Tensor, f: Tensor, grid: Tensor) -> Tensor:
+def _dots(u: Tensor, v: Tensor, f: Tensor, _grid: Tensor) -> Tensor:
     du, dv = torch.frac(f * u).abs(), torch.frac(f * v).abs()  # distance to the lattice of integers
     return soft_step(0.3 - length(torch.minimum(du, 1 - du), torch.minimum(dv, 1 - dv)), 25)
 
@@ -90,22 +90,22 @@ def _blotches(u: Tensor, v: Tensor, f: Tensor, grid: Tensor) -> Tensor:
     return soft_step(F.grid_sample(grid, coords, align_corners=False, padding_mode="reflection") - 0.5, 12)
 
 
-def _hatch(u: Tensor, v: Tensor, f: Tensor, grid: Tensor) -> Tensor:
+def _hatch(u: Tensor, v: Tensor, f: Tensor, _grid: Tensor) -> Tensor:
     lines = torch.maximum(torch.cos(2 * math.pi * f * (u + v) / 1.4), torch.cos(2 * math.pi * f * (u - v) / 1.4))
     return soft_step(lines - 0.7, 12)
 
 
 SOURCE_TEXTURES: dict[str, Field] = {
-    "stripes": lambda u, v, f, grid: soft_step(torch.sin(2 * math.pi * f * u), 6),
-    "checks": lambda u, v, f, grid: soft_step(torch.sin(2 * math.pi * f * u) * torch.sin(2 * math.pi * f * v), 8),
+    "stripes": lambda u, _v, f, _grid: soft_step(torch.sin(2 * math.pi * f * u), 6),
+    "checks": lambda u, v, f, _grid: soft_step(torch.sin(2 * math.pi * f * u) * torch.sin(2 * math.pi * f * v), 8),
     "dots": _dots,
     "blotches": _blotches,
 }
 
 REAL_TEXTURES: dict[str, Field] = {
-    "waves": lambda u, v, f, grid: soft_step(torch.sin(2 * math.pi * f * u + 2.5 * torch.sin(math.pi * f * v)), 4),
-    "rings": lambda u, v, f, grid: soft_step(torch.sin(2 * math.pi * f * length(u - 0.3, v)), 6),
+    "waves": lambda u, v, f, _grid: soft_step(torch.sin(2 * math.pi * f * u + 2.5 * torch.sin(math.pi * f * v)), 4),
+    "rings": lambda u, v, f, _grid: soft_step(torch.sin(2 * math.pi * f * length(u - 0.3, v)), 6),
     "hatch": _hatch,
-    "plain": lambda u, v, f, grid: (0.5 + 0.25 * u).clamp(0, 1),
+    "plain": lambda u, _v, _f, _grid: (0.5 + 0.25 * u).clamp(0, 1),
 }
 

@@ -212,7 +212,7 @@ def render_sketch(labels: Tensor, draw: Draw, size: int, *, classes: Sequence[st
 # ---------------------------------------------------------------- xray: CheXpert-like multi-label
 
 
-def render_xray(targets: Tensor, draw: Draw, size: int, *, classes: Sequence[str]) -> Tensor:
+def render_xray(targets: Tensor, draw: Draw, size: int, *, classes: Sequence[str]) -> Tensor:  # noqa: ARG001 - every renderer's signature
     """A frontal chest radiograph, schematically: dark air, a soft-tissue thorax, dark
     lungs crossed by faint ribs, spine and heart; findings add density: an enlarged heart
     (Cardiomegaly), diffuse perihilar haze in both lungs (Edema), a dense blob in one lung

@@ -11,8 +11,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from .names import pair_type
