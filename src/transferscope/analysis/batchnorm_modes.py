@@ -71,6 +71,7 @@ def recalibration_data(bn_mode: str, recalibration_loader: Batches | None,
     (a one-shot iterator serves every evaluated point)."""
     if bn_mode != "recalibrate":
         return None
+    assert recalibration_loader is not None, "resolve_bn_mode requires it for 'recalibrate'"
     if recalibration_batches is not None and recalibration_batches < 1:
         raise ValueError(f"recalibration_batches must be >= 1 (or None for the whole loader), "
                          f"got {recalibration_batches}")

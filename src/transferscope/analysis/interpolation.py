@@ -151,7 +151,7 @@ class LinearPath:
                 count = parameter.numel()
                 parameter.add_(noise[offset:offset + count].reshape(parameter.shape).to(parameter))
                 offset += count
-        if self.bn_mode == "recalibrate":
+        if self.recalibration_data is not None:  # bn mode "recalibrate"
             recalibrate_batchnorm(self.model, self.recalibration_data)
         return self.model
 

@@ -188,19 +188,19 @@ def mistakes(
     """
     if len(models) < 2 and pairs is None:
         raise ValueError(f"mistakes compares pairs of models; got {len(models)} model(s)")
-    pairs = list(itertools.combinations(models, 2)) if pairs is None else [tuple(pair) for pair in pairs]
-    _check_models(models, {name for pair in pairs for name in pair})
+    model_pairs = list(itertools.combinations(models, 2)) if pairs is None else [(a, b) for a, b in pairs]
+    _check_models(models, {name for pair in model_pairs for name in pair})
     if n_bootstrap < 1:
         raise ValueError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    used = {name: models[name] for name in models if any(name in pair for pair in pairs)}
+    used = {name: models[name] for name in models if any(name in pair for pair in model_pairs)}
     logits, targets = _predict_together(used, loader)
     wrong = {name: _wrong(values, targets, threshold) for name, values in logits.items()}
     multilabel = is_multilabel(targets)
     rows = []
-    for a, b in pairs:
-        row = {"model_a": a, "model_b": b, "unit": "example-label" if multilabel else "example"}
+    for a, b in model_pairs:
+        row: dict[str, object] = {"model_a": a, "model_b": b, "unit": "example-label" if multilabel else "example"}
         row.update(_pair_row(wrong[a], wrong[b], n_bootstrap, seed, confidence))
         row.update(threshold=_threshold_label(threshold, multilabel), n_bootstrap=n_bootstrap, seed=seed,
                    confidence=confidence)

@@ -34,14 +34,14 @@ class BlockShuffle:
         key = (channels, height, width)
         if key not in self._index:
             generator = torch.Generator().manual_seed(self.seed)
-            if self.block_size == "*":
+            if isinstance(self.block_size, int):
+                self._index[key] = self._block_index(self.block_size, height, width, generator)
+            else:  # "*"
                 self._index[key] = torch.randperm(channels * height * width, generator=generator)
-            else:
-                self._index[key] = self._block_index(height, width, generator)
         return self._index[key]
 
-    def _block_index(self, height: int, width: int, generator: torch.Generator) -> Tensor:
-        b = self.block_size
+    @staticmethod
+    def _block_index(b: int, height: int, width: int, generator: torch.Generator) -> Tensor:
         if height % b or width % b:
             raise ValueError(
                 f"block size {b} does not divide the image size {height}x{width}; "

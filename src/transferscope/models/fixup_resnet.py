@@ -35,7 +35,7 @@ class FixupBottleneck(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
         self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample: nn.Module | None = None
+        self.downsample: nn.Conv2d | None = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)
 
@@ -49,6 +49,10 @@ class FixupBottleneck(nn.Module):
 
 class FixupResNet(nn.Module):
     state_key_owners = {"bias1": "conv1", "bias2": "fc"}
+    layer1: nn.Sequential  # the stages, set in a loop
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
 
     def __init__(self, num_classes: int = 1000, layers: Sequence[int] = (3, 4, 6, 3), in_channels: int = 3) -> None:
         super().__init__()

@@ -37,6 +37,11 @@ class BasicBlock(nn.Module):
 
 
 class SmallResNet(nn.Module):
+    layer1: nn.Sequential  # the stages, set in a loop
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(
         self,
         num_classes: int,

@@ -76,7 +76,7 @@ def pixel_grid(size: int) -> tuple[Tensor, Tensor]:
     return centres.view(1, 1, 1, size), centres.flip(0).view(1, 1, size, 1)
 
 
-def pose(X: Tensor, Y: Tensor, angle: Tensor, scale: Tensor, tx: Tensor, ty: Tensor) -> tuple[Tensor, Tensor]:
+def pose(X: Tensor, Y: Tensor, angle: Tensor, scale: Tensor | float, tx: Tensor, ty: Tensor) -> tuple[Tensor, Tensor]:
     """Object coordinates: translate by -t, rotate by -angle, divide by scale."""
     cos, sin = torch.cos(angle), torch.sin(angle)
     dx, dy = X - tx, Y - ty
@@ -88,7 +88,7 @@ def coverage(sdf: Tensor, pixel: float) -> Tensor:
     return (0.5 - sdf / pixel).clamp(0, 1)
 
 
-def stroke(sdf: Tensor, width: Tensor, pixel: float) -> Tensor:
+def stroke(sdf: Tensor, width: Tensor | float, pixel: float) -> Tensor:
     """Anti-aliased line of ``width`` (image units) along the zero level set of ``sdf``."""
     return coverage(sdf.abs() - width / 2, pixel)
 
@@ -101,7 +101,7 @@ def translate(field: Tensor, dx: Tensor, dy: Tensor) -> Tensor:
     return F.grid_sample(field, grid.squeeze(1), mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def soft_step(value: Tensor, sharpness: float) -> Tensor:
+def soft_step(value: Tensor, sharpness: Tensor | float) -> Tensor:
     """A smooth step from 0 to 1 around ``value = 0``."""
     return torch.sigmoid(value * sharpness)
 
@@ -115,7 +115,7 @@ def length(x: Tensor, y: Tensor) -> Tensor:
     return torch.addcmul(x * x, y, y).sqrt_()
 
 
-def circle(x: Tensor, y: Tensor, r: float) -> Tensor:
+def circle(x: Tensor, y: Tensor, r: Tensor | float) -> Tensor:
     return length(x, y) - r
 
 

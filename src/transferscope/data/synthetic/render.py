@@ -59,6 +59,7 @@ def _per_group(groups: Tensor, functions: Sequence[Field], *fields: Tensor) -> T
         if out is None:
             out = values.new_empty(len(groups), *values.shape[1:])
         out[index] = values
+    assert out is not None, "no images to render"
     return out
 
 
