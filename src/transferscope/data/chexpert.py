@@ -64,10 +64,10 @@ def image_base(root: Path, first_path: str) -> Path:
 def split_sizes(count: int, n_train: int | None, n_test: int | None) -> tuple[int, int]:
     """Sizes of the two disjoint parts; ``None`` takes what the other leaves (half each
     when both are ``None``)."""
-    if n_train is None and n_test is None:
-        n_train = count // 2
-    n_train = count - n_test if n_train is None else n_train
-    n_test = count - n_train if n_test is None else n_test
+    if n_train is None:
+        n_train = count // 2 if n_test is None else count - n_test
+    if n_test is None:
+        n_test = count - n_train
     if n_train < 1 or n_test < 1 or n_train + n_test > count:
         raise ValueError(f"cannot split {count} CheXpert rows into disjoint train ({n_train}) and test ({n_test}) "
                          f"parts: pass n_train + n_test <= {count} (or None to take the rest)")

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .shuffle import BlockShuffle
-from .tensors import ImageLoader, ImageSet
+from .tensors import ImageLoader, ImageSet, split_size
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -56,7 +56,7 @@ class Domain:
         """Batches of ``split`` normalised with this domain's statistics; ``limit`` keeps
         the first examples only (a fixed evaluation subset)."""
         data = self.split(split)
-        if limit is not None and limit < len(data):
+        if limit is not None and limit < split_size(data):
             data = data.subset(range(limit)) if isinstance(data, ImageSet) else torch.utils.data.Subset(data, range(limit))
         return ImageLoader(data, batch_size, mean=self.mean, std=self.std, shuffle=shuffle, seed=seed, augment=augment,
                            block_shuffle=block_shuffle, drop_last=drop_last, device=device,

@@ -19,7 +19,7 @@ from rich.progress import track
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .tensors import ImageSet
+from .tensors import ImageSet, split_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,8 +52,8 @@ def read_image(path: str | os.PathLike, image_size: int) -> Tensor:
     """Decode ``path`` to uint8 RGB ``(3, image_size, image_size)``: shorter side resized
     to ``image_size``, then centre crop."""
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageReadError(path, f"{type(error).__name__}: {error}") from error
     import torchvision.transforms.functional as F  # a 3 s import: only where images are decoded
@@ -117,8 +117,8 @@ def to_image_set(dataset: Dataset, num_workers: int = 0, batch_size: int = 256) 
     """Read every item of a dataset of ``(uint8 (C, H, W), target)`` (e.g. a small
     :class:`FileImageDataset` subset) into one in-memory :class:`ImageSet`; a progress
     bar shows from ``PROGRESS_MIN_ITEMS`` images on."""
-    if len(dataset) == 0:
+    if split_size(dataset) == 0:
         raise ValueError("cannot make an ImageSet of an empty dataset")
     batches = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    images, targets = zip(*track(batches, description="reading images", disable=len(dataset) < PROGRESS_MIN_ITEMS))
+    images, targets = zip(*track(batches, description="reading images", disable=split_size(dataset) < PROGRESS_MIN_ITEMS))
     return ImageSet(torch.cat(images), torch.cat(targets), list(getattr(dataset, "classes", [])))

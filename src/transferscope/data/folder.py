@@ -25,10 +25,10 @@ from .files import IMAGENET_MEAN, IMAGENET_STD, FileImageDataset, seeded_order
 def shuffled_classes(labels: Sequence[int], seed: int) -> list[list[int]]:
     """The indices of each class (classes in label order), each list in a seeded random order."""
     generator = torch.Generator().manual_seed(seed)
-    labels = torch.as_tensor(labels)
-    return [torch.nonzero(labels == label).flatten()[torch.randperm(int((labels == label).sum()),
+    values = torch.as_tensor(labels)
+    return [torch.nonzero(values == label).flatten()[torch.randperm(int((values == label).sum()),
                                                                     generator=generator)].tolist()
-            for label in labels.unique().tolist()]
+            for label in values.unique().tolist()]
 
 
 def split_per_class(labels: Sequence[int], test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -105,7 +105,8 @@ def image_folder_domain(root: str | os.PathLike, image_size: int = 224, test_fra
     else:
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
-        classes, class_to_idx = first_classes(*find_classes(root), num_classes, root)
+        found, found_to_idx = find_classes(root)
+        classes, class_to_idx = first_classes(found, found_to_idx, num_classes, root)
         samples = make_dataset(root, class_to_idx, extensions=extensions)
         train_index, test_index = split_per_class([label for _, label in samples], test_fraction, seed)
         train, test = [samples[i] for i in train_index], [samples[i] for i in test_index]

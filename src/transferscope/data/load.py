@@ -12,6 +12,12 @@ if TYPE_CHECKING:
     from .domain import Domain
 
 
+def _root(config: DataConfig) -> str:
+    """The data set folder of a real data kind (``DataConfig`` requires it)."""
+    assert config.root is not None, f"data kind {config.kind!r} needs root"
+    return config.root
+
+
 def _synthetic(config: DataConfig, cache_dir: str | None) -> Domain:
     from .synthetic import synthetic_domain
 
@@ -22,21 +28,21 @@ def _synthetic(config: DataConfig, cache_dir: str | None) -> Domain:
 def _domainnet(config: DataConfig, _cache_dir: str | None) -> Domain:
     from .domainnet import domainnet_domain
 
-    return domainnet_domain(config.root, config.name, image_size=config.image_size, n_train=config.n_train,
+    return domainnet_domain(_root(config), config.name, image_size=config.image_size, n_train=config.n_train,
                             n_test=config.n_test, num_classes=config.num_classes, seed=config.seed)
 
 
 def _chexpert(config: DataConfig, _cache_dir: str | None) -> Domain:
     from .chexpert import chexpert_domain
 
-    return chexpert_domain(config.root, image_size=config.image_size, n_train=config.n_train, n_test=config.n_test,
+    return chexpert_domain(_root(config), image_size=config.image_size, n_train=config.n_train, n_test=config.n_test,
                            seed=config.seed)
 
 
 def _folder(config: DataConfig, _cache_dir: str | None) -> Domain:
     from .folder import image_folder_domain
 
-    return image_folder_domain(config.root, image_size=config.image_size, seed=config.seed, n_train=config.n_train,
+    return image_folder_domain(_root(config), image_size=config.image_size, seed=config.seed, n_train=config.n_train,
                                n_test=config.n_test, num_classes=config.num_classes)
 
 

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..io import atomic_path
 from .domain import Domain
-from .tensors import ImageSet
+from .tensors import ImageSet, split_size
 
 _CELL_INCHES = 1.2  # width of one cell of the grid
 _LINE_INCHES = 6 * 1.15 / 72  # one caption line at 6 pt
@@ -43,7 +43,7 @@ def save_preview(domain: Domain, path: str | os.PathLike, n: int = 64, split: st
     if n < 1:
         raise ValueError(f"n must be at least 1 image, got {n}")
     data = domain.split(split)
-    count = min(n, len(data))
+    count = min(n, split_size(data))
     if count == 0:
         raise ValueError(f"the {split} split of domain {domain.name!r} is empty; nothing to preview")
     images, targets = _examples(data, count)
@@ -68,7 +68,7 @@ def save_preview(domain: Domain, path: str | os.PathLike, n: int = 64, split: st
         axes.text(left + width / 2, top - 0.5, caption, ha="center", va="bottom", fontsize=6, linespacing=1.0)
     axes.imshow(mosaic.numpy(), interpolation="nearest")
     axes.axis("off")
-    figure.suptitle(f"{domain.name} — {split} split: {count} of {len(data)} images", fontsize=10)
+    figure.suptitle(f"{domain.name} — {split} split: {count} of {split_size(data)} images", fontsize=10)
     path = Path(path)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110)

@@ -9,8 +9,9 @@ block-shuffles whole batches. Any other iterable of ``(inputs, targets)`` batche
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, cast
 
 import torch
 from torch import Tensor
@@ -57,6 +58,12 @@ class ImageSet:
         """Per-channel mean and std of the pixel values scaled to [0, 1]."""
         pixels = self.images.transpose(0, 1).reshape(self.images.shape[1], -1).double() / 255.0
         return pixels.mean(1).tolist(), pixels.std(1).clamp_min(1e-3).tolist()
+
+
+def split_size(split: ImageSet | Dataset) -> int:
+    """Examples in a split: an :class:`ImageSet`, or a dataset of ``(image, target)`` items,
+    which must define ``__len__`` (torch's ``Dataset`` type does not declare it)."""
+    return len(cast(Sized, split))
 
 
 def random_crop_flip(batch: Tensor, padding: int, generator: torch.Generator) -> Tensor:
@@ -122,7 +129,7 @@ class ImageLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.data)
+        n = split_size(self.data)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def prepare(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -137,7 +144,7 @@ class ImageLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         generator = torch_generator(self.seed, "loader", self.epoch)
-        n = len(self.data)
+        n = split_size(self.data)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         chunks = [order[start:start + self.batch_size] for start in range(0, len(self) * self.batch_size, self.batch_size)]
         if isinstance(self.data, ImageSet):

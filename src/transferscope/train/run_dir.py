@@ -75,8 +75,8 @@ class TrainingRun:
         if epoch == "best":
             path = self.path / "checkpoints" / "best.safetensors"
         else:
-            epoch = {"final": self.config.epochs, "init": 0}.get(epoch, epoch)
-            path = checkpoint_path(self.path, int(epoch))
+            named = {"final": self.config.epochs, "init": 0}
+            path = checkpoint_path(self.path, int(named.get(epoch, epoch) if isinstance(epoch, str) else epoch))
         if not path.is_file() and not self.complete:
             raise FileNotFoundError(f"checkpoint {path} does not exist yet: the run in {self.path} is "
                                     f"{self.status['state']}; finish training it first")
