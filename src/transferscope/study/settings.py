@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import collections.abc
 import inspect
+import types
 import typing
-from typing import Annotated, Any, Callable, ClassVar, Iterable, Mapping, Union
+from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Iterable, Mapping, Union
 
 from pydantic import create_model
 from pydantic.fields import FieldInfo
@@ -32,6 +33,9 @@ class AnalysisSettings(Settings):
 
     enabled: bool = True
 
+    if TYPE_CHECKING:  # the fields of a subclass are built at run time (keyword_settings)
+        def __getattr__(self, name: str) -> Any: ...
+
     def arguments(self) -> dict[str, Any]:
         """The keyword arguments of the analysis function: ``fn(models..., loader, **settings.arguments())``."""
         return {name: getattr(self, name) for name in self.ARGUMENTS}
@@ -42,7 +46,7 @@ def _setting_type(annotation: Any) -> Any:
     which compares equal to a tuple default), inside unions too."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in _SEQUENCES and args:
-        return tuple[(_setting_type(args[0]), ...)]
+        return types.GenericAlias(tuple, (_setting_type(args[0]), ...))
     if origin in (Union, type(int | None)):
         return Union[tuple(_setting_type(arg) for arg in args)]
     return annotation
@@ -78,6 +82,7 @@ def keyword_settings(name: str, function: Callable, *, set_by_job: Iterable[str]
         if isinstance(check, tuple):
             annotation, check = check
         fields[key] = (Annotated[annotation, check], defaults.get(key, parameters[key].default))
-    model = create_model(name, __base__=AnalysisSettings, __doc__=doc, **fields, **study)
+    fields.update(study)  # after the function's settings, as declared
+    model = create_model(name, __base__=AnalysisSettings, __doc__=doc, **fields)
     model.ARGUMENTS = tuple(derived)
     return model
