@@ -244,7 +244,7 @@ def test_unknown_module_or_model_name_lists_the_existing_ones():
     with pytest.raises(ValueError, match="'layer9'"):
         compare_representations(models, tiny_batches(), modules={"b": ["layer9"]})
     with pytest.raises(ValueError, match=r"modules= names models \['c'\], but the models are \['a', 'b'\]"):
-        compare_representations(models, tiny_batches(), modules={"c": ["fc"]})
+        compare_representations(models, tiny_batches(), modules={"a": ["fc"], "c": ["fc"]})
     assert all(not module._forward_hooks for model in models.values() for module in model.modules())
 
 

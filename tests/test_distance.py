@@ -145,8 +145,10 @@ def test_state_dicts_accepted_and_models_unchanged():
 def test_module_subset():
     a, b = _model(0), _model(1)
     frame = param_distance(a, b, modules=["layer1"])
-    assert list(frame["module"]) == ["layer1", "network"]
+    assert list(frame["module"]) == ["layer1", "rest", "network"]  # the tensors layer1 leaves out: reported
     assert _row(frame, "network")["distance"] == _row(param_distance(a, b), "network")["distance"]
+    units = frame[frame["module"] != "network"]
+    assert math.sqrt((units["distance"] ** 2).sum()) == pytest.approx(_row(frame, "network")["distance"], rel=1e-12)
 
 
 def test_clear_errors():

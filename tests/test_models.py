@@ -227,9 +227,10 @@ def test_state_keys_of_the_default_partition(resnet18, fixup):
 def test_state_keys_of_an_explicit_partition():
     model = small()
     groups = module_state_keys(model, ["layer1", "fc"])
-    assert list(groups) == ["layer1", "fc"]
+    assert list(groups) == ["layer1", "fc", "rest"]  # the tensors no unit lists are a unit, not dropped
     assert groups["layer1"] == [k for k in model.state_dict() if k.startswith("layer1.")]
     assert groups["fc"] == ["fc.weight", "fc.bias"]
+    assert groups["rest"] == [k for k in model.state_dict() if not k.startswith(("layer1.", "fc."))]
 
 
 # ---------------------------------------------------------------- weight files

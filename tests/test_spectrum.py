@@ -93,7 +93,7 @@ def test_extra_columns_group_models_and_model_unchanged():
 
 def test_module_selection_and_errors():
     model = _model()
-    assert set(spectrum(model, modules=["layer1", "fc"])["module"]) == {"layer1", "fc"}
+    assert set(spectrum(model, modules=["layer1", "fc"])["module"]) == {"layer1", "fc", "rest"}  # rest: reported
     with pytest.raises(ValueError, match="no module named 'layer9'"):
         spectrum(model, modules=["layer9"])
     with pytest.raises(TypeError):

@@ -6,8 +6,10 @@ the flattened, concatenated tensors:
 
     d_S(Θ, Θ') = sqrt( Σ_{t ∈ S} ‖Θ_t − Θ'_t‖²_F ),
 
-computed in float64. Each partition module (``transferscope.models.module_state_keys``:
-conv1, layer1..layer4, fc for ResNets) gets its own S; the row ``module="network"``
+computed in float64. Each unit of the module partition (``modules=``,
+:class:`transferscope.models.Partition`: conv1, layer1..layer4, fc for ResNets; a grouped
+unit such as ``stem: [_conv_stem, _bn0]``; ``rest`` for the tensors a list leaves out)
+gets its own S; the row ``module="network"``
 (:data:`transferscope.models.NETWORK`) takes every counted tensor of the network. Which
 tensors count is set by the flags:
 
@@ -30,7 +32,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..models import NETWORK, head_name, module_state_keys
+from ..models import NETWORK, Modules, head_name, module_state_keys
 from ..models.state import ModelOrState, as_state_dict, batchnorm_layers, check_compatible, in_modules
 
 BN_AFFINE = ("weight", "bias")
@@ -83,7 +85,7 @@ def param_distance(
     model_a: ModelOrState,
     model_b: ModelOrState,
     *,
-    modules: Sequence[str] | None = None,
+    modules: Modules = None,
     include_head: bool = True,
     include_bn_affine: bool = True,
     include_bn_buffers: bool = False,
@@ -100,9 +102,10 @@ def param_distance(
     model_a, model_b : torch.nn.Module or mapping of str to Tensor
         Models or state dicts of one architecture; at least one must be a module, which
         supplies the partition, the BatchNorm layers and the head. Not changed.
-    modules : sequence of str, optional
-        Partition modules by exact name; default :func:`transferscope.models.modules`.
-        The ``"network"`` row always covers the whole network.
+    modules : list of str, mapping of str to list of str, or Partition, optional
+        The units (:class:`transferscope.models.Partition`): module names, or
+        ``{unit: [module, ...]}``; default: the model family's partition. Tensors no unit
+        lists get a ``"rest"`` row; the ``"network"`` row always covers the whole network.
     include_head : bool
         Count the classifier head (:func:`transferscope.models.head_name`).
     include_bn_affine : bool
@@ -113,7 +116,7 @@ def param_distance(
     Returns
     -------
     pandas.DataFrame
-        One row per module, then ``module="network"``: ``module``, ``distance`` (NaN
+        One row per unit (``rest`` included), then ``module="network"``: ``module``, ``distance`` (NaN
         for a module with no counted tensor, e.g. ``fc`` with ``include_head=False``),
         ``n_parameters`` and ``n_tensors`` counted, ``skipped`` (head tensors whose
         shapes differ, left out with a warning) and ``n_skipped``, and the three flags.

@@ -1,8 +1,11 @@
 """Module rewinding (Zhang, Bengio & Singer 2019, "Are all layers created equal?";
 Fig. 5 of Neyshabur, Sedghi & Zhang 2020).
 
-For each module i of the partition, the trained network Θ^F gets module i set back
-to its value in a reference state Θ^0 (the run's epoch-0 checkpoint: the random init
+For each unit i of the module partition (``modules=``,
+:class:`transferscope.models.Partition`; a grouped unit such as ``stem: [_conv_stem,
+_bn0]`` is rewound as a whole, and ``rest``, the tensors a list leaves out, is rewound as
+one more unit), the trained network Θ^F gets unit i set back to its value in a reference
+state Θ^0 (the run's epoch-0 checkpoint: the random init
 for RI-T, the pre-trained weights for P-T), every other module keeping its trained
 value; loss and score (accuracy, or mean AUC) of that network on each split are
 compared with those of the unchanged network. A module is *robust* when rewinding it
@@ -24,14 +27,14 @@ the resolved mode is recorded in column ``bn``):
 from __future__ import annotations
 
 import copy
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import pandas as pd
 import torch
 from torch import nn
 
 from ..evaluation import Batches, cache_batches, evaluate, recalibrate_batchnorm, score_name
-from ..models import module_state_keys
+from ..models import Modules, module_state_keys
 from ..models.state import ModelOrState, as_state_dict, batchnorm_buffer_keys, check_compatible
 from .batchnorm_modes import BnMode, recalibration_data, resolve_bn_mode
 from .interpolation import score_columns
@@ -52,7 +55,7 @@ def rewind(
     initial: ModelOrState,
     loaders: Mapping[str, Batches] | Batches,
     *,
-    modules: Sequence[str] | None = None,
+    modules: Modules = None,
     bn: BnMode = "follow",
     recalibration_loader: Batches | None = None,
     recalibration_batches: int | None = None,
@@ -70,8 +73,10 @@ def rewind(
     loaders : mapping of str to loader, or one loader
         ``{split: loader}``, or one loader (the ``"test"`` split); each split's first
         ``max_examples`` examples are cached once.
-    modules : sequence of str, optional
-        Modules to rewind, one at a time (default: :func:`transferscope.models.modules`).
+    modules : list of str, mapping of str to list of str, or Partition, optional
+        The units to rewind, one at a time: module names, or ``{unit: [module, ...]}``
+        (:class:`transferscope.models.Partition`); default: the model family's partition.
+        Tensors no unit lists are rewound together as unit ``"rest"``.
     bn : {"follow", "keep", "recalibrate", "auto"}
         BatchNorm running statistics of the rewound network (module docstring).
     recalibration_loader : iterable of (Tensor, Tensor), optional
@@ -85,7 +90,7 @@ def rewind(
     Returns
     -------
     pandas.DataFrame
-        One row per (module, split): ``module``, ``split``, ``loss``, ``score``,
+        One row per (unit, split): ``module`` (the unit), ``split``, ``loss``, ``score``,
         ``metric`` (``"accuracy"`` or ``"auc"``), ``base_loss`` and ``base_score`` of
         the unchanged model, ``n_examples``, ``bn`` (the resolved mode),
         ``recalibration_batches``, ``max_examples``.

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from ..evaluation import eval_mode, model_device
-from ..models import modules as partition
+from ..models import Modules, Partition
 
 Kernel = Literal["linear", "rbf"]
 Estimator = Literal["minibatch", "full"]
@@ -269,19 +269,18 @@ def _resolve_pairs(models: Mapping[str, nn.Module], pairs: Iterable[tuple[str, s
     return resolved
 
 
-def _module_names(modules: Sequence[str] | Mapping[str, Sequence[str]] | str | None, model: str,
-                  models: Mapping[str, nn.Module]) -> list[str] | None:
-    """The module names to hook in ``model`` (None: its partition)."""
-    if isinstance(modules, str):
-        return [modules]
+def _partitions(modules: Modules | Mapping[str, Modules], models: Mapping[str, nn.Module]) -> dict[str, Modules]:
+    """The ``modules=`` setting of each model: ``modules`` itself for every model, or, for a
+    mapping keyed by model names, each model's entry (None: its default partition)."""
     if isinstance(modules, Mapping):
-        unknown = [name for name in modules if name not in models]
-        if unknown:
-            raise ValueError(f"modules= names models {unknown}, but the models are {list(models)}: key the "
-                             "mapping by the names of the models dict")
-        names = modules.get(model)
-        return None if names is None else _module_names(names, model, models)
-    return None if modules is None else list(modules)
+        named = [key for key in modules if key in models]
+        if named and len(named) < len(modules):
+            unknown = [key for key in modules if key not in models]
+            raise ValueError(f"modules= names models {unknown}, but the models are {list(models)}: key the mapping "
+                             "by the names of the models dict (or by unit names only, for one partition of every model)")
+        if named:
+            return {name: modules.get(name) for name in models}
+    return {name: modules for name in models}
 
 
 class _HSICSums:
@@ -381,7 +380,7 @@ def compare_representations(
     models: Mapping[str, nn.Module],
     loader: Iterable,
     *,
-    modules: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+    modules: Modules | Mapping[str, Modules] = None,
     estimator: Estimator = "minibatch",
     kernel: Kernel = "linear",
     debiased: bool = False,
@@ -405,10 +404,13 @@ def compare_representations(
         ``{name: model}``.
     loader : iterable
         Batches ``(inputs, targets)`` or bare inputs, the same for every model.
-    modules : sequence of str, or mapping of model name to sequence of str, optional
-        Module names to hook in every model, or per model ``{model name: names}``
-        (exact names). Default: :func:`transferscope.models.modules` (conv1, layer1..4,
-        fc for ResNets).
+    modules : list of str, mapping of str to list of str, or Partition, optional
+        The units of every model (:class:`transferscope.models.Partition`: module names,
+        or ``{unit: [module, ...]}``), or per model ``{model name: units}``. Each unit is
+        represented by the output of its last listed module (a grouped unit ``stem:
+        [_conv_stem, _bn0]`` by ``_bn0``'s; the ResNet stem by ``conv1``'s); ``rest``, which
+        is no module, is not compared. Default: the model family's partition (conv1,
+        layer1..4, fc for ResNets).
     estimator : {"minibatch", "full"}
         ``"minibatch"`` always uses HSIC_1, needs at least 4 examples in every batch, and
         ignores ``debiased``. ``"full"`` keeps the features of every hooked module
@@ -427,7 +429,7 @@ def compare_representations(
     Returns
     -------
     pandas.DataFrame
-        One row per ``(model_a, model_b, module_a, module_b)`` with ``cka`` and the
+        One row per ``(model_a, model_b, module_a, module_b)`` (units) with ``cka`` and the
         settings behind it: ``estimator``, ``kernel``, ``debiased`` (the HSIC estimator
         used), ``n_examples``, ``batch_size`` (largest batch; ``n_examples`` for the full
         estimator), ``bandwidth`` (RBF only, else NaN) and ``bandwidth_rule`` (RBF only,
@@ -452,7 +454,8 @@ def compare_representations(
         raise TypeError("models must be a dict mapping names to torch.nn.Module instances")
     model_pairs = _resolve_pairs(models, pairs)
     used = [name for name in models if any(name in pair for pair in model_pairs)]
-    hooked = {name: partition(models[name], _module_names(modules, name, models)) for name in used}
+    settings = _partitions(modules, models)
+    hooked = {name: Partition.of(models[name], settings[name]).outputs(models[name]) for name in used}
     unbiased = debiased or estimator == "minibatch"
     keep_features = estimator == "full"
     stores: dict[str, dict[str, Tensor]] = {name: {} for name in used}

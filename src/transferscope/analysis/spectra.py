@@ -1,8 +1,9 @@
 """Singular-value spectrum of each module's weights, which Neyshabur, Sedghi & Zhang
 (2020) leave to future work in their conclusion: what does fine-tuning keep of P's spectrum?
 
-Every weight parameter with at least two dimensions in a partition module
-(``transferscope.models.module_state_keys``) is read as a matrix W of shape
+Every weight parameter with at least two dimensions in a unit of the module partition
+(``modules=``, :class:`transferscope.models.Partition`; ``rest`` for the tensors a list
+leaves out) is read as a matrix W of shape
 ``out x (in * k * k)`` (a convolution's kernel flattened per output channel, a linear
 layer as it is) and its singular values σ_1 ≥ σ_2 ≥ … are computed in float64
 (``torch.linalg.svdvals``). :func:`spectrum_summary` condenses them per tensor:
@@ -22,24 +23,25 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..models import module_state_keys
+from ..models import Modules, module_state_keys
 
 
 @torch.no_grad()
-def spectrum(model: nn.Module, *, modules: Sequence[str] | None = None) -> pd.DataFrame:
+def spectrum(model: nn.Module, *, modules: Modules = None) -> pd.DataFrame:
     """Singular values σ_1 ≥ σ_2 ≥ … of every weight matrix of each partition module, in float64.
 
     Parameters
     ----------
     model : torch.nn.Module
         Not changed. Its parameters with ndim ≥ 2 are read as matrices ``out x (in*k*k)``.
-    modules : sequence of str, optional
-        Module names (exact); default :func:`transferscope.models.modules`.
+    modules : list of str, mapping of str to list of str, or Partition, optional
+        The units: module names (exact), or ``{unit: [module, ...]}``
+        (:class:`transferscope.models.Partition`); default: the model family's partition.
 
     Returns
     -------
     pandas.DataFrame
-        One row per ``(module, parameter, index)``: ``singular_value`` (``index`` 0 is the
+        One row per ``(module, parameter, index)``, ``module`` the unit: ``singular_value`` (``index`` 0 is the
         largest), the matrix size ``rows``, ``cols`` and the parameter's ``shape``.
 
     Raises
@@ -49,8 +51,9 @@ def spectrum(model: nn.Module, *, modules: Sequence[str] | None = None) -> pd.Da
         without any weight matrix.
     """
     parameters = dict(model.named_parameters())
+    groups = module_state_keys(model, modules)
     rows = []
-    for module, keys in module_state_keys(model, modules).items():
+    for module, keys in groups.items():
         for key in keys:
             weight = parameters.get(key)
             if weight is None or weight.ndim < 2:
@@ -64,7 +67,7 @@ def spectrum(model: nn.Module, *, modules: Sequence[str] | None = None) -> pd.Da
             }))
     if not rows:
         raise ValueError(f"{type(model).__name__} has no weight with 2 or more dimensions in modules "
-                         f"{list(module_state_keys(model, modules))}; nothing to decompose")
+                         f"{list(groups)}; nothing to decompose")
     return pd.concat(rows, ignore_index=True)
 
 
