@@ -10,14 +10,18 @@ import pickle
 import re
 import unicodedata
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 from ..io import atomic_path
 
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
+
 matplotlib.use("Agg")
 
-PLAIN_TEXT = {"text.parse_math": False}
+PLAIN_TEXT: dict[RcKeyType, Any] = {"text.parse_math": False}
 """Settings under which the report makes and draws figures: every text is shown as
 given (a target label such as ``"cost $5 to $8"`` is not read as mathtext)."""
 

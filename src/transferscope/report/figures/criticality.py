@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.cm import ScalarMappable
 from matplotlib.collections import LineCollection
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
@@ -238,13 +239,12 @@ def plot_criticality_heatmaps(grid_frames: pd.DataFrame | Sequence[pd.DataFrame]
     columns = 2 if len(panels) > 1 else 1
     figure = Figure(figsize=(5.0 * columns, 4.0 * math.ceil(len(panels) / columns)), layout="constrained")
     axes = figure.subplots(math.ceil(len(panels) / columns), columns, squeeze=False).ravel()
-    mesh = None
     for ax, (path, start) in zip(axes, panels):
         panel = grid[(grid["path"] == path) & (grid["start"] == start)]
         loss = panel.pivot(index="alpha", columns="sigma", values="loss_mean")
         feasible = panel.pivot(index="alpha", columns="sigma", values="feasible").astype(bool).to_numpy()
         x_edges, y_edges = _cell_edges(loss.columns.to_numpy(float)), _cell_edges(loss.index.to_numpy(float))
-        mesh = ax.pcolormesh(x_edges, y_edges, loss.to_numpy(), norm=norm, cmap="viridis")
+        ax.pcolormesh(x_edges, y_edges, loss.to_numpy(), norm=norm, cmap="viridis")
         ax.add_collection(LineCollection(_feasible_outline(feasible, x_edges, y_edges), colors="white", linewidths=2))
         rows, cols = np.nonzero(feasible)
         ax.plot(loss.columns.to_numpy(float)[cols], loss.index.to_numpy(float)[rows], "o", color="white",
@@ -261,5 +261,6 @@ def plot_criticality_heatmaps(grid_frames: pd.DataFrame | Sequence[pd.DataFrame]
         ax.set_title(f"{module or modules[0]}: {path} path, {START_LABEL[start]}, μ = {value:.3g}")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    figure.colorbar(mesh, ax=list(axes[:len(panels)]), label="mean loss over noise draws")
+    figure.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=list(axes[:len(panels)]),
+                    label="mean loss over noise draws")
     return figure

@@ -35,7 +35,7 @@ def plot_spectra(frames: Mapping[str, pd.DataFrame]) -> Figure:
     for ax, module in zip(axes, modules):
         for name, frame in frames.items():
             part = frame[frame["module"] == module]
-            label = name  # one legend entry per model
+            label: str | None = name  # one legend entry per model
             for _, tensor in part.groupby("parameter", sort=False):
                 values = tensor.sort_values("index")["singular_value"].to_numpy()
                 if values[0] == 0:
