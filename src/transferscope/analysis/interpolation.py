@@ -183,7 +183,7 @@ def _evaluate_batched(path: LinearPath, alphas: Sequence[float], batches: Batche
     device = model_device(model)
     targets = torch.cat([y.cpu() for _, y in batches])
     forward = vmap(lambda params, buffers, x: functional_call(model, (params, buffers), (x,)), in_dims=(0, 0, None))
-    results = []
+    results: list[dict] = []
     with eval_mode(model):
         for start in range(0, len(alphas), chunk):
             params, buffers = path.stacked(alphas[start:start + chunk])

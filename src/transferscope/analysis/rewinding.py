@@ -130,7 +130,7 @@ def rewind(
         for key in keys:
             if key not in kept:
                 own[key].copy_(initial_state[key])
-        if bn_mode == "recalibrate":
+        if recalibration is not None:  # bn mode "recalibrate"
             recalibrate_batchnorm(work, recalibration)
         for split, batches in splits.items():
             scores = evaluate(work, batches, name=f"the model with {module!r} rewound (bn={bn_mode!r})")

@@ -41,7 +41,7 @@ import itertools
 import math
 from contextlib import ExitStack
 from functools import partial
-from typing import Callable, Iterable, Literal, Mapping, Sequence
+from typing import Callable, Iterable, Literal, Mapping, cast
 
 import numpy as np
 import pandas as pd
@@ -278,9 +278,10 @@ def _partitions(modules: Modules | Mapping[str, Modules], models: Mapping[str, n
             unknown = [key for key in modules if key not in models]
             raise ValueError(f"modules= names models {unknown}, but the models are {list(models)}: key the mapping "
                              "by the names of the models dict (or by unit names only, for one partition of every model)")
-        if named:
-            return {name: modules.get(name) for name in models}
-    return {name: modules for name in models}
+        if named:  # one modules= setting per model
+            return {name: cast(Modules, modules.get(name)) for name in models}
+    shared = cast(Modules, modules)  # one setting (a mapping: of unit names) for every model
+    return {name: shared for name in models}
 
 
 class _HSICSums:
@@ -342,7 +343,7 @@ def _register_hooks(cleanup: ExitStack, models: Mapping[str, nn.Module], hooked:
             cleanup.callback(handle.remove)
 
 
-def _batch_inputs(batch: Tensor | Sequence[Tensor], index: int, estimator: Estimator) -> Tensor:
+def _batch_inputs(batch: Tensor | tuple[Tensor, ...] | list[Tensor], index: int, estimator: Estimator) -> Tensor:
     """The inputs of batch ``index`` (``(inputs, targets)`` or bare inputs), checked to be
     large enough for the minibatch estimator."""
     inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -454,8 +455,8 @@ def compare_representations(
         raise TypeError("models must be a dict mapping names to torch.nn.Module instances")
     model_pairs = _resolve_pairs(models, pairs)
     used = [name for name in models if any(name in pair for pair in model_pairs)]
-    settings = _partitions(modules, models)
-    hooked = {name: Partition.of(models[name], settings[name]).outputs(models[name]) for name in used}
+    partitions = _partitions(modules, models)
+    hooked = {name: Partition.of(models[name], partitions[name]).outputs(models[name]) for name in used}
     unbiased = debiased or estimator == "minibatch"
     keep_features = estimator == "full"
     stores: dict[str, dict[str, Tensor]] = {name: {} for name in used}

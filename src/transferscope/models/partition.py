@@ -59,7 +59,7 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 from torch import nn
 
@@ -131,6 +131,7 @@ class Partition:
         if modules is None:
             return _default(model, warn=True)
         default = _default_units(model)
+        listed: list[Listed]
         if isinstance(modules, Mapping):
             listed = [(name, tuple([paths] if isinstance(paths, str) else paths), None)
                       for name, paths in modules.items()]
@@ -284,8 +285,8 @@ def _build(model: nn.Module, listed: Sequence[Listed], *, leftovers_join: bool) 
     owners = {path: name for name, paths, _ in listed for path in paths}
     ancestors = {".".join(path.split(".")[:end]) for path in owners for end in range(1, path.count(".") + 1)}
     held: dict[str, list[str]] = {name: [] for name, _, _ in listed}
-    extra: dict[str, list[str]] = {name: [] for name, _, _ in listed} | {REST: []}
-    held[REST] = []
+    extra: dict[str, list[str]] = {name: [] for name, _, _ in listed}
+    held[REST], extra[REST] = [], []
     current = listed[0][0]
     for key in keys:
         owner = _owner(key, owners)
@@ -378,9 +379,10 @@ def _torchvision(model: nn.Module) -> list[Listed] | None:
         return _units(("embedding", ["class_token", "conv_proj", "encoder.pos_embedding"]),
                       *((f"block{index}", [f"encoder.layers.{name}"]) for index, name in enumerate(layers)),
                       ("head", ["encoder.ln", "heads"]))
-    if not isinstance(getattr(model, "features", None), nn.Sequential):
+    features = getattr(model, "features", None)
+    if not isinstance(features, nn.Sequential):
         return None
-    features, last = model.features, len(model.features) - 1
+    last = len(features) - 1
     if isinstance(model, tv.EfficientNet):
         stages = [(f"stage{index}", [f"features.{index}"]) for index in range(1, last)]
         return _units(("stem", ["features.0"]), *stages, ("head", [f"features.{last}"]), ("classifier", ["classifier"]))
@@ -398,17 +400,17 @@ def _lukemelas_efficientnet(model: nn.Module) -> list[Listed] | None:
     children = dict(model.named_children())
     if not {"_conv_stem", "_bn0", "_blocks", "_conv_head", "_bn1", "_fc"} <= set(children):
         return None
-    stages = _stages("_blocks", list(enumerate(children["_blocks"])))
+    stages = _stages("_blocks", list(enumerate(children["_blocks"].children())))
     return _units(("stem", ["_conv_stem", "_bn0"]), *stages, ("head", ["_conv_head", "_bn1"]), ("classifier", ["_fc"]))
 
 
 def _feature_modules(model: nn.Module) -> list[str] | None:
     """The module paths of timm's ``feature_info`` (a list of dicts, or timm's FeatureInfo)."""
-    info = getattr(model, "feature_info", None)
+    info: Any = getattr(model, "feature_info", None)
     entries = info.get_dicts() if hasattr(info, "get_dicts") else info
     if not isinstance(entries, Sequence) or not entries:
         return None
-    paths = [entry.get("module") for entry in entries if isinstance(entry, Mapping)]
+    paths = [entry.get("module", "") for entry in entries if isinstance(entry, Mapping)]
     module_names = {name for name, _ in model.named_modules() if name}
     return paths if len(paths) == len(entries) and all(path in module_names for path in paths) else None
 
