@@ -75,6 +75,7 @@ def test_rewound_metrics_match_independent_reference(models):
     base_loss, base_accuracy = _reference_metrics(final, batches)
     test_rows = frame[frame["split"] == "test"]
     assert np.allclose(test_rows["base_loss"], base_loss, rtol=1e-5)
+    assert np.allclose(test_rows["base_score"], base_accuracy, rtol=0, atol=1e-12)
     assert (frame["loss"] != frame["base_loss"]).any()
 
 
