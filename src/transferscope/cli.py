@@ -134,7 +134,7 @@ def _executor(name: ExecutorName, workers: int, slurm_options: list[str]):
         raise ValueError(f"--slurm: {explain(error, SlurmSettings)}") from error
     except (ValueError, yaml.YAMLError) as error:
         raise ValueError(f"--slurm: {describe(error)}") from error
-    return SlurmExecutor(settings)
+    return SlurmExecutor(settings, echo=console.print)
 
 
 def preset_path(name: str) -> Path:

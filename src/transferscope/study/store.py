@@ -3,7 +3,7 @@
 ::
 
     DIR/jobs/<kind>-<hash>/job.json      what the job is (kind, label, config, deps)
-                          /running.json  host and pid while it runs
+                          /running.json  host and pid (and SLURM task) while it runs
                           /failed.json   the error of its last attempt
                           /done.json     completion marker, written last
                           /run/ or result.parquet   its outputs
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..io import atomic_path, json_text, naming_errors, read_json, remove_stale_temporaries, write_json
+from . import slurm
 from .job import Job
 
 STATES = ("done", "running", "failed", "interrupted", "pending")
@@ -104,10 +105,7 @@ class Store:
             return "done"
         running = folder / "running.json"
         if running.is_file():
-            info = _read_marker(running)
-            if info.get("host") != socket.gethostname() or _alive(info.get("pid", -1)):
-                return "running"
-            return "interrupted"
+            return "running" if _running(_read_marker(running)) else "interrupted"
         if (folder / "failed.json").is_file():
             return "failed"
         return "pending"
@@ -118,8 +116,9 @@ class Store:
 
     def mark_running(self, job: Job) -> None:
         (self.job_dir(job) / "failed.json").unlink(missing_ok=True)
-        write_json(self.job_dir(job) / "running.json",
-                   {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()})
+        task = slurm.current_task()
+        write_json(self.job_dir(job) / "running.json", {"host": socket.gethostname(), "pid": os.getpid(),
+                                                        "started": time.time(), **({"slurm_task": task} if task else {})})
 
     def mark_done(self, job: Job, seconds: float) -> None:
         write_json(self.job_dir(job) / "done.json", {"seconds": seconds, "finished": time.time()})
@@ -131,7 +130,8 @@ class Store:
         folder = self.job_dir(job)
         try:
             write_json(folder / "failed.json", {"error": f"{type(error).__name__}: {error}",
-                                                "traceback": traceback.format_exc(), "finished": time.time()})
+                                                "traceback": "".join(traceback.format_exception(error)),
+                                                "finished": time.time()})
             (folder / "running.json").unlink(missing_ok=True)
         except OSError as unwritten:
             print(f"job {folder.name} failed ({type(error).__name__}: {error}), and failed.json could not record it: "
@@ -176,6 +176,15 @@ def _holder(path: Path) -> str:
         return f"pid {info['pid']} on host {info['host']}"
     except (OSError, ValueError, KeyError, TypeError):  # holder not recorded yet
         return "another process"
+
+
+def _running(info: dict) -> bool:
+    """Whether the process a running.json names still runs: its pid on this host; the
+    SLURM task's state elsewhere (running when neither can tell)."""
+    if info.get("host") == socket.gethostname():
+        return _alive(info.get("pid", -1))
+    task = info.get("slurm_task")
+    return task is None or slurm.task_alive(task) is not False
 
 
 def _alive(pid: int) -> bool:
