@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from transferscope.analysis.module_criticality import (
+    _module_summary,
     criticality,
     criticality_value,
     network_criticality,
@@ -272,21 +273,105 @@ def _is_monotone(grid):
     return True
 
 
-@pytest.mark.parametrize(("module", "threshold"), [("0", 1.01), ("2", 1.05)])
-def test_bisection_gives_the_grid_value_when_feasibility_is_monotone(module, threshold):
+DRAWN = ["loss_mean", "loss_std", "n_samples"]  # a point the fast path proved infeasible early has fewer draws
+
+
+def _deciding_points(grid, n_grid_points, n_alphas):
+    """From a full grid frame, the points that decide μ (module docstring): per search
+    block (the grid's points, then each σ of the downward extension) in ascending
+    measure, ties in grid order, up to the first feasible point; a whole block without
+    one; no block after the first with one."""
+    blocks = [grid.iloc[:n_grid_points]] + [grid.iloc[i:i + n_alphas] for i in range(n_grid_points, len(grid), n_alphas)]
+    picked = []
+    for block in blocks:
+        ranked = block.iloc[np.lexsort((np.arange(len(block)), block["measure"].to_numpy()))]
+        feasible = ranked["feasible"].to_numpy()
+        picked.append(ranked.iloc[:int(feasible.argmax()) + 1] if feasible.any() else ranked)
+        if feasible.any():
+            break
+    return pd.concat(picked).sort_index().reset_index(drop=True)
+
+
+def _assert_fast_equals_grid(fast, grid, n_grid_points, n_alphas):
+    """μ and its minimiser, and every column of every point the fast path reports (the
+    draws where it drew them all), are the grid's."""
+    assert criticality_value(fast) == criticality_value(grid)
+    summaries = [_module_summary(frame) for frame in (fast, grid)]
+    assert summaries[0] == {**summaries[1], "method": "fast"}
+    expected = _deciding_points(grid, n_grid_points, n_alphas)
+    points = ["alpha", "sigma", "feasible", "measure"]
+    assert len(fast) == len(expected) and np.array_equal(fast[points].to_numpy(), expected[points].to_numpy())
+    complete = (fast["n_samples"] == fast["samples"]).to_numpy()
+    assert (complete | ~fast["feasible"]).all() and (fast["n_samples"] <= expected["n_samples"]).all()
+    assert np.array_equal(fast[DRAWN].to_numpy()[complete], expected[DRAWN].to_numpy()[complete])
+
+
+def _random_losses(rng, shape, samples):
+    """Per-sample losses, relative to ε, of a random feasibility table (arbitrary rows,
+    some all feasible or all infeasible, sometimes the whole grid infeasible) with draws
+    that vary, so that early stopping happens; no mean within 5% of ε."""
+    feasible = rng.random(shape) < rng.choice([0.05, 0.3, 0.7, 0.95])
+    rows = rng.random(shape[0])
+    feasible[rows < 0.15] = True
+    feasible[rows > 0.85] = False
+    if rng.random() < 0.2:
+        feasible[:, :7] = False  # the extension below the grid decides
+    means = np.where(feasible, rng.uniform(0.0, 0.95, shape), rng.uniform(1.05, 4.0, shape))
+    return means[..., None] * samples * rng.dirichlet(np.ones(samples), shape), feasible
+
+
+def test_fast_path_equals_the_grid_on_random_feasibility_tables(monkeypatch):
+    """A fake evaluation makes feasibility an arbitrary table (per-sample losses read
+    from it): the fast path gives the grid's μ, minimiser and reported points on 100
+    tables, non-monotone rows and the extension below the grid included."""
+    from transferscope.analysis import module_criticality
+
+    table = {}
+    monkeypatch.setattr(module_criticality._Search, "sample_loss",
+                        lambda search, a, s, k: search.limit * table["losses"][a, s, k])
     final, initial = _mlp_pair()
     batches = _mlp_data()
-    sigmas = np.geomspace(1e-3, 1.0, 9)
-    settings = dict(alphas=np.linspace(0, 1, 6), sigmas=sigmas, samples=4, threshold=threshold, noise="frobenius")
+    rng = np.random.default_rng(0)
+    sigmas = np.arange(1, 8) / 10
+    non_monotone = extended = draws_fast = draws_grid = 0
+    for index in range(100):
+        alphas = np.linspace(0, 1, 7) if index % 2 else np.arange(1, 8) / 7  # α = 0 has measure 0 at every σ
+        table["losses"], feasible = _random_losses(rng, (7, 10), 3)  # σ indices 7-9: the extension
+        settings = dict(modules=["2"], alphas=alphas, sigmas=sigmas, samples=3, sigma_floor=sigmas[0] / 8)
+        grid = criticality(final, initial, batches, **settings)
+        fast = criticality(final, initial, batches, method="fast", **settings)
+        _assert_fast_equals_grid(fast, grid, 49, 7)
+        non_monotone += not _is_monotone(grid.iloc[:49])
+        extended += len(grid) > 49
+        draws_fast, draws_grid = draws_fast + fast["n_samples"].sum(), draws_grid + grid["n_samples"].sum()
+    assert non_monotone > 50 and extended > 10 and draws_fast < draws_grid / 2
+
+
+@pytest.mark.parametrize(("module", "threshold"), [("0", 1.01), ("2", 1.05)])
+def test_fast_path_equals_the_grid_on_a_monotone_mlp(module, threshold):
+    final, initial = _mlp_pair()
+    batches = _mlp_data()
+    settings = dict(alphas=np.linspace(0.2, 1, 5), sigmas=np.geomspace(1e-3, 1.0, 9), samples=4, threshold=threshold,
+                    noise="frobenius")
     grid = criticality(final, initial, batches, modules=[module], **settings)
-    assert _is_monotone(grid) and not grid["feasible"].all()
-    bisection = criticality(final, initial, batches, modules=[module], method="bisection", **settings)
-    assert criticality_value(bisection) == criticality_value(grid) < math.inf
-    assert len(bisection) < len(grid) and (bisection["method"] == "bisection").all()
-    merged = bisection.merge(grid, on=["alpha", "sigma"], suffixes=("", "_grid"))
-    complete = merged["n_samples"] == 4  # points drawn in full reproduce the grid's draws
-    assert complete.any() and np.array_equal(merged.loc[complete, "loss_mean"], merged.loc[complete, "loss_mean_grid"])
-    assert (merged["feasible"] == merged["feasible_grid"]).all()
+    assert _is_monotone(grid) and grid["feasible"].any() and not grid["feasible"].all()
+    fast = criticality(final, initial, batches, modules=[module], method="fast", **settings)
+    _assert_fast_equals_grid(fast, grid, 45, 5)
+    assert len(fast) < len(grid)
+
+
+def test_fast_path_equals_the_grid_where_feasibility_is_not_monotone(resnets):
+    """On a small ResNet where a row's feasible σ are not a prefix of the grid (where
+    bisection over σ, the earlier fast path, missed the minimiser) the fast path is
+    still exact; "bisection" is the fast path's earlier name."""
+    final, initial = resnets
+    settings = dict(modules=["layer1"], alphas=np.arange(1, 6) / 5, sigmas=np.arange(1, 6) / 5, samples=2)
+    grid = criticality(final, initial, _image_data(), **settings)
+    assert not _is_monotone(grid)
+    fast = criticality(final, initial, _image_data(), method="fast", **settings)
+    _assert_fast_equals_grid(fast, grid, 25, 5)
+    assert fast["n_samples"].sum() < grid["n_samples"].sum() / 2
+    pd.testing.assert_frame_equal(criticality(final, initial, _image_data(), method="bisection", **settings), fast)
 
 
 def test_path_positions_and_points_by_hand():
@@ -413,18 +498,6 @@ def test_clear_errors(resnets):
         criticality_value(pd.DataFrame({"module": ["a", "b"], "feasible": [True, True], "measure": [1.0, 2.0]}))
 
 
-@pytest.mark.parametrize("size", [1, 2, 5, 11])
-def test_largest_feasible_search_finds_the_prefix_end(size):
-    from transferscope.analysis.module_criticality import _largest_feasible
-
-    for low in range(-1, size):
-        for last in range(low, size):  # indices <= last are feasible
-            probed = []
-            found = _largest_feasible(lambda i, probed=probed, last=last: probed.append(i) or i <= last, low, size)
-            assert found == last and all(low < i < size for i in probed)
-            assert len(probed) <= 2 * math.ceil(math.log2(size + 1)) + 1
-
-
 # ---------------------------------------------------------------- grids that resolve themselves (issue 11)
 EXTENSION = dict(modules=["0"], noise="absolute", alphas=[0.5, 1.0], sigmas=[0.3, 1.0], samples=3, seed=0)
 
@@ -446,8 +519,9 @@ def test_infeasible_grid_extends_sigma_down_by_halving_until_a_point_is_feasible
     only_grid = criticality(final, initial, batches, sigma_floor=None, **EXTENSION)
     assert len(only_grid) == 4 and criticality_value(only_grid) == math.inf
     assert (only_grid["sigma_searched_min"] == 0.3).all() and only_grid["sigma_floor"].isna().all()
-    bisection = criticality(final, initial, batches, method="bisection", **EXTENSION)
-    assert criticality_value(bisection) == criticality_value(grid) and len(bisection) < len(grid)
+    fast = criticality(final, initial, batches, method="fast", **EXTENSION)
+    _assert_fast_equals_grid(fast, grid, 4, 2)
+    assert len(fast) < len(grid)
     network = network_criticality(final, initial, batches, **{**EXTENSION, "modules": None})
     assert np.isfinite(network["criticality"]).all()
 

@@ -26,14 +26,14 @@ criticality is Σ_i μ_i.
 A grid too coarse for a module resolves itself: when no point of the grid is feasible
 (μ_i would be +inf, and so would Σ_i μ_i), σ is extended below the grid's smallest
 σ_min by halving, σ_min/2, σ_min/4, … (the last step clipped to ``sigma_floor``), every
-α at each new σ (``method="bisection"``: α ascending up to the first feasible one, the
+α at each new σ (``method="fast"``: α ascending up to the first feasible one, the
 smallest μ at that σ), until a σ has a feasible point or ``sigma_floor`` has been
-searched. When less noise can only help (feasibility monotone in σ, as
-``method="bisection"`` assumes), this finds the largest feasible σ to within a factor 2
-(the resolution of the default grid at its low end, σ_min = 1/11 beside 2/11).
-μ_i is then the minimum over every evaluated point, extension included; it stays +inf
-only when nothing is feasible down to ``sigma_floor``, and ``sigma_searched_min`` (the
-smallest σ evaluated for the module) says how far down the search went.
+searched. When less noise can only help (feasibility monotone in σ), this finds the
+largest feasible σ to within a factor 2 (the resolution of the default grid at its low
+end, σ_min = 1/11 beside 2/11). μ_i is then the minimum over every evaluated point,
+extension included; it stays +inf only when nothing is feasible down to
+``sigma_floor``, and ``sigma_searched_min`` (the grid's smallest σ, or the last σ of
+the extension) says how far down the search went.
 
 Noise, per tensor W of module i (``noise``); W^F is its end value, θ_i^F the module:
 
@@ -52,22 +52,29 @@ eval mode.
 
 Randomness: the noise of grid point (α index a, σ index s, sample k) comes from a
 fresh ``torch.Generator`` seeded by ``SeedSequence(seed, spawn_key=(a, s, k))``
-(:func:`noise_generator`), so every point is reproducible on its own and grid and
-bisection see the same draws (the TensorFlow reference consumed one generator); the
+(:func:`noise_generator`), so every point is reproducible on its own and both methods
+see the same draws (the TensorFlow reference consumed one generator); the
 k-th σ of the downward extension has σ index ``len(sigmas) + k − 1``.
 
 Cost: the modules that run before module i never change, so their output (the input
 of module i) is computed once and each evaluation runs module i and the rest of the
 network only (:class:`transferscope.cached_prefix.CachedPrefixEvaluator`; checked
 against the full forward at a perturbed point before use, full forward otherwise).
-``method="bisection"`` returns the value
-without the heatmap: for each α (ascending) it searches the σ grid for the largest
-feasible σ (steps of 1, 2, 4, … up from the bottom, then bisection), assuming
-feasibility is monotone in σ (the feasible σ form an interval starting at the
-smallest σ); it skips σ that could not lower the best μ found so far, and stops
-drawing noise at a point as soon as it is proven infeasible (losses are
-non-negative). Under that assumption it gives the grid's value exactly; near the
-feasibility border the mean over few noise draws can break the assumption.
+``method="fast"`` (``"bisection"``, its earlier name, is an alias) returns the grid's
+μ_i exactly, on every input, with fewer points and draws and no assumption on how
+feasibility depends on σ: it evaluates the grid's points in ascending order of
+α²‖Δ‖²/σ² (ties in grid order) and stops at the first feasible one, which is the
+grid's minimiser; every point it reports before that has a smaller measure and is
+infeasible, and those are exactly the points that must be evaluated to prove that no
+feasible point beats μ_i. Its rows are therefore the grid's points of measure below
+μ_i, plus the minimiser (and points tied with it that come first in grid order): the
+feasible frontier where it decides μ_i (for every α, no σ with α²‖Δ‖²/σ² < μ_i is
+feasible; on the minimiser's row the frontier is the minimiser's σ). The whole frontier
+(the largest feasible σ of every α) and the heatmap need ``method="grid"``. At a point
+it stops drawing noise as soon as the mean is bound to exceed ε (losses are
+non-negative), so ``n_samples`` may be below ``samples`` for an infeasible point; its
+``feasible`` is the grid's all the same, and a point drawn in full has the grid's
+``loss_mean`` and ``loss_std``.
 """
 
 from __future__ import annotations
@@ -86,8 +93,8 @@ from torch import Tensor, nn
 
 from ..cached_prefix import CachedPrefixEvaluator
 from ..evaluation import Batches, cache_batches
-from ..models import NETWORK, module_state_keys
-from ..models.partition import ModuleNotFoundInModel
+from ..models import NETWORK, REST, Modules, Partition
+from ..models.partition import ModuleNotFoundInModel, Unit
 from ..models.state import ModelOrState, as_state_dict, check_compatible
 
 DEFAULT_GRID = tuple(np.arange(1, 12) / 11)  # 11 points in (0, 1]
@@ -97,7 +104,9 @@ Noise = Literal["absolute", "frobenius", "per_filter"]
 ThresholdMode = Literal["relative", "absolute"]
 NOISES: tuple[str, ...] = get_args(Noise)
 THRESHOLD_MODES: tuple[str, ...] = get_args(ThresholdMode)
-METHODS = ("grid", "bisection")
+METHODS = ("grid", "fast")
+METHOD_ALIASES = {"bisection": "fast"}  # the fast path's earlier name
+EARLY_STOP_MARGIN = 1e-9  # relative: a point is dropped early only when rounding cannot make its mean feasible
 BN_MODE = "follow"  # running statistics move with the module along the path (module docstring)
 POINT_COLUMNS = ["module", "alpha", "sigma", "loss_mean", "loss_std", "n_samples", "feasible", "measure"]
 SETTING_COLUMNS = ["path", "start", "noise", "threshold", "threshold_mode", "samples", "seed", "method", "split",
@@ -160,40 +169,15 @@ def _noise_scales(end: Mapping[str, Tensor], params: Sequence[str], noise: str) 
     return scales
 
 
-def _largest_feasible(feasible: Callable[[int], bool], low: int, high: int) -> int:
-    """Largest index in (low, high) where ``feasible`` holds, or ``low`` if none, for
-    a ``feasible`` true on a prefix of the range: steps of 1, 2, 4, … up from ``low``
-    (feasible regions are usually short), then bisection."""
-    step = 1
-    while low + step < high:
-        if not feasible(low + step):
-            high = low + step
-            break
-        low, step = low + step, 2 * step
-    while high - low > 1:
-        middle = (low + high) // 2
-        if feasible(middle):
-            low = middle
-        else:
-            high = middle
-    return low
-
-
-def _module_names(model: nn.Module, modules: Sequence[str] | None) -> list[str]:
-    """The modules to measure: ``modules``, checked, or the partition's."""
-    if isinstance(modules, str):
-        raise ValueError(f"modules must be a list of module names, e.g. modules=[{modules!r}]")
+def _units(model: nn.Module, modules: Modules) -> list[Unit]:
+    """The units to measure: those of ``modules`` (:class:`transferscope.models.Partition`;
+    ``rest``, the tensors a list or mapping leaves out, is not measured), or the default
+    partition's."""
     try:
-        return list(module_state_keys(model, modules))
+        partition = Partition.of(model, modules)
     except ModuleNotFoundInModel as error:  # its message lists the modules that exist
         raise ValueError(str(error)) from error
-
-
-def _module_keys(model: nn.Module, module: str) -> list[str]:
-    """State keys of ``module``: its partition group (stem BN with conv1, …) when it is
-    a default partition module, else the named module's own keys."""
-    groups = module_state_keys(model)
-    return list(groups[module]) if module in groups else list(module_state_keys(model, [module])[module])
+    return [unit for unit in partition.units if isinstance(modules, Partition) or unit.name != REST]
 
 
 def _grid_axis(values: Sequence[float] | None, name: str, low_open: bool) -> np.ndarray:
@@ -214,7 +198,8 @@ def _check_settings(path: str, path_states: Sequence[ModelOrState] | None, start
                     seed: int, method: str) -> None:
     """Raise ``ValueError`` for an unknown choice or a missing input, naming the fix."""
     for value, name, allowed in ((path, "path", PATHS), (start, "start", STARTS), (noise, "noise", NOISES),
-                                 (threshold_mode, "threshold_mode", THRESHOLD_MODES), (method, "method", METHODS)):
+                                 (threshold_mode, "threshold_mode", THRESHOLD_MODES),
+                                 (method, "method", METHODS + tuple(METHOD_ALIASES))):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     if path == "optimization" and (path_states is None or len(path_states) < 2):
@@ -239,31 +224,32 @@ class _Grid:
 
 
 class _MovingModule:
-    """Module ``name`` of a working copy of the model (eval mode), placed at θ_i(α)
+    """Unit ``unit`` of a working copy of the model (eval mode), placed at θ_i(α)
     (:meth:`move_to`) plus noise on its parameters (:meth:`add_noise`).
 
+    ``name``: the unit's name; ``entry``: its first module, whose inputs may be cached;
     ``moving``: its floating tensors (parameters and BatchNorm statistics), which
     follow the path; ``params``: its parameters, which get the noise and make up
     ‖θ_i^F − θ_i^0‖ (``delta_norm_sq``).
     """
 
-    def __init__(self, model: nn.Module, initial: ModelOrState, name: str, *, path: str,
+    def __init__(self, model: nn.Module, initial: ModelOrState, unit: Unit, *, path: str,
                  path_states: Sequence[ModelOrState] | None, start: str, best_state: ModelOrState | None,
                  noise: str) -> None:
-        self.name, self.model = name, copy.deepcopy(model).eval()
+        self.name, self.entry, self.model = unit.name, unit.paths[0], copy.deepcopy(model).eval()
         self.state = self.model.state_dict()
-        keys = _module_keys(model, name)
+        keys = list(unit.keys)
         parameter_names = {key for key, _ in self.model.named_parameters()}
         self.params = [key for key in keys if key in parameter_names]
         self.moving = [key for key in keys if self.state[key].is_floating_point()]
         if not self.params:
-            raise ValueError(f"module {name!r} has no parameters to perturb")
+            raise ValueError(f"module {self.name!r} has no parameters to perturb")
         initial_values = self._module_tensors(initial, "initial")
-        if start == "best":
+        if start == "best" and best_state is not None:  # _check_settings: start="best" comes with best_state
             check_compatible(best_state, self.model, keys=list(self.state), what="best_state")
             self.model.load_state_dict(as_state_dict(best_state))
         end = {key: self.state[key].clone() for key in self.moving}
-        if path == "optimization":
+        if path == "optimization" and path_states is not None:  # _check_settings: it comes with path_states
             self.point = self._optimization_path(initial_values, end, path_states, start)
         else:
             self.point = partial(_direct_point, initial_values, end, keys=self.moving)
@@ -308,7 +294,7 @@ def _cache_prefix(module: _MovingModule, evaluator: CachedPrefixEvaluator, grid:
     """Run only the module and what follows it, on its cached inputs, when that
     reproduces the full forward at a perturbed point (the first α, the largest σ);
     warn and keep full forward passes otherwise."""
-    if not evaluator.cache_inputs_of(module.name, module.moving):
+    if not evaluator.cache_inputs_of(module.entry, module.moving):
         return
     largest = len(grid.sigmas) - 1
     module.move_to(float(grid.alphas[0]))
@@ -327,60 +313,61 @@ class _Search:
         self.module, self.evaluator, self.grid, self.limit = module, evaluator, grid, limit
         self.rows: list[dict[str, Any]] = []
         self.sigmas = [float(sigma) for sigma in grid.sigmas]
+        self.alpha_index: int | None = None  # where the module is now
+
+    def measure(self, alpha_index: int, sigma_index: int) -> float:
+        """α²‖θ_i^F − θ_i^0‖²/σ² of a point."""
+        return float(self.grid.alphas[alpha_index]) ** 2 * self.module.delta_norm_sq / self.sigmas[sigma_index] ** 2
+
+    def sample_loss(self, alpha_index: int, sigma_index: int, sample: int) -> float:
+        """Loss at θ_i(α) plus noise draw ``sample`` of the point, the module at θ_i(α)."""
+        generator = noise_generator(self.grid.seed, alpha_index, sigma_index, sample)
+        self.module.add_noise(self.sigmas[sigma_index], generator)
+        return self.evaluator.loss()
 
     def is_feasible(self, alpha_index: int, sigma_index: int, *, stop_early: bool) -> bool:
-        """Mean loss over the noise draws at (α, σ) ≤ ε, with the module already at θ_i(α);
-        ``stop_early``: stop drawing once the mean is bound to exceed ε."""
-        alpha, sigma = float(self.grid.alphas[alpha_index]), self.sigmas[sigma_index]
+        """Mean loss over the noise draws at (α, σ) ≤ ε; ``stop_early``: stop drawing once
+        the mean is bound to exceed ε."""
+        if alpha_index != self.alpha_index:
+            self.module.move_to(float(self.grid.alphas[alpha_index]))
+            self.alpha_index = alpha_index
         losses = []
         for sample in range(self.grid.samples):
-            self.module.add_noise(sigma, noise_generator(self.grid.seed, alpha_index, sigma_index, sample))
-            losses.append(self.evaluator.loss())
-            if stop_early and sum(losses) > self.limit * self.grid.samples:
+            losses.append(self.sample_loss(alpha_index, sigma_index, sample))
+            if stop_early and sum(losses) > self.limit * self.grid.samples * (1 + EARLY_STOP_MARGIN):
                 break  # losses are >= 0: the mean over all samples exceeds the limit already
         feasible = len(losses) == self.grid.samples and float(np.mean(losses)) <= self.limit
-        self.rows.append({"alpha": alpha, "sigma": sigma, "loss_mean": float(np.mean(losses)),
-                          "loss_std": float(np.std(losses)), "n_samples": len(losses), "feasible": feasible,
-                          "measure": alpha ** 2 * self.module.delta_norm_sq / sigma ** 2})
+        self.rows.append({"alpha": float(self.grid.alphas[alpha_index]), "sigma": self.sigmas[sigma_index],
+                          "loss_mean": float(np.mean(losses)), "loss_std": float(np.std(losses)),
+                          "n_samples": len(losses), "feasible": feasible,
+                          "measure": self.measure(alpha_index, sigma_index)})
         return feasible
 
-    def every_point(self) -> None:
-        for alpha_index, alpha in enumerate(self.grid.alphas):
-            self.module.move_to(float(alpha))
-            for sigma_index in range(len(self.grid.sigmas)):
-                self.is_feasible(alpha_index, sigma_index, stop_early=False)
+    def search(self, points: Sequence[tuple[int, int]]) -> bool:
+        """Whether one of ``points`` ((α index, σ index), in grid order) is feasible:
+        every point (``method="grid"``), or in ascending order of measure up to the first
+        feasible one (``"fast"``; module docstring), its rows then put in grid order."""
+        if self.grid.method == "grid":
+            return any([self.is_feasible(*point, stop_early=False) for point in points])  # a list: all evaluated
+        first = len(self.rows)
+        ordered = sorted(points, key=lambda point: self.measure(*point))  # stable: ties stay in grid order
+        found = any(self.is_feasible(*point, stop_early=True) for point in ordered)
+        self.rows[first:] = sorted(self.rows[first:], key=lambda row: (row["alpha"], row["sigma"]))
+        return found
 
-    def bisection(self) -> None:
-        """For each α (ascending), the largest feasible σ among those that could lower
-        the best μ so far (module docstring)."""
-        best, delta_norm_sq, sigmas = math.inf, self.module.delta_norm_sq, self.grid.sigmas
-        for alpha_index, alpha in enumerate(self.grid.alphas):
-            if best == 0:
-                break
-            # σ at or below this bound cannot give α²‖Δ‖²/σ² < best: treat them as settled
-            bound = 0.0 if math.isinf(best) else alpha * math.sqrt(delta_norm_sq / best)
-            settled = int(np.searchsorted(sigmas, bound, side="right")) - 1
-            self.module.move_to(float(alpha))
-            largest = _largest_feasible(partial(self.is_feasible, alpha_index, stop_early=True), settled, len(sigmas))
-            if largest > settled:
-                best = alpha ** 2 * delta_norm_sq / sigmas[largest] ** 2
+    def grid_points(self) -> bool:
+        """Search the grid; whether a point is feasible."""
+        return self.search([(alpha_index, sigma_index) for alpha_index in range(len(self.grid.alphas))
+                            for sigma_index in range(len(self.grid.sigmas))])
 
     def extend_down(self, floor: float) -> None:
-        """When no evaluated point is feasible: σ_min/2, σ_min/4, … (the last clipped to
-        ``floor``) until one σ has a feasible point (module docstring)."""
-        if any(row["feasible"] for row in self.rows):
-            return
-        first_only, sigma = self.grid.method == "bisection", self.sigmas[0]
+        """σ_min/2, σ_min/4, … (the last clipped to ``floor``), every α, until one σ
+        has a feasible point (module docstring)."""
+        sigma = self.sigmas[0]
         while sigma > floor:
             sigma = max(sigma / 2, floor)
             self.sigmas.append(sigma)
-            found = False
-            for alpha_index, alpha in enumerate(self.grid.alphas):
-                self.module.move_to(float(alpha))
-                found = self.is_feasible(alpha_index, len(self.sigmas) - 1, stop_early=first_only) or found
-                if found and first_only:
-                    break
-            if found:
+            if self.search([(alpha_index, len(self.sigmas) - 1) for alpha_index in range(len(self.grid.alphas))]):
                 return
 
 
@@ -393,17 +380,13 @@ def _module_grid(module: _MovingModule, batches: Batches, grid: _Grid, *, thresh
     if cache_prefix:
         _cache_prefix(module, evaluator, grid)
     search = _Search(module, evaluator, grid, limit)
-    if grid.method == "grid":
-        search.every_point()
-    else:
-        search.bisection()
-    if sigma_floor is not None:
+    if not search.grid_points() and sigma_floor is not None:
         search.extend_down(sigma_floor)
     frame = pd.DataFrame(search.rows)
     return frame.assign(module=module.name, n_examples=evaluator.n_examples, bn=BN_MODE,
                         delta_norm_sq=module.delta_norm_sq, base_loss=base_loss, loss_limit=limit,
                         sigma_floor=math.nan if sigma_floor is None else sigma_floor,
-                        sigma_searched_min=frame["sigma"].min())
+                        sigma_searched_min=min(search.sigmas))
 
 
 @torch.no_grad()
@@ -412,7 +395,7 @@ def criticality(
     initial: ModelOrState,
     loader: Batches,
     *,
-    modules: Sequence[str] | None = None,
+    modules: Modules = None,
     path: str = "direct",
     path_states: Sequence[ModelOrState] | None = None,
     start: str = "final",
@@ -449,9 +432,12 @@ def criticality(
         θ^0, the start of the path (the run's epoch-0 checkpoint), as a model or state dict.
     loader : iterable of (Tensor, Tensor)
         Evaluation batches; the first ``max_examples`` examples are cached once.
-    modules : sequence of str, optional
-        Modules to measure (exact names; a partition module takes its group, e.g. the
-        stem BatchNorm with ``conv1``). Default: :func:`transferscope.models.modules`.
+    modules : list of str, mapping of str to list of str, or Partition, optional
+        The units to measure (:class:`transferscope.models.Partition`): module names
+        (exact; a default unit takes its group, e.g. the stem BatchNorm with ``conv1``),
+        or ``{unit: [module, ...]}``; ``rest``, the tensors a list or mapping leaves
+        out, is not measured (pass a Partition to measure it). Default: the model
+        family's partition.
     path : {"direct", "optimization"}
         The straight line from θ_i^0 to θ_i^F, or the polyline through ``path_states``.
     path_states : sequence of models or state dicts, optional
@@ -474,8 +460,11 @@ def criticality(
         Seed of the noise (:func:`noise_generator`: one generator per (α, σ, sample)).
     max_examples : int, optional
         Evaluate on the first ``max_examples`` examples of ``loader`` (default: all).
-    method : {"grid", "bisection"}
-        Every grid point, or the bisection over σ that finds μ with fewer points.
+    method : {"grid", "fast", "bisection"}
+        ``"grid"``: every grid point (the heatmap and the whole feasible frontier);
+        ``"fast"``: the same μ_i and minimiser exactly, from the grid points of measure
+        below μ_i and the minimiser only (module docstring); ``"bisection"`` is an alias
+        of ``"fast"`` (recorded as ``"fast"``).
     split : str
         Name of the data in ``loader``, recorded in the ``split`` column.
     cache_prefix : bool
@@ -490,13 +479,13 @@ def criticality(
     Returns
     -------
     pandas.DataFrame
-        One row per evaluated (module, alpha, sigma) (every grid point for
+        One row per evaluated (module, alpha, sigma) in grid order (every grid point for
         ``method="grid"``, then those of the downward extension): ``loss_mean``,
         ``loss_std`` (population std) over the ``n_samples`` draws, ``feasible``,
         ``measure`` = α²‖θ_i^F − θ_i^0‖²/σ², the settings, ``n_examples``, ``bn``
         ("follow"), ``delta_norm_sq``, ``base_loss`` (at Θ^F), ``loss_limit`` (ε),
-        ``sigma_floor`` (NaN for None) and ``sigma_searched_min`` (the smallest σ
-        evaluated for the module).
+        ``sigma_floor`` (NaN for None) and ``sigma_searched_min`` (the grid's smallest
+        σ, or the last σ of the downward extension).
 
     Raises
     ------
@@ -512,17 +501,18 @@ def criticality(
     being transferred in transfer learning?", NeurIPS, Definition 3.2 and Fig. 6.
     """
     _check_settings(path, path_states, start, best_state, noise, threshold, threshold_mode, samples, seed, method)
+    method = METHOD_ALIASES.get(method, method)
     if sigma_floor is not None and not sigma_floor > 0:
         raise ValueError(f"sigma_floor must be a positive σ (or None to search the grid only), got {sigma_floor}")
     grid = _Grid(_grid_axis(alphas, "alphas", low_open=False), _grid_axis(sigmas, "sigmas", low_open=True), samples,
                  seed, method)
-    names = _module_names(model, modules)
+    units = _units(model, modules)
     batches = cache_batches(loader, max_examples)
-    frames = [_module_grid(_MovingModule(model, initial, name, path=path, path_states=path_states, start=start,
+    frames = [_module_grid(_MovingModule(model, initial, unit, path=path, path_states=path_states, start=start,
                                          best_state=best_state, noise=noise),
                            batches, grid, threshold=threshold, threshold_mode=threshold_mode, cache_prefix=cache_prefix,
                            sigma_floor=sigma_floor)
-              for name in names]
+              for unit in units]
     frame = pd.concat(frames, ignore_index=True).assign(
         path=path, start=start, noise=noise, threshold=threshold, threshold_mode=threshold_mode, samples=samples,
         seed=seed, method=method, split=split)
@@ -572,7 +562,7 @@ def network_criticality(
     initial: ModelOrState,
     loader: Batches,
     *,
-    modules: Sequence[str] | None = None,
+    modules: Modules = None,
     **settings: Any,
 ) -> pd.DataFrame:
     """Network criticality: Σ_i μ_i over the modules.
