@@ -3,6 +3,7 @@ family users bring, built by torchvision on the meta device (no weights, no down
 lists and mappings with the unit `rest`; grouped units in the analyses and the study."""
 
 import copy
+import json
 import math
 import warnings
 from collections import Counter
@@ -16,11 +17,14 @@ from torch import nn
 from torchvision import models as tv
 
 from transferscope.analysis.distance import param_distance
+from transferscope.analysis.module_criticality import criticality
 from transferscope.analysis.rewinding import rewind
 from transferscope.analysis.similarity import compare_representations
 from transferscope.analysis.spectra import spectrum
+from transferscope.io import json_text
 from transferscope.models import Partition, build_model, module_state_keys, modules
 from transferscope.study import StudySpec, build_plan
+from transferscope.study.jobs import job_modules
 
 
 def _stages(count: int) -> list[str]:
@@ -301,6 +305,23 @@ def test_distance_of_a_grouped_unit_counts_all_its_tensors(lukemelas_pair):
     assert math.sqrt((units.distance ** 2).sum()) == pytest.approx(frame.distance["network"], rel=1e-12)
 
 
+def test_criticality_moves_every_module_of_a_grouped_unit(lukemelas_pair):
+    final, initial = lukemelas_pair
+    batches = _batches()
+    grid = criticality(final, initial, batches, modules=STEM, alphas=[0.0, 1.0], sigmas=[1e-6], samples=1)
+    assert list(grid.module.unique()) == ["stem", "blocks"]  # rest is not measured by criticality
+    stem = grid[grid.module == "stem"].set_index("alpha")
+    both = copy.deepcopy(final)  # α = 0: _conv_stem and _bn0, statistics too, at their initial values
+    both._conv_stem.load_state_dict(initial._conv_stem.state_dict())
+    both._bn0.load_state_dict(initial._bn0.state_dict())
+    assert stem.loss_mean[0.0] == pytest.approx(_loss(both, batches), rel=1e-4)
+    assert stem.loss_mean[1.0] == pytest.approx(_loss(final, batches), rel=1e-4)
+    a, b = final.state_dict(), initial.state_dict()
+    delta = sum(float((a[key].double() - b[key].double()).pow(2).sum()) for key, _ in final.named_parameters()
+                if key.startswith(("_conv_stem.", "_bn0.")))
+    assert stem.delta_norm_sq.iloc[0] == pytest.approx(delta, rel=1e-12)
+
+
 def test_cka_and_spectra_of_grouped_units():
     torch.manual_seed(0)
     models = {"a": build_model("small_resnet", 4, width=8).eval(), "b": build_model("small_resnet", 4, width=8).eval()}
@@ -324,7 +345,11 @@ def test_study_modules_reach_every_analysis_that_takes_them():
     jobs = {job.label: job for job in build_plan(StudySpec.model_validate(spec))}
     changed = {label for label, job in jobs.items() if base[label].id != job.id}
     assert {label.split()[0] for label in changed} == {"cka", "distance", "spectrum", "rewind", "criticality"}
-    assert all(jobs[label].config["modules"] == grouped for label in changed)
+    for label in changed:  # as the job reads it back from its job file, whose mapping keys are sorted
+        stored = json.loads(json_text(jobs[label].config))
+        assert list(job_modules(stored).items()) == list(grouped.items())
+    assert job_modules(json.loads(json_text(build_plan(StudySpec.model_validate(tiny_spec(modules=["conv1", "layer4"])))[
+        -1].config))) == ["conv1", "layer4"]
     with pytest.raises(ValueError, match=r"heatmap_module 'conv1' is no unit of modules \(stem, body, top\)"):
         StudySpec.model_validate(tiny_spec(modules=grouped))
     with pytest.raises(ValueError, match=r"(?s)modules.*\[.rest.\] cannot name a unit"):

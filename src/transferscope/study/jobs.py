@@ -16,7 +16,7 @@ from ..config import DataConfig, TrainConfig
 from ..data import Domain, load_domain
 from ..evaluation import cache_batches
 from ..io import write_table
-from ..models import build_model, load_into
+from ..models import Modules, Partition, build_model, load_into
 from ..train import TrainingRun, train
 from ..train.run_dir import checkpoint_path
 from ..train.trainer import resolve_device
@@ -92,6 +92,13 @@ def _train_job(store: Store, job: Job, progress: bool) -> None:
     train(config, store.job_dir(job) / "run", progress=progress, domain=domain_of(config))
 
 
+def job_modules(config: dict) -> Modules:
+    """The study's ``modules:`` from an analysis job's config (:func:`.plan.modules_config`;
+    None: each model's default partition)."""
+    modules = config.get("modules")
+    return dict(modules) if modules and isinstance(modules[0], list) else modules
+
+
 class AnalysisInputs:
     """What an analysis job reads: its settings (validated: the defaults fill what the
     job file leaves out), its models (by role name), and the target's unshuffled test
@@ -101,6 +108,7 @@ class AnalysisInputs:
         self.store, self.job = store, job
         self.settings = Analyses.settings_model(job.kind).model_validate(job.config["settings"])
         self.arguments = self.settings.arguments()
+        self.modules = job_modules(job.config)
         self.refs: dict[str, dict] = job.config["models"]
         target_ref = next(ref for name, ref in self.refs.items() if Role.parse(name).kind != "P")
         self.config = run_of(store, target_ref).config
@@ -133,7 +141,7 @@ def _distance_job(inputs: AnalysisInputs) -> None:
 
     models = inputs.models()
     names = list(models)
-    frames = [param_distance(models[a], models[b], **inputs.arguments).assign(model_a=a, model_b=b)
+    frames = [param_distance(models[a], models[b], modules=inputs.modules, **inputs.arguments).assign(model_a=a, model_b=b)
               for i, a in enumerate(names) for b in names[i + 1:]]
     inputs.write(pd.concat(frames, ignore_index=True))
 
@@ -156,7 +164,7 @@ def _mistakes_job(inputs: AnalysisInputs) -> None:
 def _spectrum_job(inputs: AnalysisInputs) -> None:
     from ..analysis.spectra import spectrum, spectrum_summary
 
-    frames = [spectrum(model).assign(model=name) for name, model in inputs.models().items()]
+    frames = [spectrum(model, modules=inputs.modules).assign(model=name) for name, model in inputs.models().items()]
     values = pd.concat(frames, ignore_index=True)
     inputs.write(values)
     inputs.write(spectrum_summary(values, **inputs.arguments), "summary")
@@ -188,7 +196,7 @@ def _cka_job(inputs: AnalysisInputs) -> None:
     from ..analysis.similarity import compare_representations
 
     loader = inputs.test_loader(inputs.settings.max_examples, inputs.settings.batch_size)
-    inputs.write(compare_representations(inputs.models(), loader, **inputs.arguments))
+    inputs.write(compare_representations(inputs.models(), loader, modules=inputs.modules, **inputs.arguments))
 
 
 def _rewind_job(inputs: AnalysisInputs) -> None:
@@ -196,7 +204,7 @@ def _rewind_job(inputs: AnalysisInputs) -> None:
 
     splits = {"train": inputs.train_loader(), "test": inputs.test_loader()}
     frames = [rewind(inputs.model(name), inputs.run(name).checkpoint("init"), splits,
-                     recalibration_loader=splits["train"], **inputs.arguments).assign(model=name)
+                     recalibration_loader=splits["train"], modules=inputs.modules, **inputs.arguments).assign(model=name)
               for name in inputs.refs]
     inputs.write(pd.concat(frames, ignore_index=True))
 
@@ -211,16 +219,17 @@ def _criticality_job(inputs: AnalysisInputs) -> None:
     for name in inputs.refs:
         run = inputs.run(name)
         final, initial = inputs.model(name, "final"), run.checkpoint("init")
+        heatmap_unit = Partition.of(final, inputs.modules).select([inputs.settings.heatmap_module])
         variant = {"path_states": [run.checkpoint(epoch) for epoch in run.epochs()], "best_state": run.checkpoint("best")}
         # θ_opt at epoch 0 is the initialisation itself: no path to walk from θ_opt
         starts = ("final", "best") if run.best_epoch > 0 else ("final",)
         for path in ("direct", "optimization"):
             for start in starts:
                 settings = {**inputs.arguments, **variant, "path": path, "start": start}
-                values.append(network_criticality(final, initial, batches, method="bisection", **settings)
-                              .assign(model=name))
-                heatmaps.append(criticality(final, initial, batches, modules=[inputs.settings.heatmap_module],
-                                            method="grid", **settings).assign(model=name))
+                values.append(network_criticality(final, initial, batches, modules=inputs.modules, method="bisection",
+                                                  **settings).assign(model=name))
+                heatmaps.append(criticality(final, initial, batches, modules=heatmap_unit, method="grid", **settings)
+                                .assign(model=name))
     inputs.write(pd.concat(values, ignore_index=True))
     inputs.write(pd.concat(heatmaps, ignore_index=True), "grid")
 

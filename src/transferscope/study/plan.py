@@ -14,6 +14,7 @@ from .spec import StudySpec
 
 TRAIN_KINDS = ("pretrain", "finetune")
 ANALYSIS_KINDS = ("cka", "distance", "mistakes", "spectrum", "interpolation", "basin", "rewind", "criticality")
+PARTITIONED = ("cka", "distance", "spectrum", "rewind", "criticality")  # analyses that take the study's modules:
 __all__ = ["ANALYSIS_KINDS", "TRAIN_KINDS", "Job", "Planner", "build_plan", "levels"]
 
 
@@ -83,6 +84,8 @@ class Planner:
         """Analysis ``kind`` of ``models`` (role name -> model reference) with the
         study's settings for it."""
         settings = getattr(self.spec.analyses, kind)
+        if kind in PARTITIONED and self.spec.modules is not None:
+            extra = {"modules": modules_config(self.spec.modules), **extra}
         config = {"settings": settings.model_dump(mode="json"), "models": models, **extra}
         identity = {"settings": decisive(settings), "models": models, **extra}
         deps = tuple(sorted({ref["job"] for ref in models.values()}))
@@ -159,6 +162,15 @@ class Planner:
         seeds = list(self.spec.seeds)
         pairs = [(Role(kind, a), Role(kind, b)) for kind in ("P-T", "RI-T") for a, b in zip(seeds, seeds[1:])]
         return pairs + [(Role("P-T", s), Role("RI-T", s)) for s in seeds]
+
+
+def modules_config(modules: tuple[str, ...] | dict[str, tuple[str, ...] | str]) -> list:
+    """The study's ``modules:`` as an analysis job stores it: a list of names, or of
+    ``[unit, modules]`` pairs, so that the units keep their order in the job file (whose
+    mapping keys are sorted); :func:`.jobs.job_modules` reads it back."""
+    if isinstance(modules, dict):
+        return [[unit, paths if isinstance(paths, str) else list(paths)] for unit, paths in modules.items()]
+    return list(modules)
 
 
 def _names(pairs: list[tuple[Role, Role]]) -> list[list[str]]:

@@ -22,6 +22,7 @@ from ..analysis.rewinding import rewind
 from ..analysis.similarity import compare_representations
 from ..analysis.spectra import spectrum_summary
 from ..config import BlockSize, DataConfig, ModelConfig, Settings, TrainConfig, explain, load_yaml
+from ..models.partition import check_modules
 from .settings import AnalysisSettings, keyword_settings
 
 _PER_RUN = {"data", "model", "init", "seed"}
@@ -142,6 +143,24 @@ class StudySpec(Settings):
     shuffle: ShuffleSweep = ShuffleSweep()
     checkpoints: CheckpointSweep = CheckpointSweep()
     analyses: Analyses = Analyses()
+    modules: tuple[str, ...] | dict[str, tuple[str, ...] | str] | None = Field(
+        None, description="the module partition of every analysis: module names (e.g. [conv1, layer1.0]) or "
+                          "{unit: [module names]} (e.g. {stem: [_conv_stem, _bn0]}); tensors no unit lists form unit "
+                          "'rest'; None = the model family's default (transferscope.models.Partition)")
+
+    @field_validator("modules")
+    @classmethod
+    def _partition(cls, modules: tuple[str, ...] | dict[str, tuple[str, ...] | str] | None):
+        check_modules(modules)
+        return modules
+
+    @model_validator(mode="after")
+    def _heatmap_unit(self) -> "StudySpec":
+        criticality = self.analyses.criticality
+        if self.modules is not None and criticality.enabled and criticality.heatmap_module not in self.modules:
+            raise ValueError(f"analyses.criticality.heatmap_module {criticality.heatmap_module!r} is no unit of "
+                             f"modules ({', '.join(self.modules)}); set it to one of them")
+        return self
 
     @field_validator("targets")
     @classmethod
