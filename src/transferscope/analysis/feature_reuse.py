@@ -13,6 +13,8 @@ Measures (Neyshabur et al. 2020, Sec. 3.1):
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from ..evaluation import score_metric
@@ -36,6 +38,23 @@ def score_column(metrics: pd.DataFrame, split: str) -> str:
         ``f"{split}_accuracy"`` or ``f"{split}_auc"`` (:func:`transferscope.evaluation.score_metric`).
     """
     return f"{split}_{score_metric(metrics, f'{split}_')}"
+
+
+def block_size_key(block_size: object) -> float:
+    """Sort key of a block size (``16``, ``"4"``, ``"*"``): numerically from the largest
+    (the unshuffled image) down to 1, then ``"*"`` (every scalar shuffled) last.
+
+    Parameters
+    ----------
+    block_size : int or str
+        A block size as in the ``block_size`` column of :func:`feature_reuse_table`.
+
+    Returns
+    -------
+    float
+        ``-size``, or ``inf`` for ``"*"``.
+    """
+    return math.inf if str(block_size) == "*" else -int(block_size)
 
 
 def _require(table: pd.DataFrame, columns: set[str], what: str, fix: str) -> None:

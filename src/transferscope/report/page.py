@@ -32,6 +32,7 @@ from ..study.results import collect_results
 from ..study.runner import open_study
 from .render import PLAIN_TEXT, file_stem, save_figure
 from .sections import SECTIONS
+from .tables import constants_text, display_table, html_table
 
 
 @dataclass
@@ -86,16 +87,6 @@ def report_digest(store, jobs) -> str:
     return hashlib.sha256(json.dumps([__version__, states]).encode()).hexdigest()[:16]
 
 
-def _with_labels(frame: pd.DataFrame) -> pd.DataFrame:
-    """A named index (the pairs of Table 1, the targets of Table 2) as leading columns."""
-    return frame.reset_index() if any(name is not None for name in frame.index.names) else frame
-
-
-def _html_table(frame: pd.DataFrame) -> str:
-    return _with_labels(frame).to_html(classes="data", index=False, float_format=lambda v: f"{v:.4g}", na_rep="–",
-                                       border=0)
-
-
 def build_report(root: str | Path, force: bool = True) -> Path:
     """Write ``root/report/index.html``, ``summary.md`` and ``figures/``; return the HTML
     path. With ``force=False`` an existing report is kept when no job changed state.
@@ -123,7 +114,7 @@ def build_report(root: str | Path, force: bool = True) -> Path:
                 builder(section, tables, spec, store, jobs)
         except Exception as error:  # noqa: BLE001 - one broken section must not hide the others
             section.failures.append(Failure.of("this section could not be drawn", error))
-        section.rendered_tables = [{"name": name, "html": _html_table(frame)} for name, frame in section.tables]
+        section.rendered_tables = [{"name": name, "html": html_table(frame)} for name, frame in section.tables]
         sections.append(section)
     drawn = [(section, name, figure, file_stem(f"{section.key}_{name}"))
              for section in sections for name, figure in section.figures]
@@ -164,13 +155,14 @@ def _markdown_text(text: str) -> str:
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
-    """A Markdown table whose text cells are shown as given (escaped, not read as numbers)."""
-    frame = _with_labels(frame).copy()
-    text = [i for i, dtype in enumerate(frame.dtypes) if pd.api.types.is_object_dtype(dtype)
-            or pd.api.types.is_string_dtype(dtype)]
-    for i in text:
-        frame.iloc[:, i] = frame.iloc[:, i].map(lambda value: _markdown_text(value) if isinstance(value, str) else value)
-    return frame.to_markdown(index=False, floatfmt=".4g", disable_numparse=text)
+    """The table as on the page (same precision, constant columns stated once above it,
+    all rows), its text cells shown as given (escaped, not read as numbers)."""
+    table = display_table(frame)
+    cells = pd.DataFrame([[cell if numeric else _markdown_text(cell) for cell, numeric in zip(row, table.numeric)]
+                          for row in table.rows], columns=table.columns)
+    constants = f"{_markdown_text(constants_text(table.constants))}\n\n" if table.constants else ""
+    return constants + cells.to_markdown(index=False, disable_numparse=True, colalign=[
+        "right" if numeric else "left" for numeric in table.numeric])
 
 
 def write_report(root: str | Path, force: bool = True) -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import matplotlib
+from matplotlib import ticker
 
 from ..io import atomic_path
 
@@ -24,6 +25,25 @@ matplotlib.use("Agg")
 PLAIN_TEXT: dict[RcKeyType, Any] = {"text.parse_math": False}
 """Settings under which the report makes and draws figures: every text is shown as
 given (a target label such as ``"cost $5 to $8"`` is not read as mathtext)."""
+
+
+class PlainLogFormatter(ticker.LogFormatter):
+    """Log-axis tick labels as plain numbers (``0.1``, ``1``, ``10``): matplotlib's default
+    log labels are mathtext, which :data:`PLAIN_TEXT` would show as ``$\\mathdefault{10^{1}}$``."""
+
+    def __call__(self, x, pos=None):
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def plain_log_ticks(figure) -> None:
+    """Give every log axis of ``figure`` that has matplotlib's mathtext labels
+    :class:`PlainLogFormatter` labels instead (the same ticks are labelled)."""
+    for ax in figure.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() == "log" and isinstance(axis.get_major_formatter(), ticker.LogFormatterMathtext):
+                base = axis.get_transform().base
+                axis.set_major_formatter(PlainLogFormatter(base))
+                axis.set_minor_formatter(PlainLogFormatter(base, labelOnlyBase=False))
 
 _SAFE_STEM = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,79}")
 
@@ -47,6 +67,7 @@ def save_figure(figure_or_pickle, folder: str | Path, stem: str) -> str:
     a pickled one (what crosses to a worker process)."""
     figure = pickle.loads(figure_or_pickle) if isinstance(figure_or_pickle, bytes) else figure_or_pickle
     folder = Path(folder)
+    plain_log_ticks(figure)
     buffer = io.BytesIO()
     with matplotlib.rc_context(PLAIN_TEXT):
         figure.savefig(buffer, format="png", dpi=110)

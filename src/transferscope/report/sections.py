@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..analysis.feature_reuse import block_size_key
 from ..data import ImageSet, load_domain
 from ..study.roles import Role
 from .figures import checkpoints as checkpoint_figures
@@ -55,7 +56,9 @@ def feature_reuse(section, tables, spec, store, jobs) -> None:
     sizes = [str(first.data.image_size), *map(str, spec.shuffle.block_sizes)]
     images, _, _ = _test_images(first.data, [0])
     section.figures.append(("strip", reuse_figures.plot_shuffle_strip(images[0], sizes)))
-    section.tables.append(("Block-shuffle sweep", table))
+    section.tables.append(("Block-shuffle sweep", table.sort_values(
+        ["target", "block_size"], key=lambda column: column.map(block_size_key) if column.name == "block_size" else column,
+        kind="stable")))
     section.caption = reuse_figures.caption_feature_reuse(table)
 
 

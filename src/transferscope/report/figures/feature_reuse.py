@@ -8,15 +8,14 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from ...analysis.feature_reuse import block_size_key
 from ...data import BlockShuffle
 from .training import ROLE_COLOURS
 
 
 def block_order(sizes) -> list[str]:
     """Block sizes from the largest (the unshuffled image) down to 1, then '*'."""
-    sizes = {str(s) for s in sizes}
-    numeric = sorted((s for s in sizes if s != "*"), key=int, reverse=True)
-    return numeric + (["*"] if "*" in sizes else [])
+    return sorted({str(s) for s in sizes}, key=block_size_key)
 
 
 def plot_feature_reuse(table: pd.DataFrame, target: str) -> Figure:
