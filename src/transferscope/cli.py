@@ -157,7 +157,8 @@ def run(study: Path = typer.Argument(..., help="study YAML file"),
         executor: ExecutorName = typer.Option(ExecutorName.local, help="local, pool or slurm"),
         workers: int = typer.Option(2, min=1, help="processes for --executor pool (one GPU each when there are GPUs)"),
         slurm: list[str] = typer.Option([], help="SLURM setting key=value, e.g. partition=gpu, time_minutes=600, "
-                                                 "max_concurrent=32, cluster=local"),
+                                                 "max_concurrent=32, cluster=local; gpus_per_job, cpus_per_job and "
+                                                 "mem_gb left out fit the partition and the kind of job"),
         no_report: bool = typer.Option(False, "--no-report", help="skip writing the report at the end")) -> None:
     """Run every job of a study that is not complete, then write its report."""
     from .study import load_study, run_study

@@ -267,19 +267,22 @@ class SlurmExecutor:
     def _outcome(self, store: Store, job_id: str, handle: submitit.Job,
                  states: dict[str, slurm.TaskState] | None) -> str | None:
         """The job's outcome ("done" or "failed") once its task has ended, else None."""
-        if self.on_slurm:
-            _refresh(handle.paths.folder)
-            if not handle.paths.result_pickle.exists():
-                state = None if states is None else states[handle.job_id]
-                if state is None or state.active:
-                    return None
-                return _ended(store, job_id, handle, state.describe())
-        elif not handle.done():
-            return None
+        _refresh(handle.paths.folder)
+        ended = self._how_ended(handle, states)
+        if not (handle.paths.result_pickle.exists() or self.settings.cluster == "debug"):  # debug: in memory
+            return None if ended is None else _ended(store, job_id, handle, f"no result, {ended}")
         try:
             return handle.result()
         except (UncompletedJobError, OSError, EOFError, pickle.UnpicklingError) as error:
-            return _ended(store, job_id, handle, f"submitit says: {str(error).strip().splitlines()[-1]}")
+            return _ended(store, job_id, handle, (str(error).strip().splitlines() or [type(error).__name__])[-1])
+
+    def _how_ended(self, handle: submitit.Job, states: dict[str, slurm.TaskState] | None) -> str | None:
+        """How the task ended (SLURM's or submitit's state); None while it may still run,
+        or when SLURM does not answer."""
+        if not self.on_slurm:
+            return f"submitit state {handle.state}" if handle.done() else None
+        state = None if states is None else states[handle.job_id]
+        return None if state is None or state.active else state.describe()
 
 
 def _ended(store: Store, job_id: str, handle: submitit.Job, why: str) -> str:
