@@ -69,9 +69,14 @@ class DataConfig(Settings):
 
 
 class ModelConfig(Settings):
-    arch: str = Field("small_resnet", description="small_resnet, fixup_resnet50, a torchvision name, timm:<name>")
+    arch: str = Field("small_resnet", description="small_resnet, fixup_resnet50, a torchvision name, timm:<name>, "
+                      "or an import path package.module:callable (called with num_classes= and kwargs)")
     width: int = Field(16, ge=1, description="small_resnet base width")
     blocks: tuple[int, int, int, int] = (1, 1, 1, 1)
+    kwargs: dict[str, Any] = Field({}, description="keyword arguments of the builder (the torchvision/timm "
+                                   "constructor, or an import path's callable)")
+    head: str | None = Field(None, description="module name of the classifier head, re-initialised for "
+                             "fine-tuning; None = found by name (fc, head, classifier, else the last Linear)")
 
 
 class ScheduleConfig(Settings):

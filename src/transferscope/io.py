@@ -114,3 +114,9 @@ def content_hash(obj: Any, length: int = 12) -> str:
     str
     """
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, in hex (a missing file is a FileNotFoundError naming it)."""
+    with naming_errors(Path(path)), open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()

@@ -134,7 +134,7 @@ def build_report(root: str | Path, force: bool = True) -> Path:
         "study": spec, "version": __version__, "sections": sections,
         "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "counts": ", ".join(f"{n} jobs {state}" for state, n in states.items()),
-        "source": spec.source.data.name, "targets": ", ".join(t.label for t in spec.targets),
+        "source": spec.source.label, "targets": ", ".join(t.label for t in spec.targets),
         "model": f"{spec.model.arch} (width {spec.model.width})" if spec.model.arch == "small_resnet" else spec.model.arch,
     }
     environment = jinja2.Environment(loader=jinja2.PackageLoader("transferscope.report", "templates"),

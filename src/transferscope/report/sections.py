@@ -3,11 +3,15 @@ figures, tables and a caption computed from the numbers, or says what is missing
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 
 from ..analysis.feature_reuse import block_size_key
 from ..data import ImageSet, load_domain
+from ..evaluation import score_metric
+from ..models.pretrained import describe_weights
 from ..study.roles import Role
+from ..study.sanity import identical_models
 from .figures import checkpoints as checkpoint_figures
 from .figures import cka as cka_figures
 from .figures import criticality as criticality_figures
@@ -36,10 +40,38 @@ def _need(section, tables: dict, *names: str) -> bool:
     return not absent
 
 
+def source_model(section, tables, spec, store, jobs) -> None:
+    """Where P came from, its source score, and models that should differ but do not."""
+    source = spec.source
+    if source.pretrains:
+        text = (f"P was pre-trained by this study on the {source.data.kind} data {source.data.name!r} "
+                f"({source.recipe.epochs} epochs, seed {source.seed}).")
+        runs = tables.get("runs")
+        p_runs = runs[runs["role"] == "P"] if runs is not None else pd.DataFrame()
+        if len(p_runs):
+            text += f" Its final source test {p_runs['metric'].iloc[0]}: {p_runs['final_score'].iloc[0]:.3f}."
+    else:
+        text = f"P is {describe_weights(source.p_weights)}"
+        if source.checkpoints:
+            text += f", with its pre-training trajectory at epochs {', '.join(map(str, source.checkpoints))}"
+        score = tables.get("source_score")
+        if source.data is None:
+            text += "; no source data are given (source.data), so its source score is not reported."
+        elif score is None:
+            text += f"; its score on the source data {source.data.name!r} is not computed yet."
+        else:
+            metric = score_metric(score, "test_")
+            final = score.iloc[-1]
+            text += f"; its source test {metric} on {source.data.name!r}: {final[f'test_{metric}']:.3f}."
+            section.tables.append(("P's score on the source data (per checkpoint of its trajectory)", score))
+    warnings = identical_models(spec, store, jobs)
+    section.caption = " ".join([text, *(f"Warning: {warning}." for warning in warnings)])
+
+
 def learning_curves(section, tables, spec, store, jobs) -> None:
     if not _need(section, tables, "curves", "runs"):
         return
-    last = spec.source.recipe.epochs
+    last = spec.source.final_epoch
     section.figures.append(("curves", training_figures.plot_learning_curves(tables["curves"], last)))
     section.tables.append(("Final test score and optimization speed (mean, std, count over seeds)",
                            training_figures.final_table(tables["runs"], last)))
@@ -63,6 +95,11 @@ def feature_reuse(section, tables, spec, store, jobs) -> None:
 
 
 def pretraining_checkpoints(section, tables, spec, store, jobs) -> None:
+    if not spec.checkpoints.epochs:
+        section.missing = ("This study fine-tunes from no pre-training checkpoint: set checkpoints.epochs (with "
+                           "brought weights, also give their trajectory source.checkpoints {epoch: weights} and "
+                           "source.data, for each checkpoint's source score).")
+        return
     if not _need(section, tables, "checkpoints"):
         return
     table = tables["checkpoints"]
@@ -207,6 +244,7 @@ def module_criticality(section, tables, spec, store, jobs) -> None:
 
 
 SECTIONS = [
+    ("source", "The source model P", source_model),
     ("curves", "Learning curves (Fig. 2)", learning_curves),
     ("feature-reuse", "Feature reuse: block shuffling (Fig. 3)", feature_reuse),
     ("mistakes", "Common and uncommon mistakes (Sec. 3.2)", mistakes),

@@ -1,5 +1,6 @@
-"""Running one job of a study: a training run, or an analysis that loads the trained
-models it names and calls the analysis function (the study layer only composes)."""
+"""Running one job of a study: a training run, brought weights materialised (and scored
+on the source data), or an analysis that loads the models it names and calls the
+analysis function (the study layer only composes)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..config import DataConfig, TrainConfig
+from ..config import DataConfig, ModelConfig, TrainConfig
 from ..data import Domain, load_domain
-from ..evaluation import cache_batches
+from ..evaluation import cache_batches, evaluate, score_metric
 from ..io import write_table
-from ..models import Modules, Partition, build_model, load_into
+from ..models import Modules, Partition, load_into, load_weights, save_weights
+from ..models.pretrained import load_pretrained, pretrained_model
+from ..models.registry import build_configured
 from ..train import TrainingRun, train
 from ..train.run_dir import checkpoint_path
 from ..train.trainer import resolve_device
@@ -65,31 +68,88 @@ def run_of(store: Store, ref: dict) -> TrainingRun:
     return TrainingRun(store.job_dir(ref["job"]) / "run")
 
 
-def load_model(store: Store, ref: dict, checkpoint: str | int | None = None) -> nn.Module:
-    """The model of a training job at a checkpoint (``ref["checkpoint"]`` by default),
-    in eval mode, on the run's device (``auto``: the GPU when there is one), in
-    channels_last memory when the run trained that way."""
-    run = run_of(store, ref)
-    config = run.config
-    model = build_model(config.model.arch, domain_of(config).num_outputs, width=config.model.width,
-                        blocks=config.model.blocks)
-    load_into(model, run.checkpoint(ref["checkpoint"] if checkpoint is None else checkpoint))
-    model = model.to(resolve_device(config.device))
-    if config.channels_last:
+WEIGHTS_FILE = "weights.safetensors"  # in a weights job's folder: the brought weights, materialised
+
+
+def final_weights(store: Store, job: Job) -> Path:
+    """The file of a training or weights job's final weights."""
+    if job.kind == "weights":
+        return store.job_dir(job) / WEIGHTS_FILE
+    run = store.job_dir(job) / "run"
+    return checkpoint_path(run, TrainingRun(run).config.epochs)
+
+
+def _placed(model: nn.Module, device: str, channels_last: bool) -> nn.Module:
+    """``model`` in eval mode on ``device`` (``auto``: the GPU when there is one), in
+    channels_last memory where asked."""
+    model = model.to(resolve_device(device))
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model.eval()
+
+
+def load_model(store: Store, ref: dict, checkpoint: str | int | None = None) -> nn.Module:
+    """The model of a training job at a checkpoint (``ref["checkpoint"]`` by default),
+    or of a weights job (brought P, with its own classifier), in eval mode on the run's
+    device, in channels_last memory when the run trained that way."""
+    job = store.load(ref["job"])
+    if job.kind == "weights":
+        model = pretrained_model(ModelConfig.model_validate(job.config["model"]), load_weights(final_weights(store, job)))
+        return _placed(model, job.config["device"], job.config["channels_last"])
+    run = run_of(store, ref)
+    config = run.config
+    model = build_configured(config.model, domain_of(config).num_outputs)
+    load_into(model, run.checkpoint(ref["checkpoint"] if checkpoint is None else checkpoint))
+    return _placed(model, config.device, config.channels_last)
+
+
+def _init_weights(store: Store, init: dict) -> Path:
+    """The file a P-T run starts from: a weights job's, or pre-training's checkpoint."""
+    source = store.load(init["job"])
+    if source.kind == "weights":
+        return final_weights(store, source)
+    path = checkpoint_path(store.job_dir(source) / "run", init["epoch"])
+    if not path.is_file():
+        raise FileNotFoundError(f"pre-training saved no checkpoint at epoch {init['epoch']} ({path}); "
+                                "set the source recipe's checkpoint_every so that it does")
+    return path
 
 
 def _train_job(store: Store, job: Job, progress: bool) -> None:
     config = TrainConfig.model_validate(job.config["train"])
     init = job.config.get("init")
     if init is not None:
-        path = checkpoint_path(store.job_dir(init["job"]) / "run", init["epoch"])
-        if not path.is_file():
-            raise FileNotFoundError(f"pre-training saved no checkpoint at epoch {init['epoch']} ({path}); "
-                                    "set the source recipe's checkpoint_every so that it does")
-        config = config.model_copy(update={"init": str(path)})
+        config = config.model_copy(update={"init": str(_init_weights(store, init))})
     train(config, store.job_dir(job) / "run", progress=progress, domain=domain_of(config))
+
+
+def _weights_job(store: Store, job: Job, progress: bool) -> None:
+    """Read brought weights (a file, torchvision's, timm's), check that they fit the
+    study's architecture, and write them as safetensors in the job's folder."""
+    state = load_pretrained(job.config["weights"], progress=progress)
+    pretrained_model(ModelConfig.model_validate(job.config["model"]), state)  # names every mismatch
+    save_weights(state, final_weights(store, job))
+
+
+def _source_score_job(store: Store, job: Job, _progress: bool) -> None:
+    """Brought P (and each checkpoint of its trajectory) scored on the source test data:
+    one row per checkpoint, in a run's metrics columns (``epoch``, ``test_loss``,
+    ``test_<metric>``)."""
+    config = job.config
+    domain = _domain(DataConfig.model_validate(config["data"]).model_dump_json())
+    loader = domain.loader("test", config["eval_batch_size"], channels_last=config["channels_last"])
+    rows = []
+    for epoch, job_id in config["checkpoints"]:
+        model = load_model(store, {"job": job_id, "checkpoint": "final"})
+        with torch.no_grad():
+            outputs = model(next(iter(loader))[0][:1].to(next(model.parameters()).device)).shape[-1]
+        if outputs != domain.num_outputs:
+            raise ValueError(f"P has {outputs} outputs, source.data {domain.num_outputs} classes; P's source score "
+                             "needs the data P was pre-trained on, labelled as P's outputs (or leave out source.data)")
+        result = evaluate(model, loader)
+        metric = score_metric(result)
+        rows.append({"epoch": epoch, "test_loss": result["loss"], f"test_{metric}": result[metric]})
+    write_table(pd.DataFrame(rows), store.job_dir(job) / "result")
 
 
 def job_modules(config: dict) -> Modules:
@@ -239,7 +299,7 @@ def _analysis(function: Callable[[AnalysisInputs], None]) -> Callable[[Store, Jo
 
 
 RUNNERS: dict[str, Callable[[Store, Job, bool], None]] = {
-    "pretrain": _train_job, "finetune": _train_job,
+    "pretrain": _train_job, "finetune": _train_job, "weights": _weights_job, "source_score": _source_score_job,
     "distance": _analysis(_distance_job), "mistakes": _analysis(_mistakes_job),
     "spectrum": _analysis(_spectrum_job), "interpolation": _analysis(_interpolation_job),
     "basin": _analysis(_basin_job), "cka": _analysis(_cka_job), "rewind": _analysis(_rewind_job),

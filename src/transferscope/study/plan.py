@@ -1,21 +1,33 @@
 """From a study spec to a plan: the list of jobs, each identified by the hash of the
 settings that decide its numbers and of the jobs it depends on (:mod:`.job`), so that
-changing one setting changes only the jobs it affects (and those downstream of them)."""
+changing one setting changes only the jobs it affects (and those downstream of them).
+
+P comes from a ``pretrain`` job, or, for brought weights, from a ``weights`` job per
+distinct weights (P and each checkpoint of its trajectory) whose id hashes only their
+content (:func:`~transferscope.models.pretrained.weights_identity`), and a
+``source_score`` job scores them on the source data when it is given. A user's
+architecture (an import path) adds its file's digest to the identity of every job
+that builds it. The architecture is built on the meta device first, so that a bad one
+fails the plan, before any job runs."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..analysis.module_criticality import DEFAULT_GRID
 from ..config import TrainConfig
+from ..models.pretrained import weights_identity
+from ..models.registry import arch_source, check_buildable
 from .job import Job, decisive
 from .roles import Role
 from .spec import StudySpec
 
 TRAIN_KINDS = ("pretrain", "finetune")
+SOURCE_KINDS = ("weights", "source_score")  # P brought as weights, and its score on the source data
 ANALYSIS_KINDS = ("cka", "distance", "mistakes", "spectrum", "interpolation", "basin", "rewind", "criticality")
 PARTITIONED = ("cka", "distance", "spectrum", "rewind", "criticality")  # analyses that take the study's modules:
-__all__ = ["ANALYSIS_KINDS", "TRAIN_KINDS", "Job", "Planner", "build_plan", "levels"]
+__all__ = ["ANALYSIS_KINDS", "SOURCE_KINDS", "TRAIN_KINDS", "Job", "Planner", "build_plan", "levels"]
 
 
 def _train_cost(config: TrainConfig, n_train: int | None, n_test: int | None) -> float:
@@ -32,20 +44,83 @@ class Planner:
     def __init__(self, spec: StudySpec) -> None:
         self.spec = spec
         self.jobs: dict[str, Job] = {}
+        check_buildable(spec.model)
+        self.arch_source = arch_source(spec.model.arch)
 
     def add(self, job: Job) -> Job:
         self.jobs.setdefault(job.id, job)
         return self.jobs[job.id]
 
-    # ------------------------------------------------------------------ training
+    def _built(self, config: dict[str, Any], identity: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A job's config and identity, with the file and digest of a user's architecture
+        where the model is one (editing that file reruns every job that builds it)."""
+        if self.arch_source is None:
+            return config, identity
+        return config | {"arch_source": self.arch_source}, identity | {"arch_source": self.arch_source["sha256"]}
+
+    # ------------------------------------------------------------------ the source model P
     def pretrain(self) -> Job:
         source = self.spec.source
-        config = TrainConfig(data=source.data, model=self.spec.model, seed=source.seed, **source.recipe.model_dump())
+        recipe, data = source.recipe, source.data
+        assert recipe is not None and data is not None  # only a source that pre-trains has this job
+        config = TrainConfig(data=data, model=self.spec.model, seed=source.seed, **recipe.model_dump())
         meta = {"role": "P", "target": None, "seed": source.seed, "block_size": None, "permutation_seed": None,
                 "from_epoch": None}
-        return self.add(Job("pretrain", "P (source)", {"train": config.model_dump(mode="json"), "meta": meta},
-                            cost=_train_cost(config, source.data.n_train, source.data.n_test),
-                            identity={"train": decisive(config)}))
+        job_config, identity = self._built({"train": config.model_dump(mode="json"), "meta": meta},
+                                           {"train": decisive(config)})
+        return self.add(Job("pretrain", "P (source)", job_config,
+                            cost=_train_cost(config, data.n_train, data.n_test), identity=identity))
+
+    def weights(self, weights: str) -> Job:
+        """The job that materialises brought weights in its folder; its id hashes their
+        content only (one job, one copy, per distinct weights)."""
+        recipe = self.spec.finetune
+        config = {"weights": weights, "model": self.spec.model.model_dump(mode="json"), "device": recipe.device,
+                  "channels_last": recipe.channels_last}
+        return self.add(Job("weights", f"P weights {Path(weights).name}", config,
+                            identity={"weights": weights_identity(weights)}))
+
+    def source_model(self, epoch: int | None = None) -> Job:
+        """The job that holds P (``epoch`` None or P's own), or P at ``epoch`` of its
+        pre-training run or brought trajectory."""
+        source = self.spec.source
+        if source.pretrains:
+            return self.pretrain()
+        if epoch is not None and epoch != source.final_epoch:
+            return self.weights(source.checkpoints[epoch])
+        weights = source.p_weights
+        assert weights is not None  # a source that pre-trains nothing brings weights
+        return self.weights(weights)
+
+    def source_score(self) -> Job | None:
+        """Brought weights scored on the source data (P, and each checkpoint of its
+        trajectory), when the study gives ``source.data``."""
+        spec, source = self.spec, self.spec.source
+        if source.pretrains or source.data is None:
+            return None
+        trajectory: dict[int | None, Job] = {epoch: self.weights(weights)
+                                             for epoch, weights in source.checkpoints.items()}
+        trajectory = trajectory or {None: self.source_model()}
+        recipe = spec.finetune
+        checkpoints = [[epoch, job.id] for epoch, job in trajectory.items()]
+        config, identity = self._built(
+            {"data": source.data.model_dump(mode="json"), "model": spec.model.model_dump(mode="json"),
+             "checkpoints": checkpoints, "eval_batch_size": recipe.eval_batch_size, "device": recipe.device,
+             "channels_last": recipe.channels_last},
+            {"data": decisive(source.data), "model": decisive(spec.model), "checkpoints": checkpoints})
+        return self.add(Job("source_score", "P source score", config, tuple(job.id for job in trajectory.values()),
+                            cost=len(trajectory) * (source.data.n_test or 1000), identity=identity))
+
+    def _check_trajectory(self) -> None:
+        """Brought weights and a trajectory: its last checkpoint must be P itself."""
+        source = self.spec.source
+        if source.pretrains or not source.checkpoints or source.weights is None:
+            return
+        last = max(source.checkpoints)
+        if self.weights(source.weights).id != self.weights(source.checkpoints[last]).id:
+            raise ValueError(f"source.checkpoints ends at epoch {last} with other weights than source.weights; the "
+                             "trajectory ends at P: make its last epoch P's weights, or drop source.weights (it "
+                             "defaults to the last checkpoint)")
 
     def finetune(self, target: str, kind: str, seed: int, *, block_size=None, permutation_seed: int = 0,
                  from_epoch: int | None = None) -> Job:
@@ -55,7 +130,7 @@ class Planner:
         data = spec.target(target).data.model_copy(update={"block_size": block_size, "shuffle_seed": permutation_seed})
         recipe = spec.finetune if kind == "P-T" else spec.scratch
         config = TrainConfig(data=data, model=spec.model, seed=seed, **recipe.model_dump())
-        last = spec.source.recipe.epochs
+        last = spec.source.final_epoch
         meta = {"role": kind, "target": target, "seed": seed, "block_size": block_size,
                 "permutation_seed": permutation_seed if block_size is not None else None,
                 "from_epoch": (last if from_epoch is None else from_epoch) if kind == "P-T" else None}
@@ -64,14 +139,16 @@ class Planner:
         deps: tuple[str, ...] = ()
         label = f"{kind} {target} s{seed}"
         if kind == "P-T":
-            pretrain = self.pretrain()
-            job_config["init"] = {"job": pretrain.id, "epoch": meta["from_epoch"]}
-            identity["init_epoch"] = meta["from_epoch"]
-            deps = (pretrain.id,)
+            source = self.source_model(meta["from_epoch"])
+            job_config["init"] = {"job": source.id, "epoch": meta["from_epoch"]}
+            if source.kind == "pretrain":  # brought weights: the weights job's id names them
+                identity["init_epoch"] = meta["from_epoch"]
+            deps = (source.id,)
             if meta["from_epoch"] != last:
                 label += f" from P@{from_epoch}"
         if block_size is not None:
             label += f" block={block_size} perm={permutation_seed}"
+        job_config, identity = self._built(job_config, identity)
         return self.add(Job("finetune", label, job_config, deps, target,
                             cost=_train_cost(config, data.n_train, data.n_test), identity=identity))
 
@@ -93,7 +170,9 @@ class Planner:
 
     def build(self) -> list[Job]:
         spec = self.spec
-        pretrain = self.pretrain()
+        self._check_trajectory()
+        pretrain = self.source_model()
+        self.source_score()
         sweep = spec.shuffle
         for target in spec.targets:
             label = target.label

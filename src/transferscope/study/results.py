@@ -1,6 +1,7 @@
 """Gather a study's outputs into tidy tables under ``DIR/results/`` (Parquet + CSV):
 ``runs`` (one row per training run), ``curves`` (per-epoch metrics), ``feature_reuse``
-(Fig. 3), ``checkpoints`` (Fig. 7) and one table per analysis kind (each row tagged
+(Fig. 3), ``checkpoints`` (Fig. 7), ``source_score`` (brought weights scored on the source
+data) and one table per analysis kind (each row tagged
 with its target and job id)."""
 
 from __future__ import annotations
@@ -22,7 +23,23 @@ def _block_label(block_size, image_size: int) -> str:
     return str(image_size) if block_size is None else str(block_size)
 
 
+def source_metrics(store: Store, jobs: list[Job]) -> pd.DataFrame | None:
+    """P's test score per pre-training epoch (a run's metrics columns): the pre-training
+    run's metrics, or brought weights (and their trajectory) scored on the source data;
+    None until that job is done."""
+    for job in jobs:
+        if job.kind == "pretrain" and store.state(job) == "done":
+            return TrainingRun(store.job_dir(job) / "run").metrics
+        if job.kind == "source_score" and store.state(job) == "done":
+            return read_table(store.job_dir(job) / "result")
+    return None
+
+
 def training_tables(spec: StudySpec, store: Store, jobs: list[Job]) -> dict[str, pd.DataFrame]:
+    source = source_metrics(store, jobs)
+    tables: dict[str, pd.DataFrame] = {}
+    if source is not None and not spec.source.pretrains:
+        tables["source_score"] = source
     runs, curves = [], []
     for job in jobs:
         if job.kind not in TRAIN_KINDS or store.state(job) != "done":
@@ -35,23 +52,21 @@ def training_tables(spec: StudySpec, store: Store, jobs: list[Job]) -> dict[str,
                  "best_epoch": run.best_epoch}
         runs.append(meta | summarize_run(metrics, series=spec.shuffle.speed_series))
         curves.append(metrics.assign(**{k: v for k, v in meta.items() if k != "block_size"}))
-    tables: dict[str, pd.DataFrame] = {}
     if not runs:
         return tables
     runs_frame = pd.DataFrame(runs).drop(columns="block_size")
     tables["runs"] = runs_frame
     tables["curves"] = pd.concat(curves, ignore_index=True)
-    last = spec.source.recipe.epochs
+    last = spec.source.final_epoch  # None: brought weights without a trajectory
     finetuned = runs_frame[runs_frame["kind"] == "finetune"]
-    main = finetuned[(finetuned["role"] == "RI-T") | (finetuned["from_epoch"] == last)]
+    from_p = finetuned["from_epoch"].isna() if last is None else finetuned["from_epoch"] == last
+    main = finetuned[(finetuned["role"] == "RI-T") | ((finetuned["role"] == "P-T") & from_p)]
     swept = main[main["target"].isin(spec.shuffle.targets or [t.label for t in spec.targets])]
     if spec.shuffle.block_sizes and not swept.empty:
         tables["feature_reuse"] = feature_reuse_table(swept.rename(columns={"block": "block_size"}))
-    pretrain = [job for job in jobs if job.kind == "pretrain" and store.state(job) == "done"]
     sweep = finetuned[(finetuned["role"] == "P-T") & finetuned["permutation_seed"].isna()
                       & finetuned["target"].isin(spec.checkpoints.targets or [t.label for t in spec.targets])]
-    if spec.checkpoints.epochs and pretrain and not sweep.empty:
-        source = TrainingRun(store.job_dir(pretrain[0]) / "run").metrics
+    if spec.checkpoints.epochs and source is not None and not sweep.empty:
         sweep = sweep.assign(from_epoch=sweep["from_epoch"].astype(int)).rename(columns={"from_epoch": "checkpoint_epoch"})
         tables["checkpoints"] = checkpoint_table(sweep, source)
     return tables

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from ..io import write_text
 from .plan import Job, build_plan
+from .sanity import identical_models
 from .spec import StudySpec, load_study
 from .store import STATES, Store
 
@@ -76,6 +77,8 @@ def _run_locked(spec: StudySpec, store: Store, executor, console: Console) -> di
     counts = Counter(store.state(job) for job in jobs)
     console.print(f"study {spec.name}: " + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
                   + f" ({time.perf_counter() - started:.0f}s)")
+    for warning in identical_models(spec, store, jobs):
+        console.print(f"[yellow]warning:[/] {warning}")
     return dict(counts)
 
 

@@ -23,6 +23,7 @@ from ..analysis.similarity import compare_representations
 from ..analysis.spectra import spectrum_summary
 from ..config import BlockSize, DataConfig, ModelConfig, Settings, TrainConfig, explain, load_yaml
 from ..models.partition import check_modules
+from ..models.pretrained import TIMM, TORCHVISION, check_weights
 from .settings import AnalysisSettings, keyword_settings
 
 _PER_RUN = {"data", "model", "init", "seed"}
@@ -122,9 +123,74 @@ class CheckpointSweep(Settings):
 
 
 class Source(Settings):
-    data: DataConfig
-    recipe: Recipe  # type: ignore[valid-type]
-    seed: int = 0
+    """P, the source model: pre-trained by the study (``data`` + ``recipe``), or brought
+    as ``weights`` (a file, ``torchvision:<WeightsEnum>.<member>``, ``timm:<name>``),
+    optionally with its pre-training trajectory ``checkpoints`` and the ``data`` it was
+    trained on (used only to report P's source score)."""
+
+    data: DataConfig | None = Field(None, description="source data: P is pre-trained on it (with recipe), or "
+                                    "brought weights are scored on it")
+    recipe: Recipe | None = Field(None, description="pre-train P on data with this recipe")  # type: ignore[valid-type]
+    seed: int = Field(0, description="seed of pre-training")
+    weights: str | None = Field(None, description="P's weights: a safetensors or torch file, "
+                                "torchvision:<WeightsEnum>.<member> or timm:<name>; default: the last of checkpoints")
+    checkpoints: dict[int, str] = Field({}, description="P's pre-training trajectory {epoch: weights} (Fig. 7 and "
+                                        "the checkpoint sweep); its last epoch is P")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_form(cls, value: str | None) -> str | None:
+        return None if value is None else check_weights(value)
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _trajectory(cls, value: dict[int, str]) -> dict[int, str]:
+        negative = [epoch for epoch in value if epoch < 0]
+        if negative:
+            raise ValueError(f"epochs are >= 0, got {negative}")
+        return {epoch: check_weights(weights) for epoch, weights in sorted(value.items())}
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Source":
+        brought = self.weights is not None or bool(self.checkpoints)
+        if self.recipe is not None and brought:
+            raise ValueError("source takes either data + recipe (pre-train P here) or weights (+ checkpoints), not "
+                             "both; remove one")
+        if self.recipe is None and not brought:
+            raise ValueError("source needs data + recipe (pre-train P here) or weights: P's pre-trained weights, "
+                             "a safetensors or torch file, torchvision:<WeightsEnum>.<member> or timm:<name>")
+        if self.recipe is not None and self.data is None:
+            raise ValueError("source.recipe pre-trains P on source.data; give data")
+        if brought and self.seed != 0:
+            raise ValueError("source.seed seeds pre-training, and P's weights are given; remove seed")
+        return self
+
+    @property
+    def pretrains(self) -> bool:
+        """True when the study pre-trains P (``data`` + ``recipe``)."""
+        return self.recipe is not None
+
+    @property
+    def p_weights(self) -> str | None:
+        """P's brought weights (``weights``, else the trajectory's last); None when pre-trained here."""
+        if self.pretrains:
+            return None
+        return self.weights if self.weights is not None else self.checkpoints[max(self.checkpoints)]
+
+    @property
+    def final_epoch(self) -> int | None:
+        """P's epoch: the recipe's last, the trajectory's last, or None (weights without a trajectory)."""
+        if self.recipe is not None:
+            return self.recipe.epochs
+        return max(self.checkpoints) if self.checkpoints else None
+
+    @property
+    def label(self) -> str:
+        """P's origin in a few words: the source data's name, or the weights' name."""
+        weights = self.p_weights
+        if weights is None:
+            return self.data.name if self.data is not None else "source"
+        return weights if weights.startswith((TORCHVISION, TIMM)) else Path(weights).name
 
 
 class Target(Settings):
@@ -184,10 +250,21 @@ class StudySpec(Settings):
             unknown = set(chosen or ()) - labels
             if unknown:
                 raise ValueError(f"{where} names unknown targets {sorted(unknown)}; targets are {sorted(labels)}")
-        last = self.source.recipe.epochs
-        bad = [e for e in self.checkpoints.epochs if not 0 <= e <= last]
-        if bad:
-            raise ValueError(f"checkpoints.epochs {bad} lie outside pre-training epochs 0..{last}")
+        source, epochs = self.source, self.checkpoints.epochs
+        if source.recipe is not None:
+            last = source.recipe.epochs
+            bad = [e for e in epochs if not 0 <= e <= last]
+            if bad:
+                raise ValueError(f"checkpoints.epochs {bad} lie outside pre-training epochs 0..{last}")
+        else:
+            absent = [e for e in epochs if e not in source.checkpoints]
+            if absent:
+                raise ValueError(f"checkpoints.epochs {absent}: with brought weights, P-T starts from the epochs of "
+                                 f"the trajectory source.checkpoints (it has {sorted(source.checkpoints) or 'none'}); "
+                                 "add {epoch: weights} there")
+            if epochs and source.data is None:
+                raise ValueError("checkpoints.epochs: Fig. 7 puts each checkpoint's source score beside it; give "
+                                 "source.data (the data P was pre-trained on)")
         for target in self.targets:
             for size in self.shuffle.block_sizes:
                 if isinstance(size, int) and target.data.image_size % size:

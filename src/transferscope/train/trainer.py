@@ -9,11 +9,17 @@ metrics as a tidy table. Every source of randomness is seeded from ``(seed, epoc
 (or, when its ``resume.pt`` is damaged, trains again from epoch 0) and ends with the
 same weights as an uninterrupted one. A run folder is bound to the run's identity
 (:func:`run_identity`), not to how its init path is spelled.
+
+:func:`train` also takes your own ``nn.Module`` (and a state dict to fine-tune from):
+it trains through the same loop, checkpoints and resume, and its architecture and
+initial weights become part of the run's identity.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import inspect
 import math
 import os
 import shutil
@@ -22,7 +28,7 @@ import warnings
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -30,11 +36,13 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import ModelConfig, TrainConfig
 from ..data import Domain, block_shuffle_for, load_domain
 from ..evaluation import evaluate, loss_fn, score_metric
-from ..io import atomic_path, read_json, remove_stale_temporaries, write_json, write_table
-from ..models import build_model, init_for_finetuning, load_weights, save_weights
+from ..io import atomic_path, content_hash, file_sha256, read_json, remove_stale_temporaries, write_json, write_table
+from ..models import init_for_finetuning, load_weights, save_weights
+from ..models.registry import build_configured
+from ..models.state import ModelOrState, as_state_dict
 from ..seeding import numpy_generator, torch_generator
 from .run_dir import TrainingRun, checkpoint_path
 
@@ -89,27 +97,71 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> tor
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
-def build_run_model(config: TrainConfig, domain: Domain) -> nn.Module:
-    """The model a run starts from: seeded init, then (for P-T) the pre-trained
-    weights of ``config.init`` everywhere but the re-initialised head."""
+def build_run_model(config: TrainConfig, domain: Domain, model: nn.Module | None = None,
+                    init: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+    """The model a run starts from: the seeded init of ``config.model`` (or a copy of
+    ``model``), then (for P-T) the pre-trained weights of ``config.init`` (or the state
+    dict ``init``) everywhere but the re-initialised head (``config.model.head``, else
+    found by name)."""
     torch.manual_seed(config.seed)
-    model = build_model(config.model.arch, domain.num_outputs, width=config.model.width, blocks=config.model.blocks)
-    if config.init is not None:
-        init_for_finetuning(model, load_weights(config.init))
+    model = build_configured(config.model, domain.num_outputs) if model is None else copy.deepcopy(model)
+    pretrained = load_weights(config.init) if config.init is not None else init
+    if pretrained is not None:
+        init_for_finetuning(model, pretrained, head=config.model.head)
     return model
 
 
-def run_identity(config: TrainConfig) -> str:
+# ModelConfig settings added after run folders were first written: left out of the
+# identity at their defaults, so that those runs keep theirs
+_LATER_MODEL_SETTINGS = ("kwargs", "head")
+
+
+def run_identity(config: TrainConfig, model: nn.Module | None = None,
+                 init: Mapping[str, torch.Tensor] | None = None) -> str:
     """Digest of what decides a run's numbers: its config with ``init`` replaced by the
-    SHA-256 of the init weights, so a moved or differently spelled init is the same run."""
-    if config.init is None:
-        return config.digest()
-    path = Path(config.init)
-    if not path.is_file():
-        raise FileNotFoundError(f"init weights not found: {path}; set init to the pre-trained weights file")
-    with path.open("rb") as file:
-        content = hashlib.file_digest(file, "sha256").hexdigest()
-    return config.model_copy(update={"init": f"sha256:{content}"}).digest()
+    SHA-256 of the init weights (a file's bytes, or the given state dict's tensors), so a
+    moved or differently spelled init is the same run; for a given ``model``,
+    ``config.model`` replaced by the digests of its architecture
+    (:func:`architecture_digest`) and of its initial weights (:func:`state_digest`)."""
+    fields = config.model_dump(mode="json")
+    for key in _LATER_MODEL_SETTINGS:
+        if fields["model"][key] == ModelConfig.model_fields[key].default:
+            del fields["model"][key]
+    if config.init is not None:
+        path = Path(config.init)
+        if not path.is_file():
+            raise FileNotFoundError(f"init weights not found: {path}; set init to the pre-trained weights file")
+        fields["init"] = f"sha256:{file_sha256(path)}"
+    if init is not None:
+        fields["init"] = f"state:{state_digest(init)}"
+    if model is not None:
+        fields["model"] = {"architecture": architecture_digest(model), "state": state_digest(model.state_dict())}
+    return content_hash(fields)
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict: every tensor's name, dtype, shape and bytes, by name."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def architecture_digest(model: nn.Module) -> str:
+    """Digest of a model's architecture: its ``repr`` (every module's class and settings)
+    and the source files of its module classes outside torch, so that editing the code of
+    a module (its ``forward``) makes another run."""
+    files = set()
+    for cls in {type(module) for module in model.modules()}:
+        if cls.__module__.partition(".")[0] == "torch":
+            continue
+        try:
+            files.add(inspect.getsourcefile(cls))
+        except (TypeError, OSError):  # defined in C or interactively: its repr stands for it
+            continue
+    return content_hash({"repr": repr(model), "sources": sorted(file_sha256(f) for f in files if f)}, 64)
 
 
 def _mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Generator, generator: torch.Generator):
@@ -128,8 +180,13 @@ class Trainer:
     """One run in ``out_dir``; :meth:`run` trains (resuming when possible)."""
 
     def __init__(self, config: TrainConfig, out_dir: str | Path, *, progress: bool = True,
-                 domain: Domain | None = None, cache_dir: str | None = None) -> None:
+                 domain: Domain | None = None, cache_dir: str | None = None, model: nn.Module | None = None,
+                 init: ModelOrState | None = None) -> None:
+        if init is not None and config.init is not None:
+            raise ValueError("the init weights are given twice, as config.init and as init=; give one")
         self.config = config
+        self.model = None if model is None else copy.deepcopy(model)  # the start, whatever the caller does next
+        self.init = None if init is None else {key: value.detach().clone() for key, value in as_state_dict(init).items()}
         self.out_dir = Path(out_dir)
         self.progress = progress
         self.device = resolve_device(config.device)
@@ -157,7 +214,7 @@ class Trainer:
     # ----------------------------------------------------------------- bookkeeping
     @cached_property
     def identity(self) -> str:
-        return run_identity(self.config)
+        return run_identity(self.config, self.model, self.init)
 
     def _check_folder(self) -> None:
         """Refuse a folder holding finished epochs of a run with another identity; start over
@@ -171,7 +228,8 @@ class Trainer:
                 if run.status.get("digest") not in (self.identity, self.config.digest()):
                     raise ValueError(f"{self.out_dir} holds a run with a different config; use another out_dir or "
                                      "delete the folder to start over (that run has finished epochs; the content "
-                                     "of the init weights is part of a run's config)")
+                                     "of the init weights, and a given model's architecture and weights, are part "
+                                     "of a run's config)")
             elif read_json(config_path) != config_json:
                 self._start_over()
         if not config_path.is_file() or read_json(config_path) != config_json:
@@ -249,7 +307,7 @@ class Trainer:
     def _fresh_state(self) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         """The run's model at epoch 0 (on its device), its optimizer and lr schedule."""
         config = self.config
-        model = build_run_model(config, self.domain).to(self.device)
+        model = build_run_model(config, self.domain, self.model, self.init).to(self.device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(parameter_groups(model, config.lr, config.bias_lr_factor), lr=config.lr,
@@ -339,7 +397,33 @@ class Trainer:
             yield progress, progress.add_task(f"{self.out_dir.name} epoch {start}", total=total, speed="")
 
 
-def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True, domain: Domain | None = None,
-          cache_dir: str | None = None) -> TrainingRun:
-    """Train one run into ``out_dir`` (resuming it if it was interrupted)."""
-    return Trainer(config, out_dir, progress=progress, domain=domain, cache_dir=cache_dir).run()
+def train(config: TrainConfig, out_dir: str | Path, model: nn.Module | None = None, init: ModelOrState | None = None,
+          *, progress: bool = True, domain: Domain | None = None, cache_dir: str | None = None) -> TrainingRun:
+    """Train one run into ``out_dir`` (resuming it if it was interrupted).
+
+    Parameters
+    ----------
+    config
+        The run's settings (data, recipe, seed; ``model`` and ``init`` unless given here).
+    out_dir
+        The run folder (:class:`~transferscope.train.TrainingRun` reads it).
+    model
+        Your own ``nn.Module`` to train instead of building ``config.model``: copied (the
+        caller's module is never changed), its current weights are the start (epoch 0),
+        its output size must match the data's classes. Its architecture and weights are
+        part of the run's identity: resuming needs the same model, another one in the
+        same folder is refused. Read the trained weights back with
+        ``run.checkpoint("final")``.
+    init
+        A state dict (or model) to fine-tune from, as ``config.init`` does for a file:
+        loaded everywhere but the classifier head (``config.model.head``, else found by
+        name), which keeps its fresh initialisation.
+    progress, domain, cache_dir
+        A progress bar; the data (else loaded from ``config.data``); the synthetic data cache.
+
+    Returns
+    -------
+    TrainingRun
+    """
+    return Trainer(config, out_dir, progress=progress, domain=domain, cache_dir=cache_dir, model=model,
+                   init=init).run()

@@ -19,11 +19,13 @@ def _score(curves: pd.DataFrame, split: str) -> tuple[str, str]:
 
 
 def main_runs(curves: pd.DataFrame, last_epoch: int | None = None) -> pd.DataFrame:
-    """The unshuffled P-T (from the last pre-training epoch) and RI-T runs."""
+    """The unshuffled P-T (from the last pre-training epoch; brought weights without a
+    trajectory have none) and RI-T runs."""
     finetuned = curves[(curves["kind"] == "finetune") & curves["permutation_seed"].isna()]
     if last_epoch is None:
         last_epoch = finetuned["from_epoch"].max()
-    return finetuned[(finetuned["role"] == "RI-T") | (finetuned["from_epoch"] == last_epoch)]
+    from_p = finetuned["from_epoch"].isna() if pd.isna(last_epoch) else finetuned["from_epoch"] == last_epoch
+    return finetuned[(finetuned["role"] == "RI-T") | ((finetuned["role"] == "P-T") & from_p)]
 
 
 def plot_learning_curves(curves: pd.DataFrame, last_epoch: int | None = None) -> Figure:
