@@ -21,7 +21,7 @@ from transferscope.analysis import (
     mistakes,
     param_distance,
 )
-from transferscope.analysis import findings as f
+from transferscope.analysis import claims as f
 from transferscope.models import NETWORK
 
 TARGET = "real"

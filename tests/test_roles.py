@@ -1,5 +1,5 @@
 """Role names of a study's models ("P", "P-T:s0", "RI-T:s1:best"): one parser and
-formatter (study.roles.Role), used by the plan, the jobs and the report."""
+formatter (transferscope.roles.Role), used by the plan, the jobs and the report."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from test_study import tiny_spec
 
 from transferscope.report.figures.names import pair_type, role
+from transferscope.roles import KINDS, Role
 from transferscope.study import StudySpec, build_plan
-from transferscope.study.roles import KINDS, Role
 
 
 @pytest.mark.parametrize("name, parsed", [

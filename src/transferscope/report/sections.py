@@ -10,7 +10,7 @@ from ..analysis.feature_reuse import block_size_key
 from ..data import ImageSet, load_domain
 from ..evaluation import score_metric
 from ..models.pretrained import describe_weights
-from ..study.roles import Role
+from ..roles import Role
 from ..study.sanity import identical_models
 from .figures import checkpoints as checkpoint_figures
 from .figures import cka as cka_figures

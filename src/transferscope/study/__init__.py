@@ -1,7 +1,7 @@
 """The study: a YAML spec, its plan of content-addressed jobs, executors, results.
 
-Names are imported on first use, so that importing a light part (``study.store``,
-``study.roles``) does not load the analyses the spec is derived from."""
+Names are imported on first use, so that importing a light part (``study.store``)
+does not load the analyses the spec is derived from."""
 
 from importlib import import_module
 

@@ -20,11 +20,11 @@ from ..io import write_table
 from ..models import Modules, Partition, load_into, load_weights, save_weights
 from ..models.pretrained import load_pretrained, pretrained_model
 from ..models.registry import build_configured
+from ..roles import Role
 from ..train import TrainingRun, train
 from ..train.run_dir import checkpoint_path
 from ..train.trainer import resolve_device
 from .job import Job
-from .roles import Role
 from .spec import Analyses
 from .store import Store
 

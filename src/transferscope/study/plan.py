@@ -19,8 +19,8 @@ from ..analysis.module_criticality import DEFAULT_GRID
 from ..config import TrainConfig
 from ..models.pretrained import weights_identity
 from ..models.registry import arch_source, check_buildable
+from ..roles import Role
 from .job import Job, decisive
-from .roles import Role
 from .spec import StudySpec
 
 TRAIN_KINDS = ("pretrain", "finetune")

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ..io import file_sha256
+from ..roles import Role
 from .job import Job
 from .jobs import final_weights
-from .roles import Role
 from .spec import StudySpec
 from .store import Store
 

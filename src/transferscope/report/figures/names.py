@@ -1,12 +1,12 @@
 """Model names in study tables: role names such as ``"P"``, ``"P-T:s0"``, ``"RI-T:s1"``
-(:class:`transferscope.study.roles.Role`); the role groups seeds into the paper's pair
+(:class:`transferscope.roles.Role`); the role groups seeds into the paper's pair
 types."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from ...study.roles import Role
+from ...roles import Role
 
 
 def role(name: str) -> str:

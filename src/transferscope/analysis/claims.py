@@ -35,7 +35,7 @@ import pandas as pd
 from scipy import stats
 
 from ..models import NETWORK
-from ..study.roles import Role
+from ..roles import Role
 from .feature_reuse import _require
 
 # ----------------------------------------------------------------- thresholds
