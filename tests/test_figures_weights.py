@@ -8,6 +8,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from transferscope.analysis import claims
 from transferscope.analysis.distance import param_distance
 from transferscope.analysis.mistake_overlap import mistakes
 from transferscope.analysis.spectra import spectrum, spectrum_summary
@@ -78,11 +79,14 @@ def test_distance_plot_and_caption(distance_frame):
     axes = _labelled(figure, panels=2)
     assert {t.get_text() for t in axes[0].get_xticklabels()} == {"conv1", "layer1", "layer2", "layer3", "layer4", "fc"}
     assert [t.get_text() for t in figure.legends[0].get_texts()] == ["P-T&P-T", "RI-T&RI-T", "P-T&P", "RI-T&P"]
-    caption = caption_distance(distance_frame)
+    verdicts = claims.pt_models_closer({"distance": distance_frame})
+    caption = caption_distance(distance_frame, verdicts)
     means = table2_frame(distance_frame).mean()
     for pair in ("P-T&P-T", "RI-T&RI-T", "P-T&P", "RI-T&P"):
         assert f"{pair} {means[pair]:.3g}" in caption
-    assert "as in the paper" in caption  # P-T moved 0.01 per weight from P, RI-T are independent draws
+    # P-T moved 0.01 per weight from P, RI-T are independent draws: the caption quotes the findings' verdict
+    assert set(verdicts["verdict"]) == {"holds"} and "as in the paper" not in caption
+    assert f"Findings: “{verdicts['claim'].iloc[0]}” holds on clipart, sketch." in caption
     assert "8 of 12 (pair, target) rows leave out head tensors" in caption  # every pair with P: 12- vs 10-class head
 
 
@@ -121,11 +125,13 @@ def test_mistakes_plot_and_caption(mistake_frame):
     ticks = [t.get_text().split("\n")[0] for t in axes[0].get_xticklabels()]
     assert ticks == ["P-T/P-T", "P-T/RI-T", "RI-T/RI-T"]
     assert "4 pairs" in axes[0].get_xticklabels()[1].get_text()
-    caption = caption_mistakes(mistake_frame)
+    verdicts = claims.pt_pairs_share_mistakes({"mistakes": mistake_frame})
+    caption = caption_mistakes(mistake_frame, verdicts)
     pt_rit = mistake_frame[mistake_frame.model_a.str.startswith("P-T") & mistake_frame.model_b.str.startswith("RI-T")]
     assert f"P-T/RI-T {100 * pt_rit.common_fraction.mean():.1f}% common" in caption
     assert f"{100 * pt_rit.uncommon_fraction.mean():.1f}% uncommon" in caption
-    assert "Paper (Sec. 3.2)" in caption and "as in the paper" in caption
+    assert "Paper (Sec. 3.2)" in caption and "as in the paper" not in caption
+    assert list(verdicts["verdict"]) == ["holds"] and f"“{verdicts['claim'].iloc[0]}” holds on clipart." in caption
     figure = plot_mistakes(mistake_frame.drop(columns="target"))  # a frame without targets: one panel
     assert len(figure.axes) == 1 and not figure.axes[0].get_title()
 

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from transferscope.analysis.feature_reuse import block_size_key
 from transferscope.report.figures.feature_reuse import block_order
+from transferscope.report.figures.findings import findings_display, verdict_sentence
 from transferscope.report.page import _markdown_table
 from transferscope.report.render import PLAIN_TEXT, plain_log_ticks
 from transferscope.report.tables import COLLAPSE_ABOVE, PREVIEW_ROWS, display_table, format_column, html_table
@@ -80,6 +81,30 @@ def test_markdown_tables_show_the_page_precision_and_the_constants():
     text = _markdown_table(frame)
     assert text.startswith("Same in every row: bn = follow\n\n")
     assert "1.1e-53" in text and "5.0e-01" in text and "a\\|b" in text and "follow |" not in text
+
+
+def _findings():
+    nan = float("nan")
+    return pd.DataFrame({"claim": ["A", "A", "B"], "section": ["Sec. 3.1"] * 3, "target": ["real", "clip", "real"],
+                         "verdict": ["holds", "does not hold", "inconclusive"], "statistic": ["s"] * 3,
+                         "value": [0.12345, -0.2, 0.5], "ci_low": [0.05, nan, nan], "ci_high": [0.2, nan, nan],
+                         "p_value": [nan, 0.031, nan], "n": [3, 400, 1], "n_kind": ["seeds per role", "examples", ""],
+                         "rule": ["r"] * 3})
+
+
+def test_findings_show_each_verdict_styled_with_its_interval_or_p_value():
+    shown = findings_display(_findings())
+    assert list(shown.columns) == ["claim", "section", "target", "verdict", "value", "n"]
+    assert list(shown["value"]) == ["0.123 [0.05, 0.2]", "-0.2 (p = 0.031)", "0.5"]
+    assert list(shown["n"]) == ["3 seeds per role", "400 examples", "1"]
+    html = html_table(shown)
+    for verdict, css in (("holds", "holds"), ("does not hold", "fails"), ("inconclusive", "inconclusive")):
+        assert f'<td class="verdict {css}">{verdict}</td>' in html
+    markdown = _markdown_table(shown)
+    assert "| **holds** " in markdown and "| **does not hold** " in markdown and "| *inconclusive* " in markdown
+    assert verdict_sentence(_findings()) == ("Findings: “A” holds on real; does not hold on clip. "
+                                             "Findings: “B” inconclusive on real.")
+    assert verdict_sentence(None) == ""
 
 
 def test_block_sizes_run_from_the_unshuffled_size_down_with_star_last():

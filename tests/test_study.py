@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -19,6 +20,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+from transferscope.analysis import claims
 from transferscope.cli import app, preset_path
 from transferscope.report import build_report
 from transferscope.study import StudySpec, build_plan, load_study, run_study
@@ -185,6 +187,25 @@ def test_tiny_study_runs_every_analysis_and_reports(finished_study):
     assert (folder / "report" / "summary.md").read_text().count("![") == len(figures)
     with sqlite3.connect(folder / "index.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'done'").fetchone()[0] == counts["done"]
+
+
+def test_report_opens_with_the_findings_that_captions_quote(finished_study):
+    _, folder, _ = finished_study
+    findings = pd.read_parquet(folder / "results" / "findings.parquet")
+    assert list(findings.columns) == claims.COLUMNS
+    assert len(pd.read_csv(folder / "results" / "findings.csv")) == len(findings) > 0
+    assert set(findings["verdict"]) <= set(claims.VERDICTS)
+    assert {"P-T ends higher than RI-T", "P-T optimizes faster than RI-T"} <= set(findings["claim"])
+    html = (folder / "report" / "index.html").read_text()
+    assert re.findall(r'<section id="([^"]+)">', html)[0] == "findings"
+    assert 'class="verdict ' in html
+    summary = (folder / "report" / "summary.md").read_text()
+    assert re.findall(r"^## (.+)$", summary, re.MULTILINE)[0] == "Findings at a glance"
+    distance = html[html.index('<section id="distance">'):]
+    closer = findings[findings["claim"].str.startswith("P-T models are closer")]
+    assert len(closer) > 0 and "as in the paper" not in html
+    sentence = f"Findings: “{closer['claim'].iloc[0]}” {closer['verdict'].iloc[0]} on"
+    assert sentence in distance[:distance.index("</section>")]
 
 
 def test_second_run_skips_complete_jobs(finished_study, monkeypatch):

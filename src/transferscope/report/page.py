@@ -27,6 +27,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .. import __version__
+from ..analysis.claims import INCONCLUSIVE
 from ..io import write_text
 from ..study.results import collect_results
 from ..study.runner import open_study
@@ -160,6 +161,9 @@ def _markdown_table(frame: pd.DataFrame) -> str:
     table = display_table(frame)
     cells = pd.DataFrame([[cell if numeric else _markdown_text(cell) for cell, numeric in zip(row, table.numeric)]
                           for row in table.rows], columns=table.columns)
+    if "verdict" in cells:  # findings: a verdict stands out as on the page
+        cells["verdict"] = cells["verdict"].map(lambda verdict: f"*{verdict}*" if verdict == INCONCLUSIVE
+                                                else f"**{verdict}**")
     constants = f"{_markdown_text(constants_text(table.constants))}\n\n" if table.constants else ""
     return constants + cells.to_markdown(index=False, disable_numparse=True, colalign=[
         "right" if numeric else "left" for numeric in table.numeric])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from ..analysis import claims
 from ..analysis.feature_reuse import block_size_key
 from ..data import ImageSet, load_domain
 from ..evaluation import score_metric
@@ -17,6 +18,7 @@ from .figures import cka as cka_figures
 from .figures import criticality as criticality_figures
 from .figures import distance as distance_figures
 from .figures import feature_reuse as reuse_figures
+from .figures import findings as findings_figures
 from .figures import landscape as landscape_figures
 from .figures import mistakes as mistake_figures
 from .figures import names
@@ -38,6 +40,29 @@ def _need(section, tables: dict, *names: str) -> bool:
         section.missing = (f"No results yet for {', '.join(absent)}: the jobs that produce them have not "
                            "completed (see `transferscope status`), or the study does not ask for them.")
     return not absent
+
+
+def _verdicts(tables: dict, *claim_functions) -> pd.DataFrame:
+    """The findings' rows of these claims (the same functions, on the same tables, as
+    ``results/findings``), for a caption to quote."""
+    return pd.concat([claim(tables) for claim in claim_functions], ignore_index=True)
+
+
+def _quoting(caption: str, tables: dict, *claim_functions) -> str:
+    """``caption`` followed by the findings' verdicts on these claims."""
+    return f"{caption} {findings_figures.verdict_sentence(_verdicts(tables, *claim_functions))}".strip()
+
+
+def findings_at_a_glance(section, tables, spec, store, jobs) -> None:
+    """One verdict per claim of the paper that this study tests, with its uncertainty."""
+    if not _need(section, tables, "findings"):
+        return
+    section.tables.append(("Verdict per claim and target", findings_figures.findings_display(tables["findings"])))
+    section.caption = (f"Each claim of the paper that this study can test, and whether it holds here: "
+                       f"{claims.HOLDS!r}, {claims.FAILS!r} or {claims.INCONCLUSIVE!r} (the evidence does not "
+                       f"decide), from the value with its {100 * (1 - claims.ALPHA):g}% interval [in brackets] or "
+                       "p-value and the number of seeds, pairs or examples behind it. results/findings.csv states "
+                       "each comparison and its rule (transferscope.analysis.claims).")
 
 
 def source_model(section, tables, spec, store, jobs) -> None:
@@ -75,7 +100,8 @@ def learning_curves(section, tables, spec, store, jobs) -> None:
     section.figures.append(("curves", training_figures.plot_learning_curves(tables["curves"], last)))
     section.tables.append(("Final test score and optimization speed (mean, std, count over seeds)",
                            training_figures.final_table(tables["runs"], last)))
-    section.caption = training_figures.caption_learning_curves(tables["runs"], last)
+    section.caption = _quoting(training_figures.caption_learning_curves(tables["runs"], last), tables,
+                               claims.pt_ends_higher, claims.pt_optimizes_faster)
 
 
 def feature_reuse(section, tables, spec, store, jobs) -> None:
@@ -91,7 +117,8 @@ def feature_reuse(section, tables, spec, store, jobs) -> None:
     section.tables.append(("Block-shuffle sweep", table.sort_values(
         ["target", "block_size"], key=lambda column: column.map(block_size_key) if column.name == "block_size" else column,
         kind="stable")))
-    section.caption = reuse_figures.caption_feature_reuse(table)
+    section.caption = _quoting(reuse_figures.caption_feature_reuse(table), tables,
+                               claims.advantage_shrinks_with_block_size, claims.speed_advantage_on_shuffled_pixels)
 
 
 def pretraining_checkpoints(section, tables, spec, store, jobs) -> None:
@@ -105,7 +132,8 @@ def pretraining_checkpoints(section, tables, spec, store, jobs) -> None:
     table = tables["checkpoints"]
     section.figures.append(("checkpoints", checkpoint_figures.plot_checkpoints(table)))
     section.tables.append(("Fine-tuning from pre-training checkpoints", table))
-    section.caption = checkpoint_figures.caption_checkpoints(table)
+    section.caption = checkpoint_figures.caption_checkpoints(
+        table, _verdicts(tables, claims.checkpoint_plateau))
 
 
 def _test_images(data, indices):
@@ -124,7 +152,7 @@ def mistakes(section, tables, spec, store, jobs) -> None:
         return
     frame = tables["mistakes"]
     section.figures.append(("bars", mistake_figures.plot_mistakes(frame)))
-    section.caption = mistake_figures.caption_mistakes(frame)
+    section.caption = mistake_figures.caption_mistakes(frame, _verdicts(tables, claims.pt_pairs_share_mistakes))
     examples = tables.get("mistakes_examples")
     if examples is not None and not examples.empty:
         target = sorted(examples["target"].unique())[0]
@@ -160,7 +188,7 @@ def feature_similarity(section, tables, spec, store, jobs) -> None:
             heatmap = cka_figures.plot_cka_heatmap(part, *pair)
             heatmap.suptitle(f"{target}: CKA between every module of {pair[0]} and {pair[1]}")
             section.figures.append((f"heatmap_{names.role(pair[0])}_{names.role(pair[1])}", heatmap))
-    section.caption = cka_figures.caption_cka(frame)
+    section.caption = cka_figures.caption_cka(frame, _verdicts(tables, claims.pt_pairs_most_similar))
 
 
 def distances(section, tables, spec, store, jobs) -> None:
@@ -170,7 +198,7 @@ def distances(section, tables, spec, store, jobs) -> None:
     section.tables.append(("Whole-network L2 distance (Table 2 layout; mean over seed pairs)",
                            distance_figures.table2_frame(frame)))
     section.figures.append(("modules", distance_figures.plot_module_distances(frame)))
-    section.caption = distance_figures.caption_distance(frame)
+    section.caption = distance_figures.caption_distance(frame, _verdicts(tables, claims.pt_models_closer))
 
 
 def spectra(section, tables, spec, store, jobs) -> None:
@@ -204,7 +232,8 @@ def interpolation(section, tables, spec, store, jobs) -> None:
     frame = _with_pair_types(tables["interpolation"])
     section.figures.append(("curves", landscape_figures.plot_interpolation(frame)))
     section.tables.append(("Performance barriers on λ ∈ [0, 1]", landscape_figures.barrier_table(frame)))
-    section.caption = landscape_figures.caption_interpolation(frame)
+    section.caption = landscape_figures.caption_interpolation(
+        frame, _verdicts(tables, claims.no_barrier_between_pt, claims.barrier_between_rit))
 
 
 def basins(section, tables, spec, store, jobs) -> None:
@@ -212,7 +241,7 @@ def basins(section, tables, spec, store, jobs) -> None:
         return
     frame = _with_pair_types(tables["basin"])
     section.tables.append(("(ε, δ)-basins (Definition 3.1)", landscape_figures.basin_table(frame)))
-    section.caption = landscape_figures.caption_basin(frame)
+    section.caption = landscape_figures.caption_basin(frame, _verdicts(tables, claims.pt_pairs_in_one_basin))
 
 
 def rewinding(section, tables, spec, store, jobs) -> None:
@@ -238,12 +267,13 @@ def module_criticality(section, tables, spec, store, jobs) -> None:
             figure = criticality_figures.plot_criticality_heatmaps(part)
             figure.suptitle(f"{target}, {model}, module {part['module'].iloc[0]}: mean loss on the (σ, α) grid (Fig. 6)")
             section.figures.append((f"heatmap_{target}_{model.replace(':', '-')}", figure))
-    section.caption = " ".join(captions)
+    section.caption = _quoting(" ".join(captions), tables, claims.criticality_grows_with_depth)
     columns = ["target", "model", "path", "start", "module", "criticality", "alpha", "sigma", "noise", "threshold"]
     section.tables.append(("Module criticality μ_i (Definition 3.2)", frame[[c for c in columns if c in frame]]))
 
 
 SECTIONS = [
+    ("findings", "Findings at a glance", findings_at_a_glance),
     ("source", "The source model P", source_model),
     ("curves", "Learning curves (Fig. 2)", learning_curves),
     ("feature-reuse", "Feature reuse: block shuffling (Fig. 3)", feature_reuse),

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup, escape
 
+from ..analysis.claims import FAILS, HOLDS, INCONCLUSIVE
+
 MISSING = "–"
 PREVIEW_ROWS = 10
 """Rows shown of a collapsed table."""
@@ -198,15 +200,23 @@ def _header(name: str) -> Markup:
     return Markup("_<wbr>").join(escape(part) for part in name.split("_"))
 
 
-def _cell(text: str, numeric: bool) -> str:
+VERDICT_CLASSES = {HOLDS: "holds", FAILS: "fails", INCONCLUSIVE: "inconclusive"}
+
+
+def _cell(text: str, numeric: bool, column: str = "") -> str:
+    """One cell; a ``verdict`` column's findings verdict gets the class ``verdict`` and one
+    per verdict (:data:`VERDICT_CLASSES`), which the page colours."""
     kind = "num" if numeric else "long" if len(text) > LONG_TEXT else ""
+    if column == "verdict" and text in VERDICT_CLASSES:
+        kind = f"verdict {VERDICT_CLASSES[text]}"
     return f'<td class="{kind}">{escape(text)}</td>' if kind else f"<td>{escape(text)}</td>"
 
 
 def _html_rows(table: DisplayTable, rows: list[list[str]]) -> str:
     head = "".join(f'<th class="num">{_header(name)}</th>' if numeric else f"<th>{_header(name)}</th>"
                    for name, numeric in zip(table.columns, table.numeric))
-    body = "".join("<tr>" + "".join(_cell(cell, numeric) for cell, numeric in zip(row, table.numeric)) + "</tr>\n"
+    body = "".join("<tr>" + "".join(_cell(cell, numeric, column) for cell, numeric, column
+                                    in zip(row, table.numeric, table.columns)) + "</tr>\n"
                    for row in rows)
     return f'<table class="data">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>'
 

@@ -1,8 +1,8 @@
 """Gather a study's outputs into tidy tables under ``DIR/results/`` (Parquet + CSV):
 ``runs`` (one row per training run), ``curves`` (per-epoch metrics), ``feature_reuse``
 (Fig. 3), ``checkpoints`` (Fig. 7), ``source_score`` (brought weights scored on the source
-data) and one table per analysis kind (each row tagged
-with its target and job id)."""
+data), one table per analysis kind (each row tagged with its target and job id) and
+``findings`` (a verdict per claim of the paper, :func:`transferscope.analysis.findings`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..analysis.checkpoints import checkpoint_table
+from ..analysis.claims import findings
 from ..analysis.feature_reuse import feature_reuse_table, summarize_run
 from ..io import read_table, write_table
 from ..train import TrainingRun
@@ -85,8 +86,10 @@ def analysis_tables(store: Store, jobs: list[Job]) -> dict[str, pd.DataFrame]:
 
 
 def collect_results(spec: StudySpec, store: Store, jobs: list[Job]) -> dict[str, pd.DataFrame]:
-    """Write every table to ``DIR/results/<name>.parquet`` and ``.csv``; return them."""
+    """Write every table, the findings last (computed from the others), to
+    ``DIR/results/<name>.parquet`` and ``.csv``; return them."""
     tables = training_tables(spec, store, jobs) | analysis_tables(store, jobs)
+    tables["findings"] = findings(tables)
     folder = Path(store.root) / "results"
     for name, frame in tables.items():
         write_table(frame, folder / name)

@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .findings import verdict_sentence
+
 
 def plot_checkpoints(table: pd.DataFrame) -> Figure:
     """Final performance and optimization speed of P-T against the pre-training epoch it
@@ -30,7 +32,9 @@ def plot_checkpoints(table: pd.DataFrame) -> Figure:
     return figure
 
 
-def caption_checkpoints(table: pd.DataFrame) -> str:
+def caption_checkpoints(table: pd.DataFrame, verdicts: pd.DataFrame | None = None) -> str:
+    """What Fig. 7 of the paper found, the final scores per checkpoint here, and the
+    findings' ``verdicts`` on the claim."""
     parts = []
     for target, frame in table.groupby("target"):
         frame = frame.sort_values("checkpoint_epoch")
@@ -41,4 +45,4 @@ def caption_checkpoints(table: pd.DataFrame) -> str:
                      f"{frame['checkpoint_epoch'].iloc[-1]}; within 0.01 of the best ({best:.3f}) from epoch {reach}")
     return ("The paper found that the benefit of pre-training appears early and saturates around the first lr "
             "decay, while source accuracy keeps rising, so later checkpoints are not better starting points. "
-            "Here: " + "; ".join(parts) + ".")
+            "Here: " + "; ".join(parts) + ". " + verdict_sentence(verdicts)).strip()

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .findings import verdict_sentence
 from .names import role
 
 PAPER_PAIRS = ("P-T&P", "P-T&P-T", "P-T&RI-T", "RI-T&RI-T")
@@ -128,8 +129,9 @@ def plot_cka_heatmap(frame: pd.DataFrame, model_a: str, model_b: str) -> Figure:
     return figure
 
 
-def caption_cka(frame: pd.DataFrame) -> str:
-    """What the paper found in Table 1 and what these numbers show."""
+def caption_cka(frame: pd.DataFrame, verdicts: pd.DataFrame | None = None) -> str:
+    """What the paper found in Table 1, what these numbers show, and the findings'
+    ``verdicts`` on the claim."""
     table = table1_frame(frame)
     modules = list(table.columns)
     found = []
@@ -151,4 +153,4 @@ def caption_cka(frame: pd.DataFrame) -> str:
     found.append("the most similar pair is " + ", ".join(f"{pair} at {count} of {len(modules)} modules"
                                                           for pair, count in highest.items()))
     return (f"{PAPER_FINDING}. Here ({_setting_text(paper_pair_rows(frame))}, mean over seed pairs): "
-            + "; ".join(found) + ".")
+            + "; ".join(found) + ". " + verdict_sentence(verdicts)).strip()

@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ...models import NETWORK
+from .findings import verdict_sentence
 from .names import pair_type
 
 TABLE2_PAIRS = (("P-T", "P-T"), ("RI-T", "RI-T"), ("P-T", "P"), ("RI-T", "P"))
@@ -89,22 +90,16 @@ def plot_module_distances(frame: pd.DataFrame) -> Figure:
     return figure
 
 
-def caption_distance(frame: pd.DataFrame) -> str:
-    """What Table 2 of the paper found and what these whole-network distances show."""
+def caption_distance(frame: pd.DataFrame, verdicts: pd.DataFrame | None = None) -> str:
+    """What Table 2 of the paper found, what these whole-network distances show, and the
+    findings' ``verdicts`` on the claim (rows of :func:`transferscope.analysis.findings`)."""
     table = table2_frame(frame)
     means = table.mean(axis=0)
     numbers = ", ".join(f"{pair} {value:.3g}" for pair, value in means.items())
-    close = [p for p in ("P-T&P-T", "P-T&P") if p in means]
-    far = [p for p in ("RI-T&RI-T", "RI-T&P") if p in means]
-    verdict = "."
-    if close and far:
-        holds = means[close].max() < means[far].min()
-        verdict = (": P-T models are closer to each other and to P than RI-T models are, as in the paper."
-                   if holds else ": the paper's ordering (P-T pairs closer than RI-T pairs) does not hold here.")
     whole = _with_pairs(frame).query("module == @NETWORK")
     n_skipped = int((whole["n_skipped"] > 0).sum()) if "n_skipped" in whole.columns else 0
     note = (f" ({n_skipped} of {len(whole)} (pair, target) rows leave out head tensors whose shapes differ.)"
             if n_skipped else "")
     return (f"Paper (Table 2): P-T models are close to each other and to P, while RI-T models are far from "
             f"each other and from P. Here the whole-network L2 distance, mean over {len(table)} target(s), is "
-            f"{numbers}{verdict}{note}")
+            f"{numbers}.{note} {verdict_sentence(verdicts)}").strip()

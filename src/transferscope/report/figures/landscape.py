@@ -18,6 +18,8 @@ from matplotlib.figure import Figure
 
 from transferscope.analysis.interpolation import barrier
 
+from .findings import verdict_sentence
+
 PAIR_ORDER = ("P-T/P-T", "RI-T/RI-T", "P-T/RI-T")
 GROUPS = ("target", "pair_type", "pair")
 CURVE_SETTINGS = ("bn", "split")  # settings that make separate curves of one pair, where the frame has them
@@ -131,8 +133,9 @@ def barrier_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
-def caption_interpolation(frame: pd.DataFrame) -> str:
-    """What Fig. 4 of the paper found and the barriers measured here (max over pairs)."""
+def caption_interpolation(frame: pd.DataFrame, verdicts: pd.DataFrame | None = None) -> str:
+    """What Fig. 4 of the paper found, the barriers measured here (max over pairs), and
+    the findings' ``verdicts`` on its claims."""
     table = barrier_table(frame)
     parts = []
     for pair_type in _ordered_types(table["pair_type"]):
@@ -141,7 +144,8 @@ def caption_interpolation(frame: pd.DataFrame) -> str:
                      f"loss barrier {rows['loss_barrier'].max():.3f} (max over {len(rows)} pair(s))")
     metrics = " and ".join(f"1 − {m}" for m in dict.fromkeys(table["metric"]))
     return ("Paper (Fig. 4): no performance barrier on the line between two P-T solutions, a barrier between two "
-            f"RI-T solutions. Here, on λ ∈ [0, 1] (error = {metrics}): " + "; ".join(parts) + ".")
+            f"RI-T solutions. Here, on λ ∈ [0, 1] (error = {metrics}): " + "; ".join(parts) + ". "
+            + verdict_sentence(verdicts)).strip()
 
 
 def basin_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -166,8 +170,9 @@ def basin_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def caption_basin(frame: pd.DataFrame) -> str:
-    """What the paper found about basins and, per pair type, the measured basins."""
+def caption_basin(frame: pd.DataFrame, verdicts: pd.DataFrame | None = None) -> str:
+    """What the paper found about basins, per pair type the measured basins, and the
+    findings' ``verdicts`` on the claim."""
     table = basin_table(frame)
     parts = []
     for pair_type in _ordered_types(table["pair_type"]):
@@ -183,4 +188,4 @@ def caption_basin(frame: pd.DataFrame) -> str:
     return ("Paper (Sec. 3.3, Def. 3.1): solutions fine-tuned from pre-trained weights stay in one (ε, δ)-basin; "
             f"of its Table 3 (DomainNet, Fixup ResNet-50) this report knows only the δ values {PAPER_DELTAS} "
             "(σ = 0.01, 0.02 per coordinate × √n, n ≈ 24.16M), not its ε and μ. Here (walls at μ + "
-            f"{table['rise'].iloc[0]:g}ε): " + "; ".join(parts) + "." + note)
+            f"{table['rise'].iloc[0]:g}ε): " + "; ".join(parts) + "." + note + " " + verdict_sentence(verdicts)).strip()

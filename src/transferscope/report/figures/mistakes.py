@@ -15,6 +15,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from .findings import verdict_sentence
 from .names import pair_type
 
 MISTAKE_PAIRS = (("P-T", "P-T"), ("P-T", "RI-T"), ("RI-T", "RI-T"))
@@ -120,18 +121,13 @@ def plot_mistake_examples(
     return figure
 
 
-def caption_mistakes(frame: pd.DataFrame) -> str:
-    """What Sec. 3.2 of the paper found and what these fractions show (mean over targets and pairs)."""
+def caption_mistakes(frame: pd.DataFrame, verdicts: pd.DataFrame | None = None) -> str:
+    """What Sec. 3.2 of the paper found, what these fractions show (mean over targets and
+    pairs), and the findings' ``verdicts`` on the claim."""
     stats = _by_pair_type(frame)
     means = stats.groupby("pair", sort=False)[["common", "uncommon"]].mean()
     numbers = "; ".join(f"{pair} {100 * r.common:.1f}% common, {100 * r.uncommon:.1f}% uncommon"
                         for pair, r in means.iterrows())
-    verdict = "."
-    if "P-T/P-T" in means.index and len(means) > 1:
-        others = means.drop(index="P-T/P-T")
-        holds = means.loc["P-T/P-T", "uncommon"] < others["uncommon"].min()
-        verdict = (": two P-T models disagree less than the other pairs, as in the paper." if holds else
-                   ": P-T/P-T pairs do not have the fewest uncommon mistakes here, unlike the paper.")
     return ("Paper (Sec. 3.2): two P-T models make similar mistakes (many common, few uncommon), while "
             "P-T/RI-T and RI-T/RI-T pairs have many uncommon mistakes. Here (mean over pairs): "
-            f"{numbers}{verdict}")
+            f"{numbers}. {verdict_sentence(verdicts)}").strip()
