@@ -169,7 +169,7 @@ def load_yaml(path: str | Path) -> Any:
 
     try:
         with path.open("rb") as stream:  # bytes: YAML decodes them, and a bad byte is a YAMLError naming the file
-            return yaml.load(stream, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+            return yaml.load(stream, Loader=UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as error:
         raise ValueError(f"{path} is not valid YAML: {error}") from error
 
@@ -200,9 +200,10 @@ def _model_at(model: type[BaseModel], path: tuple) -> type[BaseModel] | None:
         if isinstance(part, int):
             continue
         field = model.model_fields.get(part)
-        model = _settings_model(field.annotation) if field is not None else None
-        if model is None:
+        inner = _settings_model(field.annotation) if field is not None else None
+        if inner is None:
             return None
+        model = inner
     return model
 
 
