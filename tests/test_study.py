@@ -133,6 +133,18 @@ def test_plan_is_deterministic_and_dependencies_come_first():
         seen.add(job.id)
 
 
+def test_the_shuffle_sweep_runs_its_own_unshuffled_baseline_without_augmentation():
+    jobs = [job for job in build_plan(StudySpec.model_validate(tiny_spec())) if job.kind == "finetune"]
+    trained = [(job.config["meta"], job.config["train"]) for job in jobs]
+    baseline = [(m, t) for m, t in trained if m["block_size"] == 16]
+    assert sorted((m["role"], m["seed"]) for m, _ in baseline) == [("P-T", 0), ("RI-T", 0)]  # run_seeds (0,)
+    assert all(m["target"] == "real" and m["permutation_seed"] == 0 and t["augment"] is False for m, t in baseline)
+    shuffled = [(m, t) for m, t in trained if m["block_size"] not in (None, 16)]
+    assert len(shuffled) == 4 and all(t["augment"] is False for _, t in shuffled)
+    main = [(m, t) for m, t in trained if m["block_size"] is None]
+    assert main and all(t["augment"] is True and m["permutation_seed"] is None for m, t in main)
+
+
 @pytest.mark.parametrize("name, minimum", [("paper-domainnet", 250), ("paper-chexpert", 90)])
 def test_paper_presets_plan_without_the_data(name, minimum):
     spec = load_study(ROOT / "examples" / f"{name}.yaml")
@@ -179,6 +191,11 @@ def test_tiny_study_runs_every_analysis_and_reports(finished_study):
                   "Fig. 6", "Fig. 7", "spectra"):
         assert title in html, title
     assert "<td>P-T&amp;P-T</td>" in html  # Table 1 rows keep their pair labels
+    sweep = runs[runs["permutation_seed"].notna() & (runs["block"] == "16")]  # the sweep's unshuffled baseline
+    unshuffled = pd.read_parquet(results / "feature_reuse.parquet").query("block_size == '16'")
+    assert len(sweep) == 2 and len(unshuffled) == 1
+    for role, column in (("P-T", "PT_final_score_mean"), ("RI-T", "RIT_final_score_mean")):
+        assert unshuffled[column].iloc[0] == sweep.loc[sweep["role"] == role, "final_score"].mean()
     summary = (folder / "report" / "summary.md").read_text()
     assert "| P-T&P-T " in summary and "| real " in summary  # and so do Table 1 and 2 in the summary
     figures = {p.name for p in (folder / "report" / "figures").glob("*.png")}

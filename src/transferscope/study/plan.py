@@ -125,11 +125,16 @@ class Planner:
     def finetune(self, target: str, kind: str, seed: int, *, block_size=None, permutation_seed: int = 0,
                  from_epoch: int | None = None) -> Job:
         """A P-T run (``kind`` "P-T": init from P at ``from_epoch``, default its last
-        epoch) or an RI-T run."""
+        epoch) or an RI-T run. A run of the block-shuffle sweep (``block_size`` set; the
+        image size for its unshuffled baseline) trains without augmentation, as the paper's
+        shuffled runs must, so that every point of the sweep has one recipe; its meta has a
+        ``permutation_seed`` (NaN for the runs outside the sweep)."""
         spec = self.spec
         data = spec.target(target).data.model_copy(update={"block_size": block_size, "shuffle_seed": permutation_seed})
-        recipe = spec.finetune if kind == "P-T" else spec.scratch
-        config = TrainConfig(data=data, model=spec.model, seed=seed, **recipe.model_dump())
+        recipe = (spec.finetune if kind == "P-T" else spec.scratch).model_dump()
+        if block_size is not None:
+            recipe["augment"] = False
+        config = TrainConfig(data=data, model=spec.model, seed=seed, **recipe)
         last = spec.source.final_epoch
         meta = {"role": kind, "target": target, "seed": seed, "block_size": block_size,
                 "permutation_seed": permutation_seed if block_size is not None else None,
@@ -178,18 +183,25 @@ class Planner:
             label = target.label
             pt = {seed: self.finetune(label, "P-T", seed) for seed in spec.seeds}
             rit = {seed: self.finetune(label, "RI-T", seed) for seed in spec.seeds}
-            if sweep.targets is None or label in sweep.targets:
-                for size in sweep.block_sizes:
-                    for perm in sweep.permutation_seeds:
-                        for seed in sweep.run_seeds:
-                            for kind in ("P-T", "RI-T"):
-                                self.finetune(label, kind, seed, block_size=size, permutation_seed=perm)
+            if sweep.block_sizes and (sweep.targets is None or label in sweep.targets):
+                self._shuffle_sweep(label, target.data.image_size)
             if spec.checkpoints.targets is None or label in spec.checkpoints.targets:
                 for epoch in spec.checkpoints.epochs:
                     for seed in spec.checkpoints.run_seeds:
                         self.finetune(label, "P-T", seed, from_epoch=epoch)
             self._analyses(label, pretrain, pt, rit)
         return list(self.jobs.values())
+
+    def _shuffle_sweep(self, target: str, image_size: int) -> None:
+        """P-T and RI-T runs per block size, permutation and run seed, and the sweep's own
+        unshuffled point (block size = image size) on the same recipe (no augmentation)."""
+        sweep = self.spec.shuffle
+        for seed in sweep.run_seeds:
+            for kind in ("P-T", "RI-T"):
+                self.finetune(target, kind, seed, block_size=image_size)
+                for size in sweep.block_sizes:
+                    for perm in sweep.permutation_seeds:
+                        self.finetune(target, kind, seed, block_size=size, permutation_seed=perm)
 
     def _analyses(self, target: str, pretrain: Job, pt: dict[int, Job], rit: dict[int, Job]) -> None:
         spec, settings = self.spec, self.spec.analyses

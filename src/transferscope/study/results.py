@@ -62,7 +62,8 @@ def training_tables(spec: StudySpec, store: Store, jobs: list[Job]) -> dict[str,
     finetuned = runs_frame[runs_frame["kind"] == "finetune"]
     from_p = finetuned["from_epoch"].isna() if last is None else finetuned["from_epoch"] == last
     main = finetuned[(finetuned["role"] == "RI-T") | ((finetuned["role"] == "P-T") & from_p)]
-    swept = main[main["target"].isin(spec.shuffle.targets or [t.label for t in spec.targets])]
+    sweep_runs = main[main["permutation_seed"].notna()]  # its own unshuffled baseline included, not the main runs
+    swept = sweep_runs[sweep_runs["target"].isin(spec.shuffle.targets or [t.label for t in spec.targets])]
     if spec.shuffle.block_sizes and not swept.empty:
         tables["feature_reuse"] = feature_reuse_table(swept.rename(columns={"block": "block_size"}))
     sweep = finetuned[(finetuned["role"] == "P-T") & finetuned["permutation_seed"].isna()
