@@ -76,6 +76,20 @@ def test_damaged_resume_file_trains_again_to_the_same_weights(tmp_path, referenc
     assert run.metrics["test_loss"].tolist() == reference.metrics["test_loss"].tolist()
 
 
+def test_a_bug_while_resuming_propagates_and_keeps_the_resume_file(tmp_path, reference, toy_domain, monkeypatch):
+    """Only damage (unreadable bytes, missing keys, mismatched shapes) restarts a run from
+    epoch 0; any other error while resuming is a bug, raised instead of deleting resume.pt."""
+    out = interrupted(reference.config, tmp_path, toy_domain, stop=1)
+
+    def buggy_resume(*_args):
+        raise AttributeError("a bug in the resume code")
+
+    monkeypatch.setattr(Trainer, "_resume", buggy_resume)
+    with pytest.raises(AttributeError, match="a bug in the resume code"):
+        train(reference.config, out, toy_domain)
+    assert (out / "resume.pt").is_file()
+
+
 def test_stale_temporary_files_are_removed_at_the_next_run(tmp_path, reference, toy_domain):
     out = interrupted(reference.config, tmp_path, toy_domain, stop=1)
     stale = [out / ".metrics.parquet.k3j2x9.tmp", out / "checkpoints" / ".epoch_002.safetensors.a8b1q0.tmp",

@@ -22,11 +22,12 @@ import hashlib
 import inspect
 import math
 import os
+import pickle
 import shutil
 import time
 import warnings
 from contextlib import contextmanager
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
@@ -38,6 +39,7 @@ from torch import nn
 
 from ..config import ModelConfig, TrainConfig
 from ..data import Domain, block_shuffle_for, load_domain
+from ..data.tensors import split_size
 from ..evaluation import evaluate, loss_fn, score_metric
 from ..io import atomic_path, content_hash, file_sha256, read_json, remove_stale_temporaries, write_json, write_table
 from ..models import init_for_finetuning, load_weights, save_weights
@@ -52,6 +54,9 @@ class TrainingFailed(RuntimeError):
 
 
 NONFINITE_CHECK_STEPS = 25
+RESUME_DAMAGE = (OSError, EOFError, pickle.UnpicklingError, RuntimeError, ValueError, LookupError, TypeError)
+"""What reading a damaged or foreign resume.pt raises (truncated or garbage bytes, missing
+keys, mismatched shapes); any other error while resuming is a bug and propagates."""
 
 
 def use_deterministic_cuda() -> None:
@@ -75,7 +80,8 @@ def resolve_device(name: str) -> torch.device:
 def parameter_groups(model: nn.Module, lr: float, bias_lr_factor: float) -> list[dict]:
     """Two SGD groups: weights at ``lr``; biases and scales (names ending in 'bias*' or
     'scale*', Fixup's convention) at ``lr * bias_lr_factor``."""
-    low, normal = [], []
+    low: list[nn.Parameter] = []
+    normal: list[nn.Parameter] = []
     for name, parameter in model.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
         (low if leaf.startswith(("bias", "scale")) else normal).append(parameter)
@@ -199,17 +205,15 @@ class Trainer:
             raise ValueError(f"the domain's images are {self.domain.image_size} pixels but data.image_size is "
                              f"{config.data.image_size}; set data.image_size to match (block sizes depend on it)")
         shuffle = block_shuffle_for(config.data)
-        loader_args = dict(block_shuffle=shuffle, device=self.device, channels_last=config.channels_last,
-                           num_workers=config.num_workers)
-        self.train_loader = self.domain.loader("train", config.batch_size, shuffle=True, seed=config.seed,
-                                               augment=config.augment and shuffle is None, drop_last=True,
-                                               **loader_args)
+        loader = partial(self.domain.loader, block_shuffle=shuffle, device=self.device,
+                         channels_last=config.channels_last, num_workers=config.num_workers)
+        self.train_loader = loader("train", config.batch_size, shuffle=True, seed=config.seed,
+                                   augment=config.augment and shuffle is None, drop_last=True)
         if len(self.train_loader) == 0:
-            raise ValueError(f"batch_size {config.batch_size} is larger than the {len(self.domain.train)} training "
-                             "examples; lower batch_size")
-        self.test_batches = self.domain.loader("test", config.eval_batch_size, **loader_args)
-        self.clean_train_batches = self.domain.loader("train", config.eval_batch_size,
-                                                      limit=config.clean_train_examples, **loader_args)
+            raise ValueError(f"batch_size {config.batch_size} is larger than the {split_size(self.domain.train)} "
+                             "training examples; lower batch_size")
+        self.test_batches = loader("test", config.eval_batch_size)
+        self.clean_train_batches = loader("train", config.eval_batch_size, limit=config.clean_train_examples)
 
     # ----------------------------------------------------------------- bookkeeping
     @cached_property
@@ -271,7 +275,7 @@ class Trainer:
         if resume_path.is_file():
             try:
                 start, best, rows = self._resume(resume_path, model, optimizer, scheduler)
-            except Exception as error:  # noqa: BLE001 - any damage: train again from epoch 0, named below
+            except RESUME_DAMAGE as error:  # train again from epoch 0, named below; a bug in _resume propagates
                 reason = f"{type(error).__name__}: {str(error).strip().partition(chr(10))[0]}"
                 warnings.warn(f"cannot resume from {resume_path} ({reason}); deleting it and training the run "
                               "again from epoch 0 (same seeds, so the same weights)", stacklevel=2)
