@@ -26,11 +26,11 @@ from typer.core import TyperGroup
 try:  # typer >= 0.20 vendors click
     from typer._click.exceptions import UsageError
 except ImportError:  # pragma: no cover - older typer
-    from click.exceptions import UsageError
+    from click.exceptions import UsageError  # type: ignore[no-redef]  # the same class, before typer vendored click
 
 from .study.store import StudyBusy
 
-_OS_FIXES = {
+_OS_FIXES: dict[int | None, str] = {
     errno.ENOSPC: "the disk is full: free space there (or choose a folder on another disk) and rerun; finished work "
                   "is kept",
     errno.EDQUOT: "the disk quota is used up: free space (or choose a folder on another disk) and rerun",
