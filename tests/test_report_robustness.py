@@ -113,12 +113,12 @@ def test_odd_labels_get_safe_figure_files_and_are_shown_as_given(study):
 
 
 def test_a_figure_or_section_that_cannot_be_drawn_is_reported_in_its_section(study, tmp_path, monkeypatch):
-    def undrawable(*args, **kwargs) -> Figure:
+    def undrawable(*_args, **_kwargs) -> Figure:
         figure = Figure()
         figure.text(0.5, 0.5, "$\\notacommand$", parse_math=True)  # fails only when drawn
         return figure
 
-    def broken(*args, **kwargs):
+    def broken(*_args, **_kwargs):
         raise RuntimeError("no curves today")
 
     monkeypatch.setattr(reuse_figures, "plot_feature_reuse", undrawable)

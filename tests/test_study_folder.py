@@ -152,7 +152,7 @@ def test_an_index_write_during_another_does_not_collide(tmp_path):
     assert not list(tmp_path.glob("*.tmp*"))
 
 
-def test_without_prctl_a_worker_watches_its_parent(tmp_path):
+def test_without_prctl_a_worker_watches_its_parent():
     """The portable fallback (any OS but Linux): a thread ends the worker once its parent is gone."""
     worker = textwrap.dedent("""
         import os, sys, time
@@ -213,7 +213,7 @@ def test_a_job_whose_failure_cannot_be_recorded_still_returns_failed(tmp_path, m
     run_study(spec, tmp_path, NoJobs())
     job = build_plan(spec)[0]
 
-    def disk_full(path, obj):
+    def disk_full(path, _obj):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr("transferscope.study.store.write_json", disk_full)
