@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from transferscope.analysis.similarity import compare_representations
 from transferscope.models import build_model, modules
-from transferscope.report.figures.cka import caption_cka, plot_cka_heatmap, plot_table1, table1_frame
+from transferscope.report.figures.cka import caption_cka, floor_frame, plot_cka_heatmap, plot_table1, table1_frame
 
 MODELS = ["P", "P-T:s0", "P-T:s1", "RI-T:s0", "RI-T:s1"]
 MODULES = ["conv1", "layer1", "fc"]
@@ -44,6 +44,20 @@ def test_table1_frame_averages_the_paper_pairs_on_the_diagonal():
     assert list(table.columns) == MODULES
     for pair in table.index:
         assert table.loc[pair].to_list() == pytest.approx(BASE[pair], abs=1e-12)
+
+
+def test_chance_floor_sits_next_to_table1_per_role_and_module():
+    frame = synthetic_frame()
+    assert floor_frame(frame).empty
+    settings = frame.iloc[0][["estimator", "kernel", "debiased", "n_examples", "batch_size", "bandwidth"]].to_dict()
+    floor = pd.DataFrame([{"model_a": name, "model_b": "RI", "module_a": module, "module_b": module,
+                           "cka": 0.1 * i + (0.02 if name.endswith("s1") else 0.0), **settings}
+                          for name in MODELS for i, module in enumerate(MODULES)])
+    table = floor_frame(pd.concat([frame, floor], ignore_index=True))
+    assert list(table.columns) == MODULES
+    assert set(table.index) == {f"{name.split(':')[0]}&RI" for name in MODELS}
+    assert table.loc["P-T&RI"].to_list() == pytest.approx([0.01, 0.11, 0.21])  # mean of s0 and s1
+    assert table1_frame(pd.concat([frame, floor])).equals(table1_frame(frame))  # floors stay out of Table 1
 
 
 def test_table1_frame_refuses_mixed_settings():

@@ -223,6 +223,11 @@ def test_report_opens_with_the_findings_that_captions_quote(finished_study):
     assert len(closer) > 0 and "as in the paper" not in html
     sentence = f"Findings: “{closer['claim'].iloc[0]}” {closer['verdict'].iloc[0]} on"
     assert sentence in distance[:distance.index("</section>")]
+    cka = pd.read_parquet(folder / "results" / "cka.parquet")  # each model against a fresh network: the floor
+    floor = cka[(cka["model_b"] == claims.FLOOR_MODEL) & (cka["module_a"] == cka["module_b"])]
+    assert set(floor["model_a"]) == {"P", "P-T:s0", "P-T:s1", "RI-T:s0", "RI-T:s1"} and floor["cka"].notna().all()
+    similarity = html[html.index('<section id="cka">'):]
+    assert "Chance floor: CKA with a freshly initialised network" in similarity[:similarity.index("</section>")]
 
 
 def test_second_run_skips_complete_jobs(finished_study, monkeypatch):

@@ -178,6 +178,10 @@ def feature_similarity(section, tables, spec, store, jobs) -> None:
         return
     frame = tables["cka"]
     section.tables.append(("CKA per module (Table 1 layout; mean over seed pairs)", cka_figures.table1_frame(frame)))
+    floor = cka_figures.floor_frame(frame)
+    if not floor.empty:
+        section.tables.append(("Chance floor: CKA with a freshly initialised network of the same architecture (RI)",
+                               floor))
     section.figures.append(("table1", cka_figures.plot_table1(frame)))
     target = sorted(frame["target"].unique())[0]
     part = frame[frame["target"] == target]

@@ -180,6 +180,14 @@ class AnalysisInputs:
     def models(self, names=None) -> dict[str, nn.Module]:
         return {name: self.model(name) for name in (names or self.refs)}
 
+    def fresh_model(self, seed: int) -> nn.Module:
+        """A freshly initialised network of the target runs' architecture (initialised
+        as an RI-T run is, under ``seed``), placed as the runs' models are."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_configured(self.config.model, self.domain.num_outputs)
+        return _placed(model, self.config.device, self.config.channels_last)
+
     def run(self, name: str) -> TrainingRun:
         return run_of(self.store, self.refs[name])
 
@@ -256,7 +264,11 @@ def _cka_job(inputs: AnalysisInputs) -> None:
     from ..analysis.similarity import compare_representations
 
     loader = inputs.test_loader(inputs.settings.max_examples, inputs.settings.batch_size)
-    inputs.write(compare_representations(inputs.models(), loader, modules=inputs.modules, **inputs.arguments))
+    models = inputs.models()
+    floor = inputs.job.config.get("chance_floor")
+    if floor is not None:
+        models[floor["model"]] = inputs.fresh_model(floor["seed"])
+    inputs.write(compare_representations(models, loader, modules=inputs.modules, **inputs.arguments))
 
 
 def _rewind_job(inputs: AnalysisInputs) -> None:

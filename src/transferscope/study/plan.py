@@ -15,11 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..analysis.claims import FLOOR_MODEL
 from ..analysis.module_criticality import DEFAULT_GRID
 from ..config import TrainConfig
 from ..models.pretrained import weights_identity
 from ..models.registry import arch_source, check_buildable
 from ..roles import Role
+from ..seeding import derive_seed
 from .job import Job, decisive
 from .spec import StudySpec
 
@@ -211,8 +213,10 @@ class Planner:
         runs = {Role("P"): pretrain} | {Role("P-T", s): job for s, job in pt.items()} \
             | {Role("RI-T", s): job for s, job in rit.items()}
         models = {str(role): self.model_ref(job) for role, job in runs.items()}
-        if settings.cka.enabled:
-            self.analysis("cka", target, models, len(models) * min(n_test, settings.cka.max_examples))
+        if settings.cka.enabled:  # with a fresh network of the same architecture: the chance floor
+            floor = {"model": FLOOR_MODEL, "seed": derive_seed(first, "cka chance floor")}
+            self.analysis("cka", target, models, (len(models) + 1) * min(n_test, settings.cka.max_examples),
+                          chance_floor=floor)
         if settings.distance.enabled:
             self.analysis("distance", target, models, 0)
         if settings.mistakes.enabled:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ...analysis.claims import FLOOR_MODEL
 from .findings import verdict_sentence
 from .names import role
 
@@ -70,6 +71,26 @@ def table1_frame(frame: pd.DataFrame) -> pd.DataFrame:
                          "name models '<role>:<seed>', e.g. 'P-T:s0'")
     table = rows.pivot_table(index="pair", columns="module_a", values="cka", aggfunc="mean")
     table = table.loc[[pair for pair in PAPER_PAIRS if pair in table.index], _module_order(rows)]
+    table.index.name, table.columns.name = "pair", "module"
+    return table
+
+
+def floor_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The chance floor next to Table 1: mean CKA between the models of each role and a
+    freshly initialised network of the same architecture (model :data:`FLOOR_MODEL`),
+    one row per role (``"P-T&RI"``...), one column per module as in Table 1; empty
+    without floor rows."""
+    frame = _checked(frame)
+    is_floor = (frame["model_a"] == FLOOR_MODEL) | (frame["model_b"] == FLOOR_MODEL)
+    rows = frame[is_floor & (frame["module_a"] == frame["module_b"]) & (frame["model_a"] != frame["model_b"])]
+    if rows.empty:
+        return pd.DataFrame()
+    other = rows["model_a"].where(rows["model_b"] == FLOOR_MODEL, rows["model_b"])
+    rows = rows.assign(pair=[f"{role(name)}&{FLOOR_MODEL}" for name in other])
+    table = rows.pivot_table(index="pair", columns="module_a", values="cka", aggfunc="mean")
+    order = [f"{kind}&{FLOOR_MODEL}" for kind in ("P-T", "RI-T", "P")]
+    table = table.loc[[p for p in order if p in table.index] + [p for p in table.index if p not in order],
+                      _module_order(rows)]
     table.index.name, table.columns.name = "pair", "module"
     return table
 
