@@ -23,7 +23,15 @@ from ..config import Settings
 _SEQUENCES = {collections.abc.Sequence, collections.abc.Iterable}
 
 
-class AnalysisSettings(Settings):
+class DerivedSettings(Settings):
+    """Settings whose fields are built at run time (:func:`keyword_settings`, the study's
+    ``Recipe``): type checkers see any attribute."""
+
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> Any: ...
+
+
+class AnalysisSettings(DerivedSettings):
     """Settings of one analysis of the study. ``ARGUMENTS``: the settings that are
     keyword arguments of the analysis function; ``PRESENTATION``: settings that choose
     what is run or shown but never change a number (left out of job ids)."""
@@ -32,9 +40,6 @@ class AnalysisSettings(Settings):
     PRESENTATION: ClassVar[frozenset[str]] = frozenset({"enabled", "targets"})
 
     enabled: bool = True
-
-    if TYPE_CHECKING:  # the fields of a subclass are built at run time (keyword_settings)
-        def __getattr__(self, name: str) -> Any: ...
 
     def arguments(self) -> dict[str, Any]:
         """The keyword arguments of the analysis function: ``fn(models..., loader, **settings.arguments())``."""

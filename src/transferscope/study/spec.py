@@ -9,7 +9,7 @@ the key and the allowed values."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
@@ -24,40 +24,43 @@ from ..analysis.spectra import spectrum_summary
 from ..config import BlockSize, DataConfig, ModelConfig, Settings, TrainConfig, explain, load_yaml
 from ..models.partition import check_modules
 from ..models.pretrained import TIMM, TORCHVISION, check_weights
-from .settings import AnalysisSettings, keyword_settings
+from .settings import AnalysisSettings, DerivedSettings, keyword_settings
 
 _PER_RUN = {"data", "model", "init", "seed"}
+_RECIPE_FIELDS: dict[str, Any] = {name: (field.annotation, field) for name, field in TrainConfig.model_fields.items()
+                                  if name not in _PER_RUN}
 Recipe = create_model(
     "Recipe",
-    __base__=Settings,
+    __base__=DerivedSettings,
     __doc__="A training recipe: every TrainConfig setting but data, model, init and seed, which the study sets.",
-    **{name: (field.annotation, field) for name, field in TrainConfig.model_fields.items() if name not in _PER_RUN},
+    **_RECIPE_FIELDS,
 )
 
 
 # Each analysis's settings are its function's keyword-only parameters (defaults there);
 # below: what the job supplies, validation, the study's deliberate defaults, study-only fields.
+# The classes are built at run time: Any to type checkers, which cannot follow their fields.
 _TEST_EXAMPLES = "evaluate on the first max_examples test examples; None = all"
-CKASettings = keyword_settings(
+CKASettings: Any = keyword_settings(
     "CKASettings", compare_representations, set_by_job=("modules", "pairs"), doc="CKA between modules (Table 1).",
     checks={"bandwidth": Field(gt=0)},
     study={"max_examples": (int, Field(1000, ge=4, description="test examples")),
            "batch_size": (int, Field(250, ge=4, description="examples per batch (the minibatch estimator's)"))})
-DistanceSettings = keyword_settings(
+DistanceSettings: Any = keyword_settings(
     "DistanceSettings", param_distance, set_by_job=("modules",), doc="Parameter distance (Table 2).",
     defaults={"include_head": False})  # Table 2 compares bodies: P's head is sized for the source's classes
-MistakesSettings = keyword_settings(
+MistakesSettings: Any = keyword_settings(
     "MistakesSettings", mistakes, set_by_job=("pairs",), doc="Common and uncommon mistakes (Sec. 3.2).",
     checks={"threshold": (float, Field(gt=0, lt=1, description="multi-label: one threshold for every label")),
             "n_bootstrap": Field(ge=10), "confidence": Field(gt=0, lt=1)},
     study={"max_examples": (int | None, Field(None, ge=1, description=_TEST_EXAMPLES))})
-InterpolationSettings = keyword_settings(
+InterpolationSettings: Any = keyword_settings(
     "InterpolationSettings", interpolate, set_by_job=("recalibration_loader", "split"),
     doc="Loss along the straight path between two models (Fig. 4).",
     checks={"recalibration_batches": Field(ge=1), "max_examples": Field(ge=1, description=_TEST_EXAMPLES),
             "vmap_chunk": Field(ge=1)},
     defaults={"recalibration_batches": 8, "max_examples": 1000})  # bounded cost on large data sets
-BasinSettings = keyword_settings(
+BasinSettings: Any = keyword_settings(
     "BasinSettings", basin, set_by_job=("recalibration_loader", "split"), doc="(ε, δ)-basins (Definition 3.1).",
     checks={"threshold": Field(gt=0, description="boundary: loss passes (1 + threshold) × the larger endpoint loss"),
             "rise": Field(gt=0, description="walls: conditions 2-3 ask the loss to reach μ + rise·ε"),
@@ -66,13 +69,13 @@ BasinSettings = keyword_settings(
             "initial_step": Field(gt=0), "max_extent": Field(gt=0),
             "boundary_tol": Field(gt=0, description="precision in λ of the boundary search")},
     defaults={"recalibration_batches": 8, "max_examples": 500})  # bounded cost on large data sets
-RewindSettings = keyword_settings(
+RewindSettings: Any = keyword_settings(
     "RewindSettings", rewind, set_by_job=("modules", "recalibration_loader"),
     doc="Rewinding one module to its initial value (Fig. 5).",
     checks={"recalibration_batches": Field(ge=1, description="bn=recalibrate: training batches; None = all"),
             "max_examples": Field(ge=1, description="train and test examples; None = all")},
     defaults={"max_examples": 1000})  # bounded cost on large data sets
-CriticalitySettings = keyword_settings(
+CriticalitySettings: Any = keyword_settings(
     "CriticalitySettings", criticality,
     set_by_job=("modules", "path", "path_states", "start", "best_state", "method", "split"),
     doc="Module criticality (Definition 3.2, Fig. 6), per module and on the (α, σ) grid of heatmap_module.",
@@ -85,23 +88,23 @@ CriticalitySettings = keyword_settings(
     defaults={"max_examples": 512},  # bounded cost on large data sets
     study={"heatmap_module": (str, Field("conv1", description="module whose (α, σ) grid is drawn")),
            "targets": (tuple[str, ...] | None, Field(None, description="targets to analyse; None = all"))})
-SpectrumSettings = keyword_settings("SpectrumSettings", spectrum_summary, doc="Singular-value spectra of the weights.")
+SpectrumSettings: Any = keyword_settings("SpectrumSettings", spectrum_summary, doc="Singular-value spectra of the weights.")
 
 
 class Analyses(Settings):
-    cka: CKASettings = CKASettings()  # type: ignore[valid-type]
-    distance: DistanceSettings = DistanceSettings()  # type: ignore[valid-type]
-    mistakes: MistakesSettings = MistakesSettings()  # type: ignore[valid-type]
-    interpolation: InterpolationSettings = InterpolationSettings()  # type: ignore[valid-type]
-    basin: BasinSettings = BasinSettings()  # type: ignore[valid-type]
-    rewind: RewindSettings = RewindSettings()  # type: ignore[valid-type]
-    criticality: CriticalitySettings = CriticalitySettings()  # type: ignore[valid-type]
-    spectrum: SpectrumSettings = SpectrumSettings()  # type: ignore[valid-type]
+    cka: CKASettings = CKASettings()
+    distance: DistanceSettings = DistanceSettings()
+    mistakes: MistakesSettings = MistakesSettings()
+    interpolation: InterpolationSettings = InterpolationSettings()
+    basin: BasinSettings = BasinSettings()
+    rewind: RewindSettings = RewindSettings()
+    criticality: CriticalitySettings = CriticalitySettings()
+    spectrum: SpectrumSettings = SpectrumSettings()
 
     @classmethod
     def settings_model(cls, kind: str) -> type[AnalysisSettings]:
         """The settings model of analysis ``kind`` (a job's ``config["settings"]`` validates against it)."""
-        return cls.model_fields[kind].annotation  # type: ignore[return-value]
+        return cast(type[AnalysisSettings], cls.model_fields[kind].annotation)
 
 
 class ShuffleSweep(Settings):
@@ -130,7 +133,7 @@ class Source(Settings):
 
     data: DataConfig | None = Field(None, description="source data: P is pre-trained on it (with recipe), or "
                                     "brought weights are scored on it")
-    recipe: Recipe | None = Field(None, description="pre-train P on data with this recipe")  # type: ignore[valid-type]
+    recipe: Recipe | None = Field(None, description="pre-train P on data with this recipe")
     seed: int = Field(0, description="seed of pre-training")
     weights: str | None = Field(None, description="P's weights: a safetensors or torch file, "
                                 "torchvision:<WeightsEnum>.<member> or timm:<name>; default: the last of checkpoints")
@@ -203,8 +206,8 @@ class StudySpec(Settings):
     model: ModelConfig = ModelConfig()
     source: Source
     targets: tuple[Target, ...] = Field(min_length=1)
-    finetune: Recipe = Field(description="recipe of P-T runs")  # type: ignore[valid-type]
-    scratch: Recipe = Field(description="recipe of RI-T runs")  # type: ignore[valid-type]
+    finetune: Recipe = Field(description="recipe of P-T runs")
+    scratch: Recipe = Field(description="recipe of RI-T runs")
     seeds: tuple[int, ...] = Field((0, 1), min_length=1)
     shuffle: ShuffleSweep = ShuffleSweep()
     checkpoints: CheckpointSweep = CheckpointSweep()
