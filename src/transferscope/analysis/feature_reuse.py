@@ -40,7 +40,7 @@ def score_column(metrics: pd.DataFrame, split: str) -> str:
     return f"{split}_{score_metric(metrics, f'{split}_')}"
 
 
-def block_size_key(block_size: object) -> float:
+def block_size_key(block_size: int | str) -> float:
     """Sort key of a block size (``16``, ``"4"``, ``"*"``): numerically from the largest
     (the unshuffled image) down to 1, then ``"*"`` (every scalar shuffled) last.
 
