@@ -112,7 +112,7 @@ def build_report(root: str | Path, force: bool = True) -> Path:
         section = Section(key, title)
         try:
             with matplotlib.rc_context(PLAIN_TEXT):
-                builder(section, tables, spec, store, jobs)
+                builder(section, tables, spec=spec, store=store, jobs=jobs)
         except Exception as error:  # noqa: BLE001 - one broken section must not hide the others
             section.failures.append(Failure.of("this section could not be drawn", error))
         section.rendered_tables = [{"name": name, "html": html_table(frame)} for name, frame in section.tables]
@@ -193,6 +193,3 @@ def _markdown(sections: list[Section], context: dict) -> str:
             lines += ["", f"**{name}**", "", _markdown_table(frame)]
         lines.append("")
     return "\n".join(lines)
-
-
-SectionBuilder = Callable[[Section, dict, object, object, list], None]

@@ -1,7 +1,11 @@
 """One function per section of the report: each reads the study's result tables, adds
-figures, tables and a caption computed from the numbers, or says what is missing."""
+figures, tables and a caption computed from the numbers, or says what is missing. A
+section function is called as ``f(section, tables, spec=, store=, jobs=)`` and names the
+inputs it reads; ``**_`` takes the others."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -24,6 +28,11 @@ from .figures import mistakes as mistake_figures
 from .figures import names
 from .figures import spectrum as spectrum_figures
 from .figures import training as training_figures
+
+
+def _pairs(frame) -> list[tuple[str, str]]:
+    """The ``(model_a, model_b)`` pairs of a frame, in order of first appearance."""
+    return list(dict.fromkeys(zip(frame["model_a"], frame["model_b"])))
 
 
 def _need(section, tables: dict, *names: str) -> bool:
@@ -53,7 +62,7 @@ def _quoting(caption: str, tables: dict, *claim_functions) -> str:
     return f"{caption} {findings_figures.verdict_sentence(_verdicts(tables, *claim_functions))}".strip()
 
 
-def findings_at_a_glance(section, tables, spec, store, jobs) -> None:
+def findings_at_a_glance(section, tables, **_) -> None:
     """One verdict per claim of the paper that this study tests, with its uncertainty."""
     if not _need(section, tables, "findings"):
         return
@@ -93,7 +102,7 @@ def source_model(section, tables, spec, store, jobs) -> None:
     section.caption = " ".join([text, *(f"Warning: {warning}." for warning in warnings)])
 
 
-def learning_curves(section, tables, spec, store, jobs) -> None:
+def learning_curves(section, tables, spec, **_) -> None:
     if not _need(section, tables, "curves", "runs"):
         return
     last = spec.source.final_epoch
@@ -104,7 +113,7 @@ def learning_curves(section, tables, spec, store, jobs) -> None:
                                claims.pt_ends_higher, claims.pt_optimizes_faster)
 
 
-def feature_reuse(section, tables, spec, store, jobs) -> None:
+def feature_reuse(section, tables, spec, **_) -> None:
     if not _need(section, tables, "feature_reuse"):
         return
     table = tables["feature_reuse"]
@@ -121,7 +130,7 @@ def feature_reuse(section, tables, spec, store, jobs) -> None:
                                claims.advantage_shrinks_with_block_size, claims.speed_advantage_on_shuffled_pixels)
 
 
-def pretraining_checkpoints(section, tables, spec, store, jobs) -> None:
+def pretraining_checkpoints(section, tables, spec, **_) -> None:
     if not spec.checkpoints.epochs:
         section.missing = ("This study fine-tunes from no pre-training checkpoint: set checkpoints.epochs (with "
                            "brought weights, also give their trajectory source.checkpoints {epoch: weights} and "
@@ -147,7 +156,7 @@ def _test_images(data, indices):
             domain.classes)
 
 
-def mistakes(section, tables, spec, store, jobs) -> None:
+def mistakes(section, tables, spec, **_) -> None:
     if not _need(section, tables, "mistakes"):
         return
     frame = tables["mistakes"]
@@ -157,7 +166,7 @@ def mistakes(section, tables, spec, store, jobs) -> None:
     if examples is not None and not examples.empty:
         target = sorted(examples["target"].unique())[0]
         part = examples[examples["target"] == target]
-        pairs = list(part.groupby(["model_a", "model_b"], sort=False).groups)
+        pairs = _pairs(part)
         a, b = next((p for p in pairs if names.pair_type(*p, [("P-T", "RI-T")])), pairs[0])
         chosen = part[(part["model_a"] == a) & (part["model_b"] == b)]
         indices = sorted(set(chosen["index"]))
@@ -173,7 +182,7 @@ def mistakes(section, tables, spec, store, jobs) -> None:
     section.tables.append(("Mistakes per pair", frame[[c for c in columns if c in frame]]))
 
 
-def feature_similarity(section, tables, spec, store, jobs) -> None:
+def feature_similarity(section, tables, **_) -> None:
     if not _need(section, tables, "cka"):
         return
     frame = tables["cka"]
@@ -185,7 +194,7 @@ def feature_similarity(section, tables, spec, store, jobs) -> None:
     section.figures.append(("table1", cka_figures.plot_table1(frame)))
     target = sorted(frame["target"].unique())[0]
     part = frame[frame["target"] == target]
-    pairs = list(part.groupby(["model_a", "model_b"], sort=False).groups)
+    pairs = _pairs(part)
     for wanted in (("P-T", "P-T"), ("P-T", "RI-T")):
         pair = next((p for p in pairs if names.pair_type(*p, [wanted])), None)
         if pair is not None:
@@ -195,7 +204,7 @@ def feature_similarity(section, tables, spec, store, jobs) -> None:
     section.caption = cka_figures.caption_cka(frame, _verdicts(tables, claims.pt_pairs_most_similar))
 
 
-def distances(section, tables, spec, store, jobs) -> None:
+def distances(section, tables, **_) -> None:
     if not _need(section, tables, "distance"):
         return
     frame = tables["distance"]
@@ -205,7 +214,7 @@ def distances(section, tables, spec, store, jobs) -> None:
     section.caption = distance_figures.caption_distance(frame, _verdicts(tables, claims.pt_models_closer))
 
 
-def spectra(section, tables, spec, store, jobs) -> None:
+def spectra(section, tables, **_) -> None:
     if not _need(section, tables, "spectrum"):
         return
     frame = tables["spectrum"]
@@ -230,7 +239,7 @@ def _with_pair_types(frame):
                         pair_type=[pair_type(a, b) for a, b in zip(frame["model_a"], frame["model_b"])])
 
 
-def interpolation(section, tables, spec, store, jobs) -> None:
+def interpolation(section, tables, **_) -> None:
     if not _need(section, tables, "interpolation"):
         return
     frame = _with_pair_types(tables["interpolation"])
@@ -240,7 +249,7 @@ def interpolation(section, tables, spec, store, jobs) -> None:
         frame, _verdicts(tables, claims.no_barrier_between_pt, claims.barrier_between_rit))
 
 
-def basins(section, tables, spec, store, jobs) -> None:
+def basins(section, tables, **_) -> None:
     if not _need(section, tables, "basin"):
         return
     frame = _with_pair_types(tables["basin"])
@@ -248,7 +257,7 @@ def basins(section, tables, spec, store, jobs) -> None:
     section.caption = landscape_figures.caption_basin(frame, _verdicts(tables, claims.pt_pairs_in_one_basin))
 
 
-def rewinding(section, tables, spec, store, jobs) -> None:
+def rewinding(section, tables, **_) -> None:
     if not _need(section, tables, "rewind"):
         return
     frame = tables["rewind"]
@@ -257,7 +266,7 @@ def rewinding(section, tables, spec, store, jobs) -> None:
     section.caption = criticality_figures.caption_rewind(frame)
 
 
-def module_criticality(section, tables, spec, store, jobs) -> None:
+def module_criticality(section, tables, **_) -> None:
     if not _need(section, tables, "criticality"):
         return
     frame = tables["criticality"]
@@ -276,7 +285,7 @@ def module_criticality(section, tables, spec, store, jobs) -> None:
     section.tables.append(("Module criticality μ_i (Definition 3.2)", frame[[c for c in columns if c in frame]]))
 
 
-SECTIONS = [
+SECTIONS: list[tuple[str, str, Callable[..., None]]] = [
     ("findings", "Findings at a glance", findings_at_a_glance),
     ("source", "The source model P", source_model),
     ("curves", "Learning curves (Fig. 2)", learning_curves),
