@@ -157,8 +157,8 @@ def test_linear_model_matches_numpy_reference(multilabel):
     row = frame.iloc[0]
     assert row["n_parameters"] == 6 * 3 + 3 and row["bn"] == "follow" and row["n_examples"] == 64
     assert "n" not in frame
-    vector = lambda m: np.concatenate([p.detach().double().numpy().ravel() for p in m.parameters()])  # noqa: E731
-    assert row["distance"] == pytest.approx(np.linalg.norm(vector(b) - vector(a)), rel=1e-12)
+    vector_a, vector_b = (np.concatenate([p.detach().double().numpy().ravel() for p in m.parameters()]) for m in (a, b))
+    assert row["distance"] == pytest.approx(np.linalg.norm(vector_b - vector_a), rel=1e-12)
     endpoint = max(_numpy_loss(a, b, 0.0, x, y), _numpy_loss(a, b, 1.0, x, y))
     assert row["level"] == pytest.approx(1.3 * endpoint, rel=1e-5)
     for end in ("alpha_lo", "alpha_hi"):
