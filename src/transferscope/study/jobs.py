@@ -282,7 +282,7 @@ def _rewind_job(inputs: AnalysisInputs) -> None:
 
 
 def _criticality_job(inputs: AnalysisInputs) -> None:
-    """Per-module criticality (value by bisection) for the direct and optimization
+    """Per-module criticality (value by the exact fast search) for the direct and optimization
     paths from θ_F and θ_opt, and the full (α, σ) grid of one module for Fig. 6."""
     from ..analysis.module_criticality import criticality, network_criticality
 
@@ -298,7 +298,7 @@ def _criticality_job(inputs: AnalysisInputs) -> None:
         for path in ("direct", "optimization"):
             for start in starts:
                 settings = {**inputs.arguments, **variant, "path": path, "start": start}
-                values.append(network_criticality(final, initial, batches, modules=inputs.modules, method="bisection",
+                values.append(network_criticality(final, initial, batches, modules=inputs.modules, method="fast",
                                                   **settings).assign(model=name))
                 heatmaps.append(criticality(final, initial, batches, modules=heatmap_unit, method="grid", **settings)
                                 .assign(model=name))
