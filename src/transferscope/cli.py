@@ -26,7 +26,7 @@ from typer.core import TyperGroup
 try:  # typer >= 0.20 vendors click
     from typer._click.exceptions import UsageError
 except ImportError:  # pragma: no cover - older typer
-    from click.exceptions import UsageError  # type: ignore[no-redef]  # the same class, before typer vendored click
+    from click.exceptions import UsageError  # type: ignore[no-redef,assignment]  # the same class, before typer vendored click
 
 from .study.store import StudyBusy
 
