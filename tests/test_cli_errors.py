@@ -37,6 +37,7 @@ class Case:
     absent: list[Path] = field(default_factory=list)  # paths the command must not create
     env: dict[str, str] = field(default_factory=dict)
     file_size_limit: int | None = None  # bytes: writes past it fail as on a full disk (needs a real process)
+    missing_modules: list[str] = field(default_factory=list)  # made unimportable, as when an extra is not installed
 
 
 class Scene:
@@ -199,7 +200,8 @@ CASES: dict[str, Callable[[Scene], Case]] = {
     "train: --out names a file": lambda s: Case(["train", s.train_config(), "--out", s.text("a-file", "x")], "a-file"),
     "train: init file missing": lambda s: s.train("missing.safetensors", init=str(s.tmp / "missing.safetensors")),
     "train: init file damaged": lambda s: s.train("bad.safetensors", init=s.text("bad.safetensors", "not weights")),
-    "train: optional extra missing": lambda s: s.train("timm", model={"arch": "timm:resnet18"}),
+    "train: optional extra missing": lambda s: dataclasses.replace(s.train("timm", model={"arch": "timm:resnet18"}),
+                                                       missing_modules=["timm"]),
     "train: unknown architecture": lambda s: s.train("resnet999", model={"arch": "resnet999"}),
     "train: data folder missing": lambda s: s.folder_train(str(s.tmp / "no-images"), "no-images"),
     "train: empty data folder": lambda s: s.folder_train(s.images({}), "images"),
@@ -260,8 +262,10 @@ def invoke(case: Case) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_bad_input_is_one_line_naming_it(name, tmp_path, prepared_study):
+def test_bad_input_is_one_line_naming_it(name, tmp_path, prepared_study, monkeypatch):
     case = CASES[name](Scene(tmp_path, prepared_study))
+    for module in case.missing_modules:  # the test extra installs timm; the case is a machine without it
+        monkeypatch.setitem(sys.modules, module, None)
     before = {folder: snapshot(folder) for folder in case.unchanged}
     code, stdout, stderr = invoke(case)
     lines = [line for line in stderr.splitlines() if line.strip()]
