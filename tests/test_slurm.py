@@ -16,9 +16,11 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 import yaml
-from test_study import _train_only
+from test_study import _final_weights, _train_only
 from typer.testing import CliRunner
 
 from transferscope.cli import app
@@ -29,6 +31,8 @@ from transferscope.study.executors import SlurmExecutor, SlurmSettings
 from transferscope.study.runner import open_study
 from transferscope.study.slurm import Node, Partition, find_partition, parse_sinfo, refusal, request
 from transferscope.study.store import Store
+from transferscope.train import TrainingRun
+from transferscope.train.run_dir import checkpoint_path
 
 SINFO = """debug*|cpu1|2|24105|(null)|infinite
 gpu|g1|32|256000|gpu:a100:4(S:0-1),shard:8|2-00:00:00
@@ -206,6 +210,59 @@ def test_a_study_with_default_resources_survives_a_cancelled_task(cluster, tmp_p
     assert again.returncode == 0, again.stdout + again.stderr
     assert "study tiny: 3 done" in again.stdout and "1/3 jobs already complete" in again.stdout
     assert not [noise for noise in CONSOLE_NOISE if noise.lower() in (again.stdout + again.stderr).lower()]
+
+
+def _task_state(task: str) -> str:
+    return subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", task, "-o", "%T"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+@pytest.mark.usefixtures("cluster")
+def test_a_requeued_task_resumes_its_run_to_the_same_weights(tmp_path):
+    """``scontrol requeue`` of a pre-training task after its first epoch; its second
+    attempt continues from resume.pt (the epochs before it are not trained again) and
+    the study ends with the weights of an uninterrupted local run. The task is stopped
+    from the moment it is seen at an epoch, and killed right after the requeue (SLURM
+    would kill it KillWait seconds later, after letting it train on), so the first
+    attempt never finishes the run however fast it trains."""
+    epochs = 8
+    spec = _train_only()
+    spec["source"]["recipe"]["epochs"] = epochs
+    study, out = tmp_path / "study.yaml", tmp_path / "out"
+    study.write_text(yaml.safe_dump(spec))
+    command = [sys.executable, "-m", "transferscope.cli", "run", str(study), "--out", str(out), "--executor", "slurm",
+               "--no-report"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    resume = _wait_for(lambda: out.glob("jobs/pretrain-*/run/resume.pt"), "pre-training's first epoch")
+    run = resume.parent
+    running = json.loads((run.parent / "running.json").read_text())
+    task = running["slurm_task"]
+    os.kill(running["pid"], signal.SIGSTOP)
+    subprocess.run(["scontrol", "requeue", task], check=True)
+    os.kill(running["pid"], signal.SIGKILL)
+    _wait_for(lambda: [1] if _task_state(task) == "PENDING" else [], f"task {task} to be requeued", timeout=60)
+    # between the two attempts: what the first one left
+    reached = torch.load(resume, weights_only=True)["epoch"]
+    assert 1 <= reached < epochs and not TrainingRun(run).complete, f"requeued too late (epoch {reached})"
+    before = TrainingRun(run).metrics.query("epoch <= @reached").reset_index(drop=True)
+    epoch_zero = checkpoint_path(run, 0).stat()
+    subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=True)  # not BeginTime + 2 min
+    console, _ = first.communicate(timeout=600)
+    assert first.returncode == 0 and "study tiny: 3 done" in console, console
+    assert not [noise for noise in CONSOLE_NOISE if noise.lower() in console.lower()], console
+
+    after = TrainingRun(run).metrics
+    assert list(after["epoch"]) == list(range(epochs + 1))
+    pd.testing.assert_frame_equal(after.query("epoch <= @reached").reset_index(drop=True), before)  # not retrained
+    assert (checkpoint_path(run, 0).stat().st_ino, checkpoint_path(run, 0).stat().st_mtime_ns) == \
+        (epoch_zero.st_ino, epoch_zero.st_mtime_ns)
+    local = _cli("run", str(study), "--out", str(tmp_path / "local"), "--executor", "local", "--no-report")
+    assert local.returncode == 0, local.stdout + local.stderr
+    resumed, uninterrupted = _final_weights(out), _final_weights(tmp_path / "local")
+    assert resumed.keys() == uninterrupted.keys()
+    for job_id, weights in uninterrupted.items():
+        for key, tensor in weights.items():
+            assert torch.equal(resumed[job_id][key], tensor), (job_id, key)
 
 
 @pytest.mark.parametrize("setting, names", [("mem_gb=100000", "mem_gb"), ("extra.constraint=no-such-feature",
