@@ -187,8 +187,13 @@ def test_a_study_with_default_resources_survives_a_cancelled_task(cluster, tmp_p
                "--no-report"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     running = _wait_for(lambda: out.glob("jobs/pretrain-*/running.json"), "pre-training to start")
-    task = json.loads(running.read_text())["slurm_task"]
+    info = json.loads(running.read_text())
+    task = info["slurm_task"]
+    # submitit's task ignores SIGTERM, so SLURM kills it only after KillWait (5 s), time enough for the
+    # tiny run to finish: hold it still, cancel, and kill it as SLURM then would.
+    os.kill(info["pid"], signal.SIGSTOP)
     subprocess.run(["scancel", task], check=True)
+    os.kill(info["pid"], signal.SIGKILL)
     console, _ = first.communicate(timeout=600)
     assert first.returncode == 1, console  # a job failed
     assert f"SLURM job {task.split('_')[0]}:" in console and "no GPU" in console, console
