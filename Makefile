@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean screenshot
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
+
+# The README's picture of the demo report's first screen (needs Debian's chromium).
+screenshot: demo-out/report/index.html
+	mkdir -p docs
+	chromium --headless --no-sandbox --hide-scrollbars --window-size=1280,900 \
+		--screenshot=docs/report.png file://$(CURDIR)/demo-out/report/index.html
+
+demo-out/report/index.html:
+	$(MAKE) demo
 
 clean:
 	rm -rf $(VENV) demo-out
