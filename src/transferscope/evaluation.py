@@ -144,6 +144,12 @@ def score_name(targets: Tensor) -> str:
     return "auc" if is_multilabel(targets) else "accuracy"
 
 
+def score_columns(result: Mapping[str, float], metric: str) -> dict[str, float | str]:
+    """``loss``, ``score``, ``metric`` and ``n_examples`` of a :func:`metrics` result
+    whose score is ``metric``: the score columns of every analysis table."""
+    return {"loss": result["loss"], "score": result[metric], "metric": metric, "n_examples": result["n"]}
+
+
 def score_metric(table: Mapping[str, Any] | pd.DataFrame, prefix: str = "") -> str:
     """The metric of a metrics dict or table whose score column is named
     ``prefix + score_name(targets)`` (the trainer's ``test_accuracy`` or ``test_auc``).

@@ -47,6 +47,7 @@ from ..evaluation import (
     nonfinite_error,
     nonfinite_weights,
     recalibrate_batchnorm,
+    score_columns,
     score_name,
 )
 from ..models.state import batchnorm_buffer_keys, check_compatible
@@ -57,12 +58,6 @@ EVAL_MODE_BN = ("follow", "keep")  # modes the batched (vmap) path supports
 # "auto" takes the vmap path only for models this small: on an H100 (bench_interpolation.py)
 # vmap ran 2.9x faster than the loop at 78k parameters, 1.9x at 309k, 0.77x at 1.2M.
 VMAP_MAX_PARAMETERS = 500_000
-
-
-def score_columns(result: Mapping[str, float], metric: str) -> dict[str, float | str]:
-    """``loss``, ``score``, ``metric`` and ``n_examples`` of a
-    :func:`transferscope.evaluation.metrics` result whose score is ``metric``."""
-    return {"loss": result["loss"], "score": result[metric], "metric": metric, "n_examples": result["n"]}
 
 
 class LinearPath:

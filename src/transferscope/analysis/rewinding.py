@@ -33,11 +33,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..evaluation import Batches, cache_batches, evaluate, recalibrate_batchnorm, score_name
+from ..evaluation import Batches, cache_batches, evaluate, recalibrate_batchnorm, score_columns, score_name
 from ..models import Modules, module_state_keys
 from ..models.state import ModelOrState, as_state_dict, batchnorm_buffer_keys, check_compatible
 from .batchnorm_modes import BnMode, recalibration_data, resolve_bn_mode
-from .interpolation import score_columns
 
 
 def _named_splits(loaders: Mapping[str, Batches] | Batches) -> dict[str, Batches]:
