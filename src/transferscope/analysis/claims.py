@@ -36,7 +36,7 @@ from scipy import stats
 
 from ..models import NETWORK
 from ..roles import Role
-from .feature_reuse import _require
+from .feature_reuse import _require, block_size_key
 
 # ----------------------------------------------------------------- thresholds
 ALPHA = 0.05  # level of every test; intervals are 95%
@@ -324,7 +324,7 @@ def _blocks(frame: pd.DataFrame) -> tuple[str | None, str | None]:
     """(unshuffled block = the largest, smallest block size below it or '*' when there
     is no other); None where the sweep has none."""
     sizes = {str(size) for size in frame["block_size"]}
-    numeric = sorted((s for s in sizes if s != "*"), key=int, reverse=True)
+    numeric = sorted((s for s in sizes if s != "*"), key=block_size_key)  # the unshuffled size first
     if not numeric:
         return None, None
     return numeric[0], numeric[-1] if len(numeric) > 1 else "*" if "*" in sizes else None
