@@ -74,6 +74,14 @@ def test_pt_beats_rit_over_seeds(claim, pt, rit, verdict):
         assert math.isnan(row["ci_low"]) and "margin" in row["statistic"]
 
 
+def test_pt_runs_from_brought_weights_are_the_main_runs():
+    """P brought as weights: no P-T run has a pre-training epoch, and all of them count."""
+    rows = [run_row("P-T", seed, score, from_epoch=math.nan) for seed, score in enumerate((0.80, 0.82, 0.81))]
+    rows += [run_row("RI-T", seed, score) for seed, score in enumerate((0.60, 0.62, 0.61))]
+    row = only_row(f.pt_ends_higher({"runs": pd.DataFrame(rows)}))
+    assert row["verdict"] == HOLDS and row["n"] == 3
+
+
 def test_welch_interval_matches_scipy():
     a, b = [0.8, 0.82, 0.81, 0.86], [0.6, 0.62, 0.7]
     estimate = f._difference(a, b)

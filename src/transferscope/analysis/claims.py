@@ -235,10 +235,14 @@ RUN_COLUMNS = ("kind", "role", "seed", "permutation_seed", "from_epoch", "metric
 
 def _main_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The unshuffled P-T and RI-T runs of the main comparison: fine-tuning runs without
-    a block shuffle (``permutation_seed`` NaN), P-T from the last pre-training epoch."""
+    a block shuffle (``permutation_seed`` NaN), P-T from the last pre-training epoch
+    (``from_epoch`` is NaN for every P-T run when P is brought as weights without a
+    trajectory: then all of them)."""
     tuned = runs[(runs["kind"] == "finetune") & runs["permutation_seed"].isna()]
     is_pt = tuned["role"] == "P-T"
-    return tuned[~is_pt | (tuned["from_epoch"] == tuned.loc[is_pt, "from_epoch"].max())]
+    latest = tuned.loc[is_pt, "from_epoch"].max()
+    from_latest = tuned["from_epoch"].isna() if pd.isna(latest) else tuned["from_epoch"] == latest
+    return tuned[~is_pt | from_latest]
 
 
 def _mcnemar(tables: Mapping[str, pd.DataFrame], target: object, pt: pd.DataFrame, rit: pd.DataFrame) -> dict | None:
