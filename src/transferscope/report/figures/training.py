@@ -50,7 +50,7 @@ def plot_learning_curves(curves: pd.DataFrame, last_epoch: int | None = None) ->
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    figure.suptitle("Learning curves (Fig. 2): test solid with seed range, training dashed")
+    figure.suptitle("Learning curves (Fig. 2)\ntest solid with seed range, training dashed")
     return figure
 
 
