@@ -27,6 +27,7 @@ def _check_device(value: str) -> str:
     return value
 
 
+MomentDecay = Annotated[float, Field(ge=0, lt=1)]  # an Adam beta
 BlockSize = Annotated[int | Literal["*"], PlainValidator(check_block_size, json_schema_input_type=int | Literal["*"])]
 Device = Annotated[str, AfterValidator(_check_device)]
 
@@ -100,6 +101,14 @@ class TrainConfig(Settings):
     nesterov: bool = False
     bias_lr_factor: float = Field(1.0, gt=0, description="lr multiplier for biases and scales (0.1 in the paper)")
     schedule: ScheduleConfig = ScheduleConfig()
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (momentum, nesterov) or adamw (adamw_betas, "
+                                               "adamw_eps; weight decay decoupled, none on biases and norm scales)")
+    adamw_betas: tuple[MomentDecay, MomentDecay] = Field((0.9, 0.999), description="AdamW's moment decay rates")
+    adamw_eps: float = Field(1e-8, gt=0, description="AdamW's denominator term")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="training loss only: class targets smoothed "
+                                   "towards uniform, 0/1 labels to y(1-e)+e/2; 0 = off")
+    bn_momentum: float | None = Field(None, ge=0, le=1, description="momentum of every BatchNorm's running "
+                                      "statistics (0 = frozen); None = the model's own")
     mixup_alpha: float = Field(0.0, ge=0, description="mixup Beta(alpha, alpha); 0 = off")
     augment: bool = Field(True, description="random crop + flip; always off for shuffled data")
     seed: int = Field(0, description="seeds the init, the data order, augmentation and mixup")

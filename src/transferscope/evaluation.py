@@ -33,13 +33,16 @@ def is_multilabel(targets: Tensor) -> bool:
     return targets.ndim == 2
 
 
-def loss_fn(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+def loss_fn(logits: Tensor, targets: Tensor, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy (class indices) or binary cross-entropy with logits (0/1 labels);
-    with ``reduction="none"`` one value per example (mean over labels)."""
+    with ``reduction="none"`` one value per example (mean over labels). Label smoothing ε
+    (training only) mixes class targets with the uniform distribution, (1−ε)·onehot + ε/K,
+    and moves each 0/1 label towards 1/2, y(1−ε) + ε/2 (each label its own two classes)."""
     if is_multilabel(targets):
-        loss = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none").mean(1)
+        smoothed = targets.to(logits.dtype) * (1 - label_smoothing) + label_smoothing / 2
+        loss = F.binary_cross_entropy_with_logits(logits, smoothed, reduction="none").mean(1)
         return loss.mean() if reduction == "mean" else loss
-    return F.cross_entropy(logits, targets, reduction=reduction)
+    return F.cross_entropy(logits, targets, reduction=reduction, label_smoothing=label_smoothing)
 
 
 def roc_auc(scores: Tensor, labels: Tensor) -> float:

@@ -1,8 +1,10 @@
 """Training runs: pre-training P, and P-T / RI-T on a target (Sec. 2 of the paper).
 
-SGD with momentum and weight decay (biases and scales optionally at a lower lr, as
-for the paper's Fixup ResNet-50), constant/step/multistep/cosine schedules, optional
-mixup (Zhang et al. 2018), augmentation off for shuffled data. A checkpoint at epoch 0
+SGD with momentum and weight decay, or AdamW (Loshchilov & Hutter 2019) with no decay
+on biases and norm scales (biases and scales optionally at a lower lr, as for the
+paper's Fixup ResNet-50), constant/step/multistep/cosine schedules, optional mixup
+(Zhang et al. 2018) and label smoothing (training loss only), an optional BatchNorm
+momentum, augmentation off for shuffled data. A checkpoint at epoch 0
 (before any update) and every ``checkpoint_every`` epochs plus the best one; per-epoch
 metrics as a tidy table. Every source of randomness is seeded from ``(seed, epoch)``
 (:mod:`transferscope.seeding`), so a killed run resumes from its last finished epoch
@@ -78,7 +80,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def parameter_groups(model: nn.Module, lr: float, bias_lr_factor: float) -> list[dict]:
-    """Two SGD groups: weights at ``lr``; biases and scales (names ending in 'bias*' or
+    """Two groups: weights at ``lr``; biases and scales (names ending in 'bias*' or
     'scale*', Fixup's convention) at ``lr * bias_lr_factor``."""
     low: list[nn.Parameter] = []
     normal: list[nn.Parameter] = []
@@ -89,6 +91,40 @@ def parameter_groups(model: nn.Module, lr: float, bias_lr_factor: float) -> list
     if low:
         groups.append({"params": low, "lr": lr * bias_lr_factor})
     return groups
+
+
+def decay_exempt(model: nn.Module) -> set[str]:
+    """Parameters AdamW does not decay, the usual ViT fine-tuning practice: every
+    parameter of at most one dimension (biases, norm scales, Fixup's scalars) and those a
+    timm model names in ``no_weight_decay()`` (position embeddings, class tokens)."""
+    named = getattr(model, "no_weight_decay", None)
+    exempt = set(named()) if callable(named) else set()
+    return exempt | {name for name, parameter in model.named_parameters() if parameter.ndim <= 1}
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay on every parameter) or AdamW (decoupled weight decay,
+    none on :func:`decay_exempt` parameters), both on :func:`parameter_groups`."""
+    groups = parameter_groups(model, config.lr, config.bias_lr_factor)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                               nesterov=config.nesterov)
+    exempt = {id(parameter) for name, parameter in model.named_parameters() if name in decay_exempt(model)}
+    split = [{**group, "params": [p for p in group["params"] if (id(p) in exempt) == no_decay],
+              "weight_decay": 0.0 if no_decay else config.weight_decay}
+             for group in groups for no_decay in (False, True)]
+    return torch.optim.AdamW([group for group in split if group["params"]], lr=config.lr,
+                             betas=config.adamw_betas, eps=config.adamw_eps)
+
+
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    """Set the running-statistics momentum of every BatchNorm of ``model``; a model
+    without one is an error (the setting would do nothing)."""
+    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        raise ValueError(f"bn_momentum is {momentum} but the model has no BatchNorm layer; remove bn_momentum")
+    for module in norms:
+        module.momentum = momentum
 
 
 def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -117,9 +153,10 @@ def build_run_model(config: TrainConfig, domain: Domain, model: nn.Module | None
     return model
 
 
-# ModelConfig settings added after run folders were first written: left out of the
-# identity at their defaults, so that those runs keep theirs
+# ModelConfig and TrainConfig settings added after run folders were first written: left
+# out of the identity at their defaults, so that those runs keep theirs
 _LATER_MODEL_SETTINGS = ("kwargs", "head")
+_LATER_TRAIN_SETTINGS = ("optimizer", "adamw_betas", "adamw_eps", "label_smoothing", "bn_momentum")
 
 
 def run_identity(config: TrainConfig, model: nn.Module | None = None,
@@ -133,6 +170,9 @@ def run_identity(config: TrainConfig, model: nn.Module | None = None,
     for key in _LATER_MODEL_SETTINGS:
         if fields["model"][key] == ModelConfig.model_fields[key].default:
             del fields["model"][key]
+    for key in _LATER_TRAIN_SETTINGS:
+        if getattr(config, key) == TrainConfig.model_fields[key].default:
+            del fields[key]
     if config.init is not None:
         path = Path(config.init)
         if not path.is_file():
@@ -314,9 +354,9 @@ class Trainer:
         model = build_run_model(config, self.domain, self.model, self.init).to(self.device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(parameter_groups(model, config.lr, config.bias_lr_factor), lr=config.lr,
-                                    momentum=config.momentum, weight_decay=config.weight_decay,
-                                    nesterov=config.nesterov)
+        if config.bn_momentum is not None:
+            set_bn_momentum(model, config.bn_momentum)
+        optimizer = make_optimizer(config, model)
         return model, optimizer, make_scheduler(config, optimizer)
 
     def _resume(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -347,6 +387,7 @@ class Trainer:
         generator = torch_generator(config.seed, "mixup permutation", epoch)
         rng = numpy_generator(config.seed, "mixup weight", epoch)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16)
+        train_loss = partial(loss_fn, label_smoothing=config.label_smoothing)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         seen = 0
@@ -356,10 +397,10 @@ class Trainer:
                 if config.mixup_alpha > 0:
                     x, y_a, y_b, lam = _mixup(x, y, config.mixup_alpha, rng, generator)
                     logits = model(x)
-                    loss = lam * loss_fn(logits, y_a) + (1 - lam) * loss_fn(logits, y_b)
+                    loss = lam * train_loss(logits, y_a) + (1 - lam) * train_loss(logits, y_b)
                 else:
                     logits = model(x)
-                    loss = loss_fn(logits, y)
+                    loss = train_loss(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
