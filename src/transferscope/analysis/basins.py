@@ -56,6 +56,7 @@ from scipy.optimize import brentq
 from torch import Tensor, nn
 
 from ..evaluation import Batches, cache_batches
+from ..progress import progress
 from .batchnorm_modes import BnMode
 from .interpolation import LinearPath
 
@@ -204,7 +205,8 @@ def basin_along(
         row["holds"] = row["noise_holds"] and row["extrapolation_holds"]
         return row
 
-    rows = [conditions(sigma) for sigma in sorted(float(s) for s in sigmas)]
+    ordered = sorted(float(s) for s in sigmas)
+    rows = [conditions(sigma) for sigma in progress(ordered, "basin: walls per σ", total=len(ordered))]
     while sigma_floor is not None and rows[0]["holds"] and rows[0]["sigma"] > sigma_floor:
         rows.insert(0, conditions(max(rows[0]["sigma"] / 2, sigma_floor)))  # refine a δ at the smallest σ
     frame = pd.DataFrame(rows)

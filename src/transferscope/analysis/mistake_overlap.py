@@ -31,6 +31,7 @@ from scipy import stats
 from torch import Tensor, nn
 
 from ..evaluation import Batches, is_multilabel, predict
+from ..progress import progress
 
 EXACT_BELOW = 25  # discordant count under which McNemar's test is the exact binomial one
 BOOTSTRAP_BATCH_ELEMENTS = 20_000_000  # resampled values held in memory at once
@@ -199,7 +200,7 @@ def mistakes(
     wrong = {name: _wrong(values, targets, threshold) for name, values in logits.items()}
     multilabel = is_multilabel(targets)
     rows = []
-    for a, b in model_pairs:
+    for a, b in progress(model_pairs, "mistakes: bootstrap per pair", total=len(model_pairs)):
         row: dict[str, object] = {"model_a": a, "model_b": b, "unit": "example-label" if multilabel else "example"}
         row.update(_pair_row(wrong[a], wrong[b], n_bootstrap, seed, confidence))
         row.update(threshold=_threshold_label(threshold, multilabel), n_bootstrap=n_bootstrap, seed=seed,

@@ -96,6 +96,7 @@ from ..evaluation import Batches, cache_batches
 from ..models import NETWORK, REST, Modules, Partition
 from ..models.partition import ModuleNotFoundInModel, Unit
 from ..models.state import ModelOrState, as_state_dict, check_compatible
+from ..progress import progress
 
 DEFAULT_GRID = tuple(np.arange(1, 12) / 11)  # 11 points in (0, 1]
 PATHS = ("direct", "optimization")
@@ -512,7 +513,7 @@ def criticality(
                                          best_state=best_state, noise=noise),
                            batches, grid, threshold=threshold, threshold_mode=threshold_mode, cache_prefix=cache_prefix,
                            sigma_floor=sigma_floor)
-              for unit in units]
+              for unit in progress(units, "criticality of modules", total=len(units))]
     frame = pd.concat(frames, ignore_index=True).assign(
         path=path, start=start, noise=noise, threshold=threshold, threshold_mode=threshold_mode, samples=samples,
         seed=seed, method=method, split=split)

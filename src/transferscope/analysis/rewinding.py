@@ -36,6 +36,7 @@ from torch import nn
 from ..evaluation import Batches, cache_batches, evaluate, recalibrate_batchnorm, score_columns, score_name
 from ..models import Modules, module_state_keys
 from ..models.state import ModelOrState, as_state_dict, batchnorm_buffer_keys, check_compatible
+from ..progress import progress
 from .batchnorm_modes import BnMode, recalibration_data, resolve_bn_mode
 
 
@@ -123,7 +124,7 @@ def rewind(
     settings = {"bn": bn_mode, "recalibration_batches": recalibration_batches if bn_mode == "recalibrate" else None,
                 "max_examples": max_examples}
     rows = []
-    for module, keys in groups.items():
+    for module, keys in progress(groups.items(), "rewinding modules", total=len(groups)):
         work.load_state_dict(trained)
         own = work.state_dict()
         for key in keys:

@@ -109,7 +109,8 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
                                nesterov=config.nesterov)
-    exempt = {id(parameter) for name, parameter in model.named_parameters() if name in decay_exempt(model)}
+    exempt_names = decay_exempt(model)
+    exempt = {id(parameter) for name, parameter in model.named_parameters() if name in exempt_names}
     split = [{**group, "params": [p for p in group["params"] if (id(p) in exempt) == no_decay],
               "weight_decay": 0.0 if no_decay else config.weight_decay}
              for group in groups for no_decay in (False, True)]
