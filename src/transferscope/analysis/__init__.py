@@ -6,7 +6,7 @@ no module file has a function's name, so each module's helpers are reached by th
 file's name: ``transferscope.analysis.similarity.gram_matrix`` (CKA),
 ``mistake_overlap`` (mistakes), ``spectra`` (spectrum), ``basins``, ``rewinding``,
 ``module_criticality``, ``interpolation``, ``distance``, ``feature_reuse``,
-``checkpoints``, ``claims`` (the findings' claims and rules)."""
+``checkpoints``, ``soups`` (soup), ``claims`` (the findings' claims and rules)."""
 
 from .basins import basin
 from .checkpoints import checkpoint_table
@@ -18,10 +18,12 @@ from .mistake_overlap import mistake_examples, mistakes
 from .module_criticality import criticality, criticality_value, network_criticality
 from .rewinding import rewind
 from .similarity import cka, compare_representations
+from .soups import soup
 from .spectra import spectrum, spectrum_summary
 
 __all__ = [
     "barrier", "basin", "checkpoint_table", "cka", "compare_representations", "criticality", "criticality_value",
     "feature_reuse_table", "findings", "interpolate", "mistake_examples", "mistakes", "network_criticality",
-    "optimization_speed", "param_distance", "relative_drop", "rewind", "spectrum", "spectrum_summary", "summarize_run",
+    "optimization_speed", "param_distance", "relative_drop", "rewind", "soup", "spectrum", "spectrum_summary",
+    "summarize_run",
 ]
