@@ -11,7 +11,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    model_validator,
+)
 
 
 def check_block_size(value: Any) -> int | str:
@@ -27,7 +36,14 @@ def _check_device(value: str) -> str:
     return value
 
 
+def _units_in_order(value: Any) -> Any:
+    """``{unit: modules}`` as ``[[unit, modules], ...]``: the units' order is the
+    partition's, and files are written with sorted keys."""
+    return [[unit, paths] for unit, paths in value.items()] if isinstance(value, dict) else value
+
+
 MomentDecay = Annotated[float, Field(ge=0, lt=1)]  # an Adam beta
+Units = Annotated[tuple[str, ...] | tuple[tuple[str, tuple[str, ...] | str], ...] | None, BeforeValidator(_units_in_order)]
 BlockSize = Annotated[int | Literal["*"], PlainValidator(check_block_size, json_schema_input_type=int | Literal["*"])]
 Device = Annotated[str, AfterValidator(_check_device)]
 
@@ -121,12 +137,30 @@ class TrainConfig(Settings):
     deterministic: bool = Field(True, description="CUDA: deterministic cuDNN/cuBLAS kernels, so reruns and resumed "
                                                  "runs give identical weights (CPU runs always do)")
     num_workers: int = Field(0, ge=0)
+    freeze: int = Field(0, ge=0, description="the first k units of the partition (modules) keep their initial "
+                        "weights: no gradient, BatchNorm statistics not updated; 0 = train every unit")
+    modules: Units = Field(None, description="the partition whose leading units freeze counts: module names or "
+                           "{unit: [module names]}; None = the model family's default")
 
     @model_validator(mode="after")
     def _milestones(self) -> "TrainConfig":
         if self.schedule.kind == "multistep" and not self.schedule.milestones:
             raise ValueError("schedule kind 'multistep' needs milestones, e.g. [30, 60, 90]")
         return self
+
+    @model_validator(mode="after")
+    def _modules_need_freeze(self) -> "TrainConfig":
+        if self.modules is not None and self.freeze == 0:
+            raise ValueError("modules sets the units that freeze counts; set freeze (leading units to freeze) or "
+                             "remove modules")
+        return self
+
+    @property
+    def partition_modules(self) -> tuple[str, ...] | dict[str, tuple[str, ...] | str] | None:
+        """``modules`` as the ``modules=`` argument takes it (unit pairs as a mapping)."""
+        if self.modules and isinstance(self.modules[0], tuple):
+            return dict(self.modules)
+        return self.modules  # type: ignore[return-value]
 
     @property
     def shuffled(self) -> bool:

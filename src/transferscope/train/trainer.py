@@ -4,9 +4,10 @@ SGD with momentum and weight decay, or AdamW (Loshchilov & Hutter 2019) with no 
 on biases and norm scales (biases and scales optionally at a lower lr, as for the
 paper's Fixup ResNet-50), constant/step/multistep/cosine schedules, optional mixup
 (Zhang et al. 2018) and label smoothing (training loss only), an optional BatchNorm
-momentum, augmentation off for shuffled data. A checkpoint at epoch 0
-(before any update) and every ``checkpoint_every`` epochs plus the best one; per-epoch
-metrics as a tidy table. Every source of randomness is seeded from ``(seed, epoch)``
+momentum, augmentation off for shuffled data, optionally the first ``freeze`` units of
+the partition frozen at their initial weights (:func:`freeze_leading_units`). A
+checkpoint at epoch 0 (before any update) and every ``checkpoint_every`` epochs plus the
+best one; per-epoch metrics as a tidy table. Every source of randomness is seeded from ``(seed, epoch)``
 (:mod:`transferscope.seeding`), so a killed run resumes from its last finished epoch
 (or, when its ``resume.pt`` is damaged, trains again from epoch 0) and ends with the
 same weights as an uninterrupted one. A run folder is bound to the run's identity
@@ -45,6 +46,7 @@ from ..data.tensors import split_size
 from ..evaluation import evaluate, loss_fn, score_metric
 from ..io import atomic_path, content_hash, file_sha256, read_json, remove_stale_temporaries, write_json, write_table
 from ..models import init_for_finetuning, load_weights, save_weights
+from ..models.partition import Partition
 from ..models.registry import build_configured
 from ..models.state import ModelOrState, as_state_dict
 from ..seeding import numpy_generator, torch_generator
@@ -80,11 +82,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def parameter_groups(model: nn.Module, lr: float, bias_lr_factor: float) -> list[dict]:
-    """Two groups: weights at ``lr``; biases and scales (names ending in 'bias*' or
-    'scale*', Fixup's convention) at ``lr * bias_lr_factor``."""
+    """Two groups of the parameters that require gradients (a frozen unit's do not):
+    weights at ``lr``; biases and scales (names ending in 'bias*' or 'scale*', Fixup's
+    convention) at ``lr * bias_lr_factor``."""
     low: list[nn.Parameter] = []
     normal: list[nn.Parameter] = []
     for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
         leaf = name.rsplit(".", 1)[-1]
         (low if leaf.startswith(("bias", "scale")) else normal).append(parameter)
     groups = [{"params": normal, "lr": lr}]
@@ -128,6 +133,26 @@ def set_bn_momentum(model: nn.Module, momentum: float) -> None:
         module.momentum = momentum
 
 
+def freeze_leading_units(model: nn.Module, config: TrainConfig) -> list[nn.Module]:
+    """Freeze the first ``config.freeze`` units of the partition ``config.modules``: their
+    parameters stop requiring gradients, so the optimizer (weight decay included) leaves
+    them out. Returns their BatchNorm layers, which training keeps in eval mode so that
+    their running statistics do not move: the frozen units stay bit-identical to epoch 0."""
+    if config.freeze == 0:
+        return []
+    units = Partition.of(model, config.partition_modules).units
+    if config.freeze >= len(units):
+        raise ValueError(f"freeze {config.freeze} would freeze every unit of the partition "
+                         f"({', '.join(unit.name for unit in units)}); the last one must train: set freeze to at "
+                         f"most {len(units) - 1}")
+    frozen = {key for unit in units[:config.freeze] for key in unit.keys}
+    for name, parameter in model.named_parameters():
+        if name in frozen:
+            parameter.requires_grad_(False)
+    return [module for name, module in model.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)
+            and any(f"{name}.{key}".lstrip(".") in frozen for key in module.state_dict())]
+
+
 def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-epoch lr schedule (torch's own schedulers)."""
     schedule = config.schedule
@@ -157,7 +182,7 @@ def build_run_model(config: TrainConfig, domain: Domain, model: nn.Module | None
 # ModelConfig and TrainConfig settings added after run folders were first written: left
 # out of the identity at their defaults, so that those runs keep theirs
 _LATER_MODEL_SETTINGS = ("kwargs", "head")
-_LATER_TRAIN_SETTINGS = ("optimizer", "adamw_betas", "adamw_eps", "label_smoothing", "bn_momentum")
+_LATER_TRAIN_SETTINGS = ("optimizer", "adamw_betas", "adamw_eps", "label_smoothing", "bn_momentum", "freeze", "modules")
 
 
 def run_identity(config: TrainConfig, model: nn.Module | None = None,
@@ -249,7 +274,7 @@ class Trainer:
         loader = partial(self.domain.loader, block_shuffle=shuffle, device=self.device,
                          channels_last=config.channels_last, num_workers=config.num_workers)
         self.train_loader = loader("train", config.batch_size, shuffle=True, seed=config.seed,
-                                   augment=config.augment and shuffle is None, drop_last=True)
+                                   augment=config.augment if shuffle is None else "none", drop_last=True)
         if len(self.train_loader) == 0:
             raise ValueError(f"batch_size {config.batch_size} is larger than the {split_size(self.domain.train)} "
                              "training examples; lower batch_size")
@@ -289,7 +314,8 @@ class Trainer:
             (self.out_dir / "metrics").with_suffix(suffix).unlink(missing_ok=True)
 
     def _status(self, state: str, **extra) -> None:
-        write_json(self.out_dir / "status.json", {"state": state, "digest": self.identity, **extra})
+        write_json(self.out_dir / "status.json", {"state": state, "digest": self.identity,
+                                                  "augment": self.train_loader.augment, **extra})
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
         # NaN outputs score NaN here; the training loop's loss check stops a diverged run
@@ -357,6 +383,7 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         if config.bn_momentum is not None:
             set_bn_momentum(model, config.bn_momentum)
+        self.frozen_norms = freeze_leading_units(model, config)
         optimizer = make_optimizer(config, model)
         return model, optimizer, make_scheduler(config, optimizer)
 
@@ -384,6 +411,8 @@ class Trainer:
     def _train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, bar, task) -> dict:
         config = self.config
         model.train()
+        for norm in self.frozen_norms:
+            norm.eval()
         self.train_loader.set_epoch(epoch)
         generator = torch_generator(config.seed, "mixup permutation", epoch)
         rng = numpy_generator(config.seed, "mixup weight", epoch)
