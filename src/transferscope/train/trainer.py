@@ -7,11 +7,11 @@ paper's Fixup ResNet-50), constant/step/multistep/cosine schedules, optional mix
 momentum, augmentation off for shuffled data, optionally the first ``freeze`` units of
 the partition frozen at their initial weights (:func:`freeze_leading_units`). A
 checkpoint at epoch 0 (before any update) and every ``checkpoint_every`` epochs plus the
-best one; per-epoch metrics as a tidy table. Every source of randomness is seeded from ``(seed, epoch)``
-(:mod:`transferscope.seeding`), so a killed run resumes from its last finished epoch
-(or, when its ``resume.pt`` is damaged, trains again from epoch 0) and ends with the
-same weights as an uninterrupted one. A run folder is bound to the run's identity
-(:func:`run_identity`), not to how its init path is spelled.
+best one; per-epoch metrics as a tidy table. Every source of randomness is seeded from
+``(seed, epoch)`` (:mod:`transferscope.seeding`), so a killed run resumes from its last
+finished epoch (or, when its ``resume.pt`` is damaged, trains again from epoch 0) and
+ends with the same weights as an uninterrupted one. A run folder is bound to the run's
+identity (:func:`run_identity`), not to how its init path is spelled.
 
 :func:`train` also takes your own ``nn.Module`` (and a state dict to fine-tune from):
 it trains through the same loop, checkpoints and resume, and its architecture and
@@ -274,7 +274,7 @@ class Trainer:
         loader = partial(self.domain.loader, block_shuffle=shuffle, device=self.device,
                          channels_last=config.channels_last, num_workers=config.num_workers)
         self.train_loader = loader("train", config.batch_size, shuffle=True, seed=config.seed,
-                                   augment=config.augment if shuffle is None else "none", drop_last=True)
+                                   augment=config.augment and shuffle is None, drop_last=True)
         if len(self.train_loader) == 0:
             raise ValueError(f"batch_size {config.batch_size} is larger than the {split_size(self.domain.train)} "
                              "training examples; lower batch_size")
@@ -314,8 +314,7 @@ class Trainer:
             (self.out_dir / "metrics").with_suffix(suffix).unlink(missing_ok=True)
 
     def _status(self, state: str, **extra) -> None:
-        write_json(self.out_dir / "status.json", {"state": state, "digest": self.identity,
-                                                  "augment": self.train_loader.augment, **extra})
+        write_json(self.out_dir / "status.json", {"state": state, "digest": self.identity, **extra})
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
         # NaN outputs score NaN here; the training loop's loss check stops a diverged run
