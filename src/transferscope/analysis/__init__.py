@@ -6,13 +6,14 @@ no module file has a function's name, so each module's helpers are reached by th
 file's name: ``transferscope.analysis.similarity.gram_matrix`` (CKA),
 ``mistake_overlap`` (mistakes), ``spectra`` (spectrum), ``basins``, ``rewinding``,
 ``module_criticality``, ``interpolation``, ``distance``, ``feature_reuse``,
-``checkpoints``, ``soups`` (soup), ``claims`` (the findings' claims and rules)."""
+``checkpoints``, ``soups`` (soup), ``freeze_plan``, ``claims`` (the findings' claims and rules)."""
 
 from .basins import basin
 from .checkpoints import checkpoint_table
 from .claims import findings
 from .distance import param_distance
 from .feature_reuse import feature_reuse_table, optimization_speed, relative_drop, summarize_run
+from .freeze_plan import freeze_recommendation, freeze_table
 from .interpolation import barrier, interpolate
 from .mistake_overlap import mistake_examples, mistakes
 from .module_criticality import criticality, criticality_value, network_criticality
@@ -23,7 +24,7 @@ from .spectra import spectrum, spectrum_summary
 
 __all__ = [
     "barrier", "basin", "checkpoint_table", "cka", "compare_representations", "criticality", "criticality_value",
-    "feature_reuse_table", "findings", "interpolate", "mistake_examples", "mistakes", "network_criticality",
-    "optimization_speed", "param_distance", "relative_drop", "rewind", "soup", "spectrum", "spectrum_summary",
-    "summarize_run",
+    "feature_reuse_table", "findings", "freeze_recommendation", "freeze_table", "interpolate", "mistake_examples",
+    "mistakes", "network_criticality", "optimization_speed", "param_distance", "relative_drop", "rewind", "soup",
+    "spectrum", "spectrum_summary", "summarize_run",
 ]

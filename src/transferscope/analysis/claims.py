@@ -815,11 +815,127 @@ def checkpoint_plateau(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return _frame(rows)
 
 
+# ----------------------------------------------------------------- in practice: freeze plans and checkpoint advice
+FREEZE_COLUMNS = ("freeze", "metric", "final_score_mean", "final_score_std", "final_score_count", "train_seconds_mean")
+
+
+def _gap_to_best(group: pd.DataFrame, row: pd.Series, n_kind: str) -> Estimate:
+    """Final score of the group's best row (highest mean) minus ``row``'s, with Welch's
+    t-interval over seeds; the best row against itself gets the interval of two
+    independent draws of it."""
+    best = group.loc[group["final_score_mean"].idxmax()]
+    return _contrast([(sign, item["final_score_mean"], item["final_score_std"], item["final_score_count"])
+                      for sign, item in ((1, best), (-1, row))], n_kind)
+
+
+def _within_best(estimate: Estimate) -> bool:
+    """The best's score minus another's cannot be told from 0: its interval (one seed:
+    ±:data:`SINGLE_SEED_SCORE_MARGIN`) reaches 0."""
+    return estimate.bounds(SINGLE_SEED_SCORE_MARGIN)[0] <= 0
+
+
+def _as_good_as_best(estimate: Estimate) -> bool:
+    """The best's score minus another's lies below :data:`NEGLIGIBLE_SCORE`, interval and all."""
+    return estimate.bounds(SINGLE_SEED_SCORE_MARGIN)[1] < NEGLIGIBLE_SCORE
+
+
+@_claim
+def freeze_recommendation_right(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """The freeze recommendation from rewinding was right: P-T with the recommended k
+    leading units frozen ends within the uncertainty of the best k, at its lower cost
+    (Sec. 3.4, Fig. 5, put to use; :mod:`transferscope.analysis.freeze_plan`).
+
+    Rule: k_rec = the recommendation of the ``freeze_plan`` table (several P-T models: the
+    smallest k); among the k of the ``freeze`` runs, the best has the highest mean final
+    score; gap = final(best) − final(k_rec), Welch's t-interval over seeds (k_rec = best:
+    the best against itself). Does not hold when the interval lies above 0 (the best k
+    is better beyond the uncertainty); holds when it lies below :data:`NEGLIGIBLE_SCORE`
+    (following the recommendation loses less than a point, if anything); else
+    inconclusive, as when k_rec was not run. One seed per k: ±:data:`SINGLE_SEED_SCORE_MARGIN`
+    stands for the interval. Training time (one wall-clock measurement per run, no
+    interval) is reported beside, not decided on.
+    """
+    runs = _table(tables, "freeze", FREEZE_COLUMNS, "pass freeze_table(...)")
+    plans = _table(tables, "freeze_plan", ("freeze", "module"), "pass freeze_plans(...)")
+    if runs is None or plans is None:
+        return _frame([])
+    claim = "Freezing the leading modules that rewinding recommends keeps the best final score"
+    rule = (f"Welch t over seeds of final(best k) − final(recommended k): does not hold if the interval lies above 0, "
+            f"holds if below {NEGLIGIBLE_SCORE}; one seed: ±{SINGLE_SEED_SCORE_MARGIN}")
+    rows = []
+    for target, group in _targets(runs):
+        plan = plans[plans["target"] == target]
+        if plan.empty:
+            continue
+        recommended, by_k = int(plan["freeze"].min()), group.set_index("freeze", drop=False)
+        best = by_k.loc[by_k["final_score_mean"].idxmax()]
+        if recommended not in by_k.index:
+            statistic = (f"the recommended k = {recommended} was not run (runs at k = "
+                         f"{', '.join(map(str, by_k.index))}): add it to freeze")
+            rows.append(_row(claim, "Sec. 3.4, Fig. 5", target, INCONCLUSIVE, statistic,
+                             Estimate(math.nan, n=len(by_k), n_kind="values of k"), rule))
+            continue
+        chosen = by_k.loc[recommended]
+        estimate = _gap_to_best(group, chosen, "seeds per k")
+        verdict = FAILS if estimate.bounds(SINGLE_SEED_SCORE_MARGIN)[0] > 0 else \
+            HOLDS if _as_good_as_best(estimate) else INCONCLUSIVE
+        safe = [int(k) for k, row in by_k.iterrows() if _within_best(_gap_to_best(group, row, "seeds per k"))]
+        time_text = (f"training time {chosen['train_seconds_mean']:.3g} s vs {by_k.loc[0, 'train_seconds_mean']:.3g} s "
+                     "with nothing frozen" if 0 in by_k.index else
+                     f"training time {chosen['train_seconds_mean']:.3g} s")
+        statistic = (f"final {chosen['metric']} with the recommended k = {recommended} frozen "
+                     f"{chosen['final_score_mean']:.3f} vs the best k = {int(best['freeze'])} "
+                     f"{best['final_score_mean']:.3f}; {_interval_text(estimate, SINGLE_SEED_SCORE_MARGIN)}; "
+                     f"{time_text}; k within the uncertainty of the best: {', '.join(map(str, safe))}")
+        rows.append(_row(claim, "Sec. 3.4, Fig. 5", target, verdict, statistic, estimate, rule))
+    return _frame(rows)
+
+
+@_claim
+def checkpoint_advice(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Advice from the checkpoint sweep: the earliest pre-training checkpoint whose
+    fine-tuned final score is within the uncertainty of the best, and whether it is
+    earlier than the last, i.e. pre-training could have stopped there (Sec. 3.5, Fig. 7).
+
+    Rule: the best checkpoint has the highest mean final score; checkpoint e is within
+    the uncertainty of the best when final(best) − final(e), with Welch's t-interval over
+    seeds (one seed: ±:data:`SINGLE_SEED_SCORE_MARGIN`), reaches 0; the advice a is the
+    earliest such checkpoint. The claim "an earlier checkpoint than the last does as well
+    as the best" does not hold when a is the last checkpoint (every earlier one is worse
+    beyond the uncertainty), holds when a is earlier and its gap's interval lies below
+    :data:`NEGLIGIBLE_SCORE` (a loses less than a point, if anything), else inconclusive
+    (a cannot be told from the best, but the uncertainty is wider than a point).
+    """
+    frame = _table(tables, "checkpoints", CHECKPOINT_COLUMNS, "pass checkpoint_table(...)")
+    if frame is None:
+        return _frame([])
+    claim = "An earlier pre-training checkpoint fine-tunes as well as the best"
+    rule = (f"advice = earliest checkpoint whose Welch t-interval over seeds of final(best) − final(e) reaches 0 (one "
+            f"seed: ±{SINGLE_SEED_SCORE_MARGIN}); does not hold if it is the last checkpoint, holds if earlier and "
+            f"that interval lies below {NEGLIGIBLE_SCORE}, else inconclusive")
+    rows = []
+    for target, group in _targets(frame):
+        group = group.sort_values("checkpoint_epoch")
+        best = group.loc[group["final_score_mean"].idxmax()]
+        gaps = [(row, _gap_to_best(group, row, "seeds per checkpoint")) for _, row in group.iterrows()]
+        advised, estimate = next((row, gap) for row, gap in gaps if _within_best(gap))
+        last = group["checkpoint_epoch"].max()
+        verdict = FAILS if advised["checkpoint_epoch"] == last else \
+            HOLDS if _as_good_as_best(estimate) else INCONCLUSIVE
+        statistic = (f"advice: fine-tune from epoch {int(advised['checkpoint_epoch'])}, the earliest within the "
+                     f"uncertainty of the best (epoch {int(best['checkpoint_epoch'])}): final {best['metric']} "
+                     f"{advised['final_score_mean']:.3f} vs {best['final_score_mean']:.3f}, last epoch {int(last)}; "
+                     f"{_interval_text(estimate, SINGLE_SEED_SCORE_MARGIN)}")
+        rows.append(_row(claim, "Sec. 3.5, Fig. 7", target, verdict, statistic, estimate, rule))
+    return _frame(rows)
+
+
 # ----------------------------------------------------------------- the table
 CLAIMS: tuple[Callable[[Mapping[str, pd.DataFrame]], pd.DataFrame], ...] = (
     pt_ends_higher, pt_optimizes_faster, advantage_shrinks_with_block_size, speed_advantage_on_shuffled_pixels,
     pt_pairs_share_mistakes, pt_pairs_most_similar, pt_models_closer, no_barrier_between_pt, barrier_between_rit,
-    pt_pairs_in_one_basin, criticality_grows_with_depth, checkpoint_plateau,
+    pt_pairs_in_one_basin, criticality_grows_with_depth, freeze_recommendation_right,
+    checkpoint_plateau, checkpoint_advice,
 )
 
 
