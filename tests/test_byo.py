@@ -319,7 +319,7 @@ def test_the_own_model_example_plans(monkeypatch):
     result = CliRunner().invoke(app, ["plan", "examples/byo-own-model.yaml"])
     assert result.exit_code == 0, result.output
     spec = load_study(ROOT / "examples" / "byo-own-model.yaml")
-    assert spec.model.arch == "own_model:TinyNet" and spec.targets[0].data.kind == "folder"
+    assert spec.model.arch == "own_model:TinyNet" and spec.targets[0].data.kind == "csv"
 
 
 # ------------------------------------------------------------------ your own nn.Module through the trainer

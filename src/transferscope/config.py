@@ -57,21 +57,55 @@ class Settings(BaseModel):
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+TABLE_KEYS = {"image_column": ("csv", "hf"), "label_column": ("csv", "hf"), "label_columns": ("csv", "hf"),
+              "split_column": ("csv",), "train_split": ("csv", "hf"), "test_split": ("csv", "hf")}
+
+
 class DataConfig(Settings):
     """Which images: a built-in synthetic domain or a real data set, and its shuffle."""
 
-    kind: Literal["synthetic", "domainnet", "chexpert", "folder"] = "synthetic"
+    kind: Literal["synthetic", "domainnet", "chexpert", "folder", "csv", "hf"] = "synthetic"
     name: str = Field("real", description="synthetic domain (source, real, clipart, sketch, xray) or DomainNet domain")
-    root: str | None = Field(None, description="data set folder (real data only)")
+    root: str | None = Field(None, description="data set folder (real data only); csv: the CSV file, or a folder "
+                             "holding train.csv and test.csv; hf: a save_to_disk folder or a hub name")
     image_size: int = Field(32, ge=8)
     n_train: int | None = Field(None, ge=1, description="training examples (a seeded subsample of real data when "
-                                "smaller; per class for folder)")
+                                "smaller; each class's share for folder, csv and hf)")
     n_test: int | None = Field(None, ge=1)
-    num_classes: int | None = Field(None, ge=2, description="classes of a synthetic domain; folder and domainnet: "
-                                    "keep the first num_classes classes (by name / by label)")
+    num_classes: int | None = Field(None, ge=2, description="classes of a synthetic domain; folder, csv, hf and "
+                                    "domainnet: keep the first num_classes classes (by name / by label)")
     seed: int = Field(0, description="seed of the synthetic generator or of the real-data subsample")
     block_size: BlockSize | None = Field(None, description="block shuffle: block size in pixels or '*'; None = unshuffled")
     shuffle_seed: int = 0
+    image_column: str | None = Field(None, description="csv: column of image paths (None = 'path'); hf: column of "
+                                     "images (None = 'image')")
+    label_column: str | None = Field(None, description="csv, hf: column of class labels (None = 'label')")
+    label_columns: tuple[str, ...] | None = Field(None, description="csv, hf: 0/1 columns, one per label, of a "
+                                                  "multi-label data set (instead of label_column)")
+    split_column: str | None = Field(None, description="csv: column naming each row's split (train_split or "
+                                     "test_split); None = a seeded split, 20% of each class in test")
+    train_split: str | None = Field(None, description="hf: name of the training split; csv: its split_column value "
+                                    "(None = 'train')")
+    test_split: str | None = Field(None, description="hf: name of the test split; csv: its split_column value "
+                                   "(None = 'test')")
+
+    @model_validator(mode="after")
+    def _table_keys(self) -> "DataConfig":
+        """The keys of labelled tables (csv, hf) only where they apply."""
+        for key, kinds in TABLE_KEYS.items():
+            if getattr(self, key) is not None and self.kind not in kinds:
+                raise ValueError(f"{key} does not apply to data kind {self.kind!r} (only to {' and '.join(kinds)}); "
+                                 f"remove {key}")
+        if self.label_column is not None and self.label_columns is not None:
+            raise ValueError("give label_column (one class per image) or label_columns (0/1 columns of a "
+                             "multi-label data set), not both")
+        if self.label_columns is not None and self.num_classes is not None:
+            raise ValueError("num_classes does not apply to a multi-label data set (label_columns): list the labels "
+                             "to keep in label_columns and remove num_classes")
+        if self.kind == "csv" and self.split_column is None and (self.train_split or self.test_split):
+            raise ValueError("train_split and test_split name values of split_column in a CSV: set split_column, or "
+                             "remove them")
+        return self
 
     @model_validator(mode="after")
     def _block_divides(self) -> "DataConfig":

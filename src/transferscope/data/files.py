@@ -11,7 +11,7 @@ the usual evaluation transform of ImageNet models (``Resize`` + ``CenterCrop``).
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import IO, Sequence
 
 import torch
 from PIL import Image
@@ -36,7 +36,7 @@ class ImageReadError(ValueError):
     the message); ``path`` and ``reason`` are then ``None``.
     """
 
-    def __init__(self, path: str | os.PathLike, reason: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike | IO[bytes], reason: str | None = None) -> None:
         if reason is None:
             self.path, self.reason = None, None
             super().__init__(str(path))
@@ -48,9 +48,9 @@ class ImageReadError(ValueError):
         return (type(self), (self.args[0],) if self.path is None else (self.path, self.reason))
 
 
-def read_image(path: str | os.PathLike, image_size: int) -> Tensor:
-    """Decode ``path`` to uint8 RGB ``(3, image_size, image_size)``: shorter side resized
-    to ``image_size``, then centre crop."""
+def read_image(path: str | os.PathLike | IO[bytes], image_size: int) -> Tensor:
+    """Decode ``path`` (or an open binary file) to uint8 RGB ``(3, image_size,
+    image_size)``: shorter side resized to ``image_size``, then centre crop."""
     try:
         with Image.open(path) as opened:
             image = opened.convert("RGB")

@@ -5,7 +5,11 @@ first use."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
+
+from .tensors import split_size
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -46,8 +50,27 @@ def _folder(config: DataConfig, _cache_dir: str | None) -> Domain:
                                n_test=config.n_test, num_classes=config.num_classes)
 
 
+def _csv(config: DataConfig, _cache_dir: str | None) -> Domain:
+    from .csv_table import csv_domain
+
+    return csv_domain(_root(config), image_column=config.image_column or "path", label_column=config.label_column,
+                      label_columns=config.label_columns, split_column=config.split_column,
+                      train_split=config.train_split or "train", test_split=config.test_split or "test",
+                      image_size=config.image_size, n_train=config.n_train, n_test=config.n_test,
+                      num_classes=config.num_classes, seed=config.seed)
+
+
+def _hf(config: DataConfig, _cache_dir: str | None) -> Domain:
+    from .hf_datasets import hf_domain
+
+    return hf_domain(_root(config), image_column=config.image_column or "image", label_column=config.label_column,
+                     label_columns=config.label_columns, train_split=config.train_split or "train",
+                     test_split=config.test_split or "test", image_size=config.image_size, n_train=config.n_train,
+                     n_test=config.n_test, num_classes=config.num_classes, seed=config.seed)
+
+
 BUILDERS: dict[str, Callable[[DataConfig, str | None], Domain]] = {
-    "synthetic": _synthetic, "domainnet": _domainnet, "chexpert": _chexpert, "folder": _folder}
+    "synthetic": _synthetic, "domainnet": _domainnet, "chexpert": _chexpert, "folder": _folder, "csv": _csv, "hf": _hf}
 
 
 def load_domain(config: DataConfig, cache_dir: str | None = None) -> Domain:
@@ -56,3 +79,28 @@ def load_domain(config: DataConfig, cache_dir: str | None = None) -> Domain:
     if config.kind not in BUILDERS:
         raise ValueError(f"unknown data kind {config.kind!r}; known kinds: {', '.join(BUILDERS)}")
     return BUILDERS[config.kind](config, cache_dir)
+
+
+def example_counts(config: DataConfig) -> tuple[int, int]:
+    """Train and test examples of a data config, for cost estimates: the splits' sizes of
+    files on disk (folder, csv, a saved hf data set: listing and tables only, no image
+    decoded), else ``n_train`` / ``n_test`` (0 where None), also when the files are not
+    there yet."""
+    fallback = (config.n_train or 0, config.n_test or 0)
+    if config.kind not in ("folder", "csv", "hf") or (config.kind == "hf" and not Path(_root(config)).exists()):
+        return fallback  # an hf hub name: counted only by downloading it
+    return _file_counts(config.model_dump_json(exclude={"block_size", "shuffle_seed"})) or fallback
+
+
+@lru_cache(maxsize=32)
+def _file_counts(config_json: str) -> tuple[int, int] | None:
+    """The split sizes of the data config ``config_json`` (a plan asks once per run), or
+    None when its files are not found."""
+    from ..config import DataConfig
+
+    config = DataConfig.model_validate_json(config_json)
+    try:
+        domain = BUILDERS[config.kind](config, None)  # lists files and reads tables; decodes no image
+    except FileNotFoundError:
+        return None
+    return split_size(domain.train), split_size(domain.test)

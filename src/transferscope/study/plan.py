@@ -18,6 +18,7 @@ from typing import Any
 from ..analysis.claims import FLOOR_MODEL
 from ..analysis.module_criticality import DEFAULT_GRID
 from ..config import TrainConfig
+from ..data.load import example_counts
 from ..models.pretrained import weights_identity
 from ..models.registry import arch_source, check_buildable
 from ..roles import Role
@@ -32,10 +33,11 @@ PARTITIONED = ("cka", "distance", "spectrum", "rewind", "criticality")  # analys
 __all__ = ["ANALYSIS_KINDS", "SOURCE_KINDS", "TRAIN_KINDS", "Job", "Planner", "build_plan", "levels"]
 
 
-def _train_cost(config: TrainConfig, n_train: int | None, n_test: int | None) -> float:
+def _train_cost(config: TrainConfig) -> float:
     """Images through the network: 3 passes (forward+backward) per training image, one
-    per evaluated image, per epoch."""
-    n_train, n_test = n_train or 0, n_test or 0
+    per evaluated image, per epoch; the image counts of files on disk where the data has
+    them (:func:`~transferscope.data.load.example_counts`)."""
+    n_train, n_test = example_counts(config.data)
     evaluated = n_test + min(n_train, config.clean_train_examples or n_train)
     return config.epochs * (3 * n_train + evaluated) + evaluated
 
@@ -71,7 +73,7 @@ class Planner:
         job_config, identity = self._built({"train": config.model_dump(mode="json"), "meta": meta},
                                            {"train": decisive(config)})
         return self.add(Job("pretrain", "P (source)", job_config,
-                            cost=_train_cost(config, data.n_train, data.n_test), identity=identity))
+                            cost=_train_cost(config), identity=identity))
 
     def weights(self, weights: str) -> Job:
         """The job that materialises brought weights in its folder; its id hashes their
@@ -157,7 +159,7 @@ class Planner:
             label += f" block={block_size} perm={permutation_seed}"
         job_config, identity = self._built(job_config, identity)
         return self.add(Job("finetune", label, job_config, deps, target,
-                            cost=_train_cost(config, data.n_train, data.n_test), identity=identity))
+                            cost=_train_cost(config), identity=identity))
 
     # ------------------------------------------------------------------ analyses
     def model_ref(self, job: Job, checkpoint: str | int = "final") -> dict[str, Any]:
