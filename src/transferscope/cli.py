@@ -145,10 +145,12 @@ def preset_path(name: str) -> Path:
 def demo(out: Path = typer.Option(Path("demo-out"), help="study folder to write"),
          executor: ExecutorName = typer.Option(ExecutorName.pool, help="local, pool or slurm"),
          workers: int = typer.Option(os.cpu_count() or 1, min=1,
-                                     help="processes for --executor pool (default: one per core)")
+                                     help="processes for --executor pool (default: one per core)"),
+         profile: bool = typer.Option(False, "--profile", help="at the end, print where the time went "
+                                                               "(as `transferscope status --times`)")
          ) -> None:
     """Run the built-in demo study (synthetic domains, small ResNet, CPU) end to end."""
-    run(preset_path("demo"), out=out, executor=executor, workers=workers, slurm=[], no_report=False)
+    run(preset_path("demo"), out=out, executor=executor, workers=workers, slurm=[], no_report=False, profile=profile)
 
 
 @app.command()
@@ -159,7 +161,9 @@ def run(study: Path = typer.Argument(..., help="study YAML file"),
         slurm: list[str] = typer.Option([], help="SLURM setting key=value, e.g. partition=gpu, time_minutes=600, "
                                                  "max_concurrent=32, cluster=local; gpus_per_job, cpus_per_job and "
                                                  "mem_gb left out fit the partition and the kind of job"),
-        no_report: bool = typer.Option(False, "--no-report", help="skip writing the report at the end")) -> None:
+        no_report: bool = typer.Option(False, "--no-report", help="skip writing the report at the end"),
+        profile: bool = typer.Option(False, "--profile", help="at the end, print where the time went "
+                                                              "(as `transferscope status --times`)")) -> None:
     """Run every job of a study that is not complete, then write its report."""
     from .study import load_study, run_study
 
@@ -169,6 +173,8 @@ def run(study: Path = typer.Argument(..., help="study YAML file"),
         from .report import write_report
 
         console.print(f"report: {write_report(out, force=False)}")
+    if profile:
+        _print_times(out)
     if counts.get("failed"):
         console.print(f"[yellow]{counts['failed']} job(s) failed; `transferscope status {out}` shows why[/]")
         raise typer.Exit(code=1)
@@ -185,7 +191,10 @@ def plan(study: Path = typer.Argument(..., help="study YAML file"),
 
 
 @app.command()
-def status(out: Path = typer.Argument(..., help="study folder")) -> None:
+def status(out: Path = typer.Argument(..., help="study folder"),
+           times: bool = typer.Option(False, "--times", help="also the wall seconds per kind of job and stage "
+                                                             "(data, models, train, analysis, write), and the "
+                                                             "report's per section")) -> None:
     """Done / running / failed / pending jobs of a study folder, with the errors of failed ones."""
     from .study.runner import status_table
 
@@ -193,6 +202,18 @@ def status(out: Path = typer.Argument(..., help="study folder")) -> None:
     console.print(table)
     for job, error in failed:
         console.print(f"[red]failed[/] {job.label} ({job.id}): {error}")
+    if times:
+        _print_times(out)
+
+
+def _print_times(out: Path) -> None:
+    """Where a study's time went: per kind of job and stage, and the report's."""
+    from .study.times import report_table, times_table
+
+    console.print(times_table(out))
+    report = report_table(out)
+    console.print(report if report is not None else "no report times recorded yet (`transferscope report` writes "
+                                                     "them)")
 
 
 @app.command()

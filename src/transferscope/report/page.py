@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import pickle
 import re
+import time
 import traceback
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -28,10 +29,12 @@ from matplotlib.figure import Figure
 
 from .. import __version__
 from ..analysis.claims import INCONCLUSIVE
-from ..io import write_text
+from ..io import write_json, write_text
 from ..study.results import collect_results
 from ..study.runner import open_study
-from .render import PLAIN_TEXT, file_stem, save_figure
+from ..study.store import REPORT_TIMES
+from ..timing import Stages
+from .render import PLAIN_TEXT, file_stem, save_figure_timed
 from .sections import SECTIONS
 from .tables import constants_text, display_table, html_table
 
@@ -62,7 +65,7 @@ class Section:
     rendered_tables: list[dict] = field(default_factory=list)
 
 
-def _outcome(call: Callable[[], str]) -> str | Exception:
+def _outcome(call: Callable[[], tuple[str, float]]) -> tuple[str, float] | Exception:
     """The result of ``call()``, or the exception it raised."""
     try:
         return call()
@@ -70,15 +73,15 @@ def _outcome(call: Callable[[], str]) -> str | Exception:
         return error
 
 
-def _save_all(figures: list[tuple[Figure, str]], folder: Path) -> list[str | Exception]:
+def _save_all(figures: list[tuple[Figure, str]], folder: Path) -> list[tuple[str, float] | Exception]:
     """Write every figure (PNG + PDF), in parallel worker processes when there are
-    several cores (drawing dominates the report's time); return the PNGs as base64, or
-    for a figure that could not be drawn, the exception."""
+    several cores (drawing dominates the report's time); return each PNG as base64 with
+    the seconds its drawing took, or for a figure that could not be drawn, the exception."""
     workers = min(os.cpu_count() or 1, len(figures))
     if workers < 2:
-        return [_outcome(partial(save_figure, figure, folder, stem)) for figure, stem in figures]
+        return [_outcome(partial(save_figure_timed, figure, folder, stem)) for figure, stem in figures]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(save_figure, pickle.dumps(figure), folder, stem) for figure, stem in figures]
+        futures = [pool.submit(save_figure_timed, pickle.dumps(figure), folder, stem) for figure, stem in figures]
         return [_outcome(future.result) for future in futures]
 
 
@@ -104,28 +107,31 @@ def build_report(root: str | Path, force: bool = True) -> Path:
             and (folder / "digest.txt").read_text() == digest:
         return html_path
     (folder / "digest.txt").unlink(missing_ok=True)
-    tables = collect_results(spec, store, jobs)
+    stages = Stages()
+    with stages.stage("results"):
+        tables = collect_results(spec, store, jobs)
     figures_dir = folder / "figures"
     states = Counter(store.state(job) for job in jobs)
     sections = []
+    times: dict[str, dict] = {}
     for key, title, builder in SECTIONS:
         section = Section(key, title)
-        try:
-            with matplotlib.rc_context(PLAIN_TEXT):
-                builder(section, tables, spec=spec, store=store, jobs=jobs)
-        except Exception as error:  # noqa: BLE001 - one broken section must not hide the others
-            section.failures.append(Failure.of("this section could not be drawn", error))
-        section.rendered_tables = [{"name": name, "html": html_table(frame)} for name, frame in section.tables]
+        with stages.stage("sections"):
+            built = _build_section(section, builder, tables, spec=spec, store=store, jobs=jobs)
+        times[key] = {"build": built, "figures": 0, "figure_seconds": 0.0}
         sections.append(section)
     drawn = [(section, name, figure, file_stem(f"{section.key}_{name}"))
              for section in sections for name, figure in section.figures]
-    outcomes = _save_all([(figure, stem) for _, _, figure, stem in drawn], figures_dir)
+    with stages.stage("figures"):
+        outcomes = _save_all([(figure, stem) for _, _, figure, stem in drawn], figures_dir)
     for (section, name, _, stem), outcome in zip(drawn, outcomes):
         if isinstance(outcome, Exception):
             section.failures.append(Failure.of(f"figure {name!r} could not be drawn", outcome))
         else:
             section.rendered_figures.append({"name": name, "name_stem": stem, "file": f"figures/{stem}.png",
-                                             "data": outcome})
+                                             "data": outcome[0]})
+            times[section.key]["figures"] += 1
+            times[section.key]["figure_seconds"] += outcome[1]
     written = {f"{f['name_stem']}.{ext}" for section in sections for f in section.rendered_figures
                for ext in ("png", "pdf")}
     for stale in figures_dir.glob("*.*"):
@@ -140,10 +146,26 @@ def build_report(root: str | Path, force: bool = True) -> Path:
     }
     environment = jinja2.Environment(loader=jinja2.PackageLoader("transferscope.report", "templates"),
                                      autoescape=jinja2.select_autoescape(["html", "j2"]))
-    write_text(html_path, environment.get_template("index.html.j2").render(**context))
-    write_text(folder / "summary.md", _markdown(sections, context))
+    with stages.stage("page"):
+        write_text(html_path, environment.get_template("index.html.j2").render(**context))
+        write_text(folder / "summary.md", _markdown(sections, context))
+    write_json(root / REPORT_TIMES, {"seconds": stages.elapsed(), "stages": stages.snapshot(), "sections": times})
     write_text(folder / "digest.txt", digest)
     return html_path
+
+
+def _build_section(section: Section, builder, tables: dict, **inputs) -> float:
+    """Let ``builder`` fill ``section`` from the tables; an error is shown in the section
+    (one broken section must not hide the others), and its tables are made HTML. Returns
+    the seconds it took."""
+    started = time.perf_counter()
+    try:
+        with matplotlib.rc_context(PLAIN_TEXT):
+            builder(section, tables, **inputs)
+    except Exception as error:  # noqa: BLE001 - one broken section must not hide the others
+        section.failures.append(Failure.of("this section could not be drawn", error))
+    section.rendered_tables = [{"name": name, "html": html_table(frame)} for name, frame in section.tables]
+    return time.perf_counter() - started
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|$#])")

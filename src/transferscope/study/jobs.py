@@ -4,7 +4,7 @@ analysis function (the study layer only composes)."""
 
 from __future__ import annotations
 
-import time
+import importlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -21,6 +21,7 @@ from ..models import Modules, Partition, load_into, load_weights, save_weights
 from ..models.pretrained import load_pretrained, pretrained_model
 from ..models.registry import build_configured
 from ..roles import Role
+from ..timing import recording, stage
 from ..train import TrainingRun, train
 from ..train.run_dir import checkpoint_path
 from ..train.trainer import resolve_device
@@ -31,21 +32,22 @@ from .store import Store
 
 def execute_job(root: str | Path, job_id: str, progress: bool = False) -> str:
     """Run job ``job_id`` of the study in ``root`` unless it is done; record the
-    outcome in its folder and return its state ("done" or "failed"). Errors never
+    outcome in its folder and return its state ("done" or "failed"). Its wall time and
+    the stages of it (:mod:`transferscope.timing`) go into done.json. Errors never
     propagate (not even when failed.json cannot be written): a failed job does not stop
     the others."""
     store = Store(root)
-    started = time.perf_counter()
     try:
-        job = store.load(job_id)
-        if store.state(job) == "done":
-            return "done"
-        store.mark_running(job)
-        missing = [dep for dep in job.deps if store.state(dep) != "done"]
-        if missing:
-            raise RuntimeError(f"dependencies not complete: {', '.join(missing)}")
-        RUNNERS[job.kind](store, job, progress)
-        store.mark_done(job, time.perf_counter() - started)
+        with recording() as stages:
+            job = store.load(job_id)
+            if store.state(job) == "done":
+                return "done"
+            store.mark_running(job)
+            missing = [dep for dep in job.deps if store.state(dep) != "done"]
+            if missing:
+                raise RuntimeError(f"dependencies not complete: {', '.join(missing)}")
+            RUNNERS[job.kind](store, job, progress)
+            store.mark_done(job, stages.elapsed(), stages.snapshot())
     except Exception as error:  # noqa: BLE001 - recorded in failed.json
         store.mark_failed(job_id, error)
         return "failed"
@@ -55,7 +57,8 @@ def execute_job(root: str | Path, job_id: str, progress: bool = False) -> str:
 # ---------------------------------------------------------------------- helpers
 @lru_cache(maxsize=16)
 def _domain(data_json: str) -> Domain:
-    return load_domain(DataConfig.model_validate_json(data_json))
+    with stage("data"):
+        return load_domain(DataConfig.model_validate_json(data_json))
 
 
 def domain_of(config: TrainConfig) -> Domain:
@@ -94,13 +97,17 @@ def load_model(store: Store, ref: dict, checkpoint: str | int | None = None) -> 
     device, in channels_last memory when the run trained that way."""
     job = store.load(ref["job"])
     if job.kind == "weights":
-        model = pretrained_model(ModelConfig.model_validate(job.config["model"]), load_weights(final_weights(store, job)))
-        return _placed(model, job.config["device"], job.config["channels_last"])
+        with stage("models"):
+            model = pretrained_model(ModelConfig.model_validate(job.config["model"]),
+                                     load_weights(final_weights(store, job)))
+            return _placed(model, job.config["device"], job.config["channels_last"])
     run = run_of(store, ref)
     config = run.config
-    model = build_configured(config.model, domain_of(config).num_outputs)
-    load_into(model, run.checkpoint(ref["checkpoint"] if checkpoint is None else checkpoint))
-    return _placed(model, config.device, config.channels_last)
+    outputs = domain_of(config).num_outputs
+    with stage("models"):
+        model = build_configured(config.model, outputs)
+        load_into(model, run.checkpoint(ref["checkpoint"] if checkpoint is None else checkpoint))
+        return _placed(model, config.device, config.channels_last)
 
 
 def _init_weights(store: Store, init: dict) -> Path:
@@ -120,7 +127,9 @@ def _train_job(store: Store, job: Job, progress: bool) -> None:
     init = job.config.get("init")
     if init is not None:
         config = config.model_copy(update={"init": str(_init_weights(store, init))})
-    train(config, store.job_dir(job) / "run", progress=progress, domain=domain_of(config))
+    domain = domain_of(config)
+    with stage("train"):
+        train(config, store.job_dir(job) / "run", progress=progress, domain=domain)
 
 
 def _weights_job(store: Store, job: Job, progress: bool) -> None:
@@ -149,7 +158,8 @@ def _source_score_job(store: Store, job: Job, _progress: bool) -> None:
         result = evaluate(model, loader)
         metric = score_metric(result)
         rows.append({"epoch": epoch, "test_loss": result["loss"], f"test_{metric}": result[metric]})
-    write_table(pd.DataFrame(rows), store.job_dir(job) / "result")
+    with stage("write"):
+        write_table(pd.DataFrame(rows), store.job_dir(job) / "result")
 
 
 def job_modules(config: dict) -> Modules:
@@ -201,7 +211,8 @@ class AnalysisInputs:
                                   channels_last=self.config.channels_last)
 
     def write(self, frame, name: str = "result") -> None:
-        write_table(frame, self.store.job_dir(self.job) / name)
+        with stage("write"):
+            write_table(frame, self.store.job_dir(self.job) / name)
 
 
 def _distance_job(inputs: AnalysisInputs) -> None:
@@ -307,7 +318,16 @@ def _criticality_job(inputs: AnalysisInputs) -> None:
 
 
 def _analysis(function: Callable[[AnalysisInputs], None]) -> Callable[[Store, Job, bool], None]:
-    return lambda store, job, _progress: function(AnalysisInputs(store, job))
+    """A runner that calls ``function`` on the job's inputs, its time charged to the
+    stage "analysis" (but for the data, models and writing it asks for)."""
+
+    def run(store: Store, job: Job, _progress: bool) -> None:
+        with stage("imports"):  # the analyses' package, imported once per process
+            importlib.import_module("transferscope.analysis")
+        with stage("analysis"):
+            function(AnalysisInputs(store, job))
+
+    return run
 
 
 RUNNERS: dict[str, Callable[[Store, Job, bool], None]] = {

@@ -5,9 +5,11 @@
     DIR/jobs/<kind>-<hash>/job.json      what the job is (kind, label, config, deps)
                           /running.json  host and pid (and SLURM task) while it runs
                           /failed.json   the error of its last attempt
-                          /done.json     completion marker, written last
+                          /done.json     completion marker, written last: wall seconds and
+                                         seconds per stage, as the job's process measured them
                           /run/ or result.parquet   its outputs
     DIR/index.sqlite                     one row per job, for SQL queries
+    DIR/report/times.json                the last report build's seconds, per part and section
     DIR/.lock                            held (flock) by the `run` or `report` working on DIR
 
 A job is complete exactly when ``done.json`` exists; everything else a job writes
@@ -35,6 +37,7 @@ from .job import Job
 
 STATES = ("done", "running", "failed", "interrupted", "pending")
 LOCK_FILE = ".lock"
+REPORT_TIMES = Path("report") / "times.json"
 
 
 class StudyBusy(Exception):
@@ -120,8 +123,11 @@ class Store:
         write_json(self.job_dir(job) / "running.json", {"host": socket.gethostname(), "pid": os.getpid(),
                                                         "started": time.time(), **({"slurm_task": task} if task else {})})
 
-    def mark_done(self, job: Job, seconds: float) -> None:
-        write_json(self.job_dir(job) / "done.json", {"seconds": seconds, "finished": time.time()})
+    def mark_done(self, job: Job, seconds: float, stages: dict[str, float] | None = None) -> None:
+        """Mark ``job`` complete; record its wall ``seconds`` and the seconds of each stage
+        of them (:mod:`transferscope.timing`)."""
+        write_json(self.job_dir(job) / "done.json", {"seconds": seconds, "stages": stages or {},
+                                                     "finished": time.time()})
         (self.job_dir(job) / "running.json").unlink(missing_ok=True)
 
     def mark_failed(self, job: Job | str, error: BaseException) -> None:
@@ -140,6 +146,11 @@ class Store:
     def seconds(self, job: Job) -> float | None:
         path = self.job_dir(job) / "done.json"
         return _read_marker(path).get("seconds") if path.is_file() else None
+
+    def stage_seconds(self, job: Job) -> dict[str, float]:
+        """The seconds of each stage of a done job (none recorded by older versions)."""
+        path = self.job_dir(job) / "done.json"
+        return _read_marker(path).get("stages", {}) if path.is_file() else {}
 
     def write_index(self, jobs: Iterable[Job]) -> Path:
         """(Re)write ``index.sqlite``: table ``jobs(id, kind, label, target, state, seconds, error, folder)``."""
