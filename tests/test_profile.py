@@ -55,8 +55,10 @@ def test_every_job_records_its_stages_within_its_wall_time(profiled_study):
     assert {job.kind for job, _ in done.values()} == {"pretrain", "finetune", "distance", "mistakes"}
     for job, record in done.values():
         stages = record["stages"]
-        assert all(seconds >= 0 for seconds in stages.values()), job.label
+        assert set(record["cpu_stages"]) == set(stages) and record["cpu_seconds"] > 0, job.label
+        assert all(seconds >= 0 for seconds in (*stages.values(), *record["cpu_stages"].values())), job.label
         assert sum(stages.values()) <= record["seconds"], job.label
+        assert sum(record["cpu_stages"].values()) <= record["cpu_seconds"], job.label
         if job.kind in ("pretrain", "finetune"):
             assert stages["train"] > 0, job.label
         else:
@@ -74,6 +76,7 @@ def test_kind_totals_add_up_the_jobs(profiled_study):
         records = [record for job, record in done.values() if job.kind == kind]
         assert entry["jobs"] == len(records)
         assert entry["seconds"] == pytest.approx(sum(record["seconds"] for record in records))
+        assert entry["cpu_seconds"] == pytest.approx(sum(record["cpu_seconds"] for record in records))
         assert sum(entry["stages"].values()) == pytest.approx(entry["seconds"])  # "other" is the rest
         assert entry["stages"][OTHER] >= 0
 
@@ -99,7 +102,7 @@ def test_times_table_shows_each_kind_and_stage(profiled_study):
     _, folder = profiled_study
     text = _text(times_table(folder))
     for word in ("pretrain", "finetune", "distance", "mistakes", "all jobs",
-                 "data", "models", "train", "analysis", "write", OTHER):
+                 "data", "models", "train", "analysis", "write", OTHER, "cpu"):
         assert word in text, word
     report = _text(report_table(folder))
     assert "collect results" in report and "write figures" in report
@@ -127,6 +130,7 @@ def test_status_times_and_run_profile_print_the_tables(profiled_study, tmp_path,
 def test_nested_stages_count_once(monkeypatch):
     clock = iter([0.0, 1.0, 3.0, 4.0, 4.0, 10.0, 10.5, 11.0])
     monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(timing.time, "process_time", lambda: 0.0)
     with timing.recording() as stages:  # made at 0
         with timing.stage("analysis"):  # 1
             with timing.stage("models"):  # 3

@@ -32,8 +32,8 @@ from .store import Store
 
 def execute_job(root: str | Path, job_id: str, progress: bool = False) -> str:
     """Run job ``job_id`` of the study in ``root`` unless it is done; record the
-    outcome in its folder and return its state ("done" or "failed"). Its wall time and
-    the stages of it (:mod:`transferscope.timing`) go into done.json. Errors never
+    outcome in its folder and return its state ("done" or "failed"). Its wall and CPU
+    time, in all and per stage (:mod:`transferscope.timing`), go into done.json. Errors never
     propagate (not even when failed.json cannot be written): a failed job does not stop
     the others."""
     store = Store(root)
@@ -47,7 +47,7 @@ def execute_job(root: str | Path, job_id: str, progress: bool = False) -> str:
             if missing:
                 raise RuntimeError(f"dependencies not complete: {', '.join(missing)}")
             RUNNERS[job.kind](store, job, progress)
-            store.mark_done(job, stages.elapsed(), stages.snapshot())
+            store.mark_done(job, stages.record())
     except Exception as error:  # noqa: BLE001 - recorded in failed.json
         store.mark_failed(job_id, error)
         return "failed"

@@ -5,8 +5,8 @@
     DIR/jobs/<kind>-<hash>/job.json      what the job is (kind, label, config, deps)
                           /running.json  host and pid (and SLURM task) while it runs
                           /failed.json   the error of its last attempt
-                          /done.json     completion marker, written last: wall seconds and
-                                         seconds per stage, as the job's process measured them
+                          /done.json     completion marker, written last: wall and CPU seconds,
+                                         in all and per stage, as the job's process measured them
                           /run/ or result.parquet   its outputs
     DIR/index.sqlite                     one row per job, for SQL queries
     DIR/report/times.json                the last report build's seconds, per part and section
@@ -123,11 +123,10 @@ class Store:
         write_json(self.job_dir(job) / "running.json", {"host": socket.gethostname(), "pid": os.getpid(),
                                                         "started": time.time(), **({"slurm_task": task} if task else {})})
 
-    def mark_done(self, job: Job, seconds: float, stages: dict[str, float] | None = None) -> None:
-        """Mark ``job`` complete; record its wall ``seconds`` and the seconds of each stage
-        of them (:mod:`transferscope.timing`)."""
-        write_json(self.job_dir(job) / "done.json", {"seconds": seconds, "stages": stages or {},
-                                                     "finished": time.time()})
+    def mark_done(self, job: Job, times: dict) -> None:
+        """Mark ``job`` complete, recording ``times``: its wall ``seconds`` and the rest of
+        :meth:`transferscope.timing.Stages.record`."""
+        write_json(self.job_dir(job) / "done.json", {**times, "finished": time.time()})
         (self.job_dir(job) / "running.json").unlink(missing_ok=True)
 
     def mark_failed(self, job: Job | str, error: BaseException) -> None:
@@ -147,10 +146,10 @@ class Store:
         path = self.job_dir(job) / "done.json"
         return _read_marker(path).get("seconds") if path.is_file() else None
 
-    def stage_seconds(self, job: Job) -> dict[str, float]:
-        """The seconds of each stage of a done job (none recorded by older versions)."""
+    def done_record(self, job: Job) -> dict:
+        """What a done job recorded in its done.json (its times); {} for a job not done."""
         path = self.job_dir(job) / "done.json"
-        return _read_marker(path).get("stages", {}) if path.is_file() else {}
+        return _read_marker(path) if path.is_file() else {}
 
     def write_index(self, jobs: Iterable[Job]) -> Path:
         """(Re)write ``index.sqlite``: table ``jobs(id, kind, label, target, state, seconds, error, folder)``."""

@@ -21,19 +21,21 @@ OTHER = "other"
 
 def job_times(root: str | Path) -> dict[str, dict]:
     """Per kind of job (in plan order), over its done jobs: ``jobs`` (count), ``seconds``
-    (wall, summed) and ``stages`` (seconds per stage, summed; ``"other"``: the rest)."""
+    (wall, summed), ``cpu_seconds`` (the job processes' CPU time, summed) and ``stages``
+    (wall seconds per stage, summed; ``"other"``: the rest)."""
     _, store, jobs = open_study(root)
     kinds: dict[str, dict] = {}
     for job in jobs:
-        seconds = store.seconds(job) if store.state(job) == "done" else None
-        if seconds is None:
+        record = store.done_record(job)
+        if "seconds" not in record:
             continue
-        entry = kinds.setdefault(job.kind, {"jobs": 0, "seconds": 0.0, "stages": Counter()})
-        stages = store.stage_seconds(job)
+        entry = kinds.setdefault(job.kind, {"jobs": 0, "seconds": 0.0, "cpu_seconds": 0.0, "stages": Counter()})
+        stages = record.get("stages", {})
         entry["jobs"] += 1
-        entry["seconds"] += seconds
+        entry["seconds"] += record["seconds"]
+        entry["cpu_seconds"] += record.get("cpu_seconds", 0.0)
         entry["stages"].update(stages)
-        entry["stages"][OTHER] += seconds - sum(stages.values())
+        entry["stages"][OTHER] += record["seconds"] - sum(stages.values())
     return kinds
 
 
@@ -44,18 +46,19 @@ def _stage_names(kinds: dict[str, dict]) -> list[str]:
 
 
 def times_table(root: str | Path) -> Table:
-    """A rich table of the done jobs' wall seconds per kind: count, total, mean, and the
-    total of each stage; a last row sums every kind."""
+    """A rich table of the done jobs' wall seconds per kind: count, total, mean, the
+    total of each stage, and the CPU seconds of the jobs (which grow less than wall time
+    on a loaded machine); a last row sums every kind."""
     kinds = job_times(root)
     names = _stage_names(kinds)
-    table = Table(title=f"job time in {root} (seconds, as each job measured itself)")
-    for column in ("kind", "jobs", "total", "mean", *names):
+    table = Table(title=f"job time in {root} (wall seconds, as each job measured itself)")
+    for column in ("kind", "jobs", "total", "mean", *names, "cpu"):
         table.add_column(column, justify="left" if column == "kind" else "right")
-    totals: dict = {"jobs": 0, "seconds": 0.0, "stages": Counter()}
+    totals: dict = {"jobs": 0, "seconds": 0.0, "cpu_seconds": 0.0, "stages": Counter()}
     for kind, entry in sorted(kinds.items(), key=lambda item: -item[1]["seconds"]):
         table.add_row(kind, *_cells(entry, names))
-        totals["jobs"] += entry["jobs"]
-        totals["seconds"] += entry["seconds"]
+        for key in ("jobs", "seconds", "cpu_seconds"):
+            totals[key] += entry[key]
         totals["stages"].update(entry["stages"])
     table.add_section()
     table.add_row("all jobs", *_cells(totals, names))
@@ -65,7 +68,8 @@ def times_table(root: str | Path) -> Table:
 def _cells(entry: dict, names: list[str]) -> list[str]:
     mean = entry["seconds"] / entry["jobs"] if entry["jobs"] else 0.0
     return [str(entry["jobs"]), f"{entry['seconds']:.1f}", f"{mean:.1f}",
-            *(f"{entry['stages'][name]:.1f}" if name in entry["stages"] else "" for name in names)]
+            *(f"{entry['stages'][name]:.1f}" if name in entry["stages"] else "" for name in names),
+            f"{entry['cpu_seconds']:.1f}"]
 
 
 def report_table(root: str | Path) -> Table | None:
