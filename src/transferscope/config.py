@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     PlainValidator,
     ValidationError,
     model_validator,
@@ -48,6 +49,17 @@ BlockSize = Annotated[int | Literal["*"], PlainValidator(check_block_size, json_
 Device = Annotated[str, AfterValidator(_check_device)]
 
 
+def _augment_mode(value: Any) -> Any:
+    """``true``/``false`` (the setting's former values) as ``"auto"``/``"none"``."""
+    return {True: "auto", False: "none"}.get(value, value) if isinstance(value, bool) else value
+
+
+# written as true/false where the former boolean meant the same, so that existing config
+# files, run identities and job ids stay as they were
+Augment = Annotated[Literal["auto", "resized_crop", "pad_crop", "none"], BeforeValidator(_augment_mode),
+                    PlainSerializer(lambda mode: {"auto": True, "none": False}.get(mode, mode), return_type=bool | str)]
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -77,6 +89,9 @@ class DataConfig(Settings):
     seed: int = Field(0, description="seed of the synthetic generator or of the real-data subsample")
     block_size: BlockSize | None = Field(None, description="block shuffle: block size in pixels or '*'; None = unshuffled")
     shuffle_seed: int = 0
+    decode_size: int | None = Field(None, ge=8, description="image files: the side they are decoded (and cached) "
+                                    "at, shorter side resized then centre crop; the loaders crop or resample them to "
+                                    "image_size. None = image_size below 64 pixels, else 8/7 of it (256 for 224)")
     image_column: str | None = Field(None, description="csv: column of image paths (None = 'path'); hf: column of "
                                      "images (None = 'image')")
     label_column: str | None = Field(None, description="csv, hf: column of class labels (None = 'label')")
@@ -105,6 +120,16 @@ class DataConfig(Settings):
         if self.kind == "csv" and self.split_column is None and (self.train_split or self.test_split):
             raise ValueError("train_split and test_split name values of split_column in a CSV: set split_column, or "
                              "remove them")
+        return self
+
+    @model_validator(mode="after")
+    def _decode_size(self) -> "DataConfig":
+        if self.decode_size is not None and self.kind in ("synthetic", "hf"):
+            raise ValueError(f"decode_size applies to image files (folder, csv, domainnet, chexpert), not to data kind "
+                             f"{self.kind!r}; remove decode_size")
+        if self.decode_size is not None and self.decode_size < self.image_size:
+            raise ValueError(f"decode_size {self.decode_size} is smaller than image_size {self.image_size}: the "
+                             "network sees image_size crops of the decoded images; raise decode_size or remove it")
         return self
 
     @model_validator(mode="after")
@@ -160,7 +185,9 @@ class TrainConfig(Settings):
     bn_momentum: float | None = Field(None, ge=0, le=1, description="momentum of every BatchNorm's running "
                                       "statistics (0 = frozen); None = the model's own")
     mixup_alpha: float = Field(0.0, ge=0, description="mixup Beta(alpha, alpha); 0 = off")
-    augment: bool = Field(True, description="random crop + flip; always off for shuffled data")
+    augment: Augment = Field("auto", description="resized_crop (RandomResizedCrop + flip), pad_crop (4-pixel "
+                             "padded crop + flip), none, or auto (true): pad_crop below 64 pixels, else "
+                             "resized_crop; false = none; always none for shuffled data")
     seed: int = Field(0, description="seeds the init, the data order, augmentation and mixup")
     checkpoint_every: int = Field(1, ge=1, description="save weights every k epochs (epoch 0 and the last always)")
     eval_batch_size: int = Field(256, ge=1)

@@ -40,27 +40,33 @@ class Domain:
 
     @property
     def image_size(self) -> int | None:
-        """Side of the (square) images, when the split knows it."""
-        if isinstance(self.train, ImageSet):
+        """Side of the (square) images the loaders yield, when the split knows it: a
+        file-backed or cached split's ``image_size`` (its images are stored larger and
+        cropped to it), else the side of an :class:`ImageSet`'s images."""
+        size = getattr(self.train, "image_size", None)
+        if size is None and isinstance(self.train, ImageSet):
             return int(self.train.images.shape[-1])
-        return getattr(self.train, "image_size", None)
+        return size
 
     def split(self, name: str) -> ImageSet | Dataset:
         if name not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {name!r}")
         return self.train if name == "train" else self.test
 
-    def loader(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment: bool = False,
-               block_shuffle: BlockShuffle | None = None, drop_last: bool = False, device: str | torch.device = "cpu",
-               channels_last: bool = False, num_workers: int = 0, limit: int | None = None) -> ImageLoader:
-        """Batches of ``split`` normalised with this domain's statistics; ``limit`` keeps
+    def loader(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+               augment: str | bool = "none", block_shuffle: BlockShuffle | None = None, drop_last: bool = False,
+               device: str | torch.device = "cpu", channels_last: bool = False, num_workers: int = 0,
+               limit: int | None = None) -> ImageLoader:
+        """Batches of ``split`` at :attr:`image_size`, normalised with this domain's
+        statistics, augmented by ``augment`` (see :class:`ImageLoader`); ``limit`` keeps
         the first examples only (a fixed evaluation subset)."""
         data = self.split(split)
         if limit is not None and limit < split_size(data):
-            data = data.subset(range(limit)) if isinstance(data, ImageSet) else torch.utils.data.Subset(data, range(limit))
+            data = (ImageSet(data.images[:limit], data.targets[:limit], list(data.classes)) if isinstance(data, ImageSet)
+                    else torch.utils.data.Subset(data, range(limit)))  # a slice: no copy of memory-mapped images
         return ImageLoader(data, batch_size, mean=self.mean, std=self.std, shuffle=shuffle, seed=seed, augment=augment,
-                           block_shuffle=block_shuffle, drop_last=drop_last, device=device,
-                           channels_last=channels_last, num_workers=num_workers)
+                           image_size=self.image_size, block_shuffle=block_shuffle, drop_last=drop_last,
+                           device=device, channels_last=channels_last, num_workers=num_workers)
 
 
 def block_shuffle_for(config: "DataConfig") -> BlockShuffle | None:

@@ -3,9 +3,12 @@ decoding one image file to a fixed-size uint8 tensor, a dataset of ``(path, targ
 pairs, a seeded example order, and copying a (small) file-backed split into memory.
 
 Every image is decoded with PIL, converted to RGB (greyscale is replicated to three
-channels, an alpha channel is dropped), its shorter side resized to ``image_size``
-(bilinear, antialiased) and the centre ``image_size x image_size`` square cropped:
-the usual evaluation transform of ImageNet models (``Resize`` + ``CenterCrop``).
+channels, an alpha channel is dropped), its shorter side resized to the decode size
+(bilinear, antialiased) and the centre square of that side cropped. The decode size is
+the image size below 64 pixels and 8/7 of it from there on (256 for 224), so that the
+loader's centre crop to the image size is the usual evaluation transform of ImageNet
+models (``Resize(256)`` + ``CenterCrop(224)``) and its random resized crop has the
+margin ImageNet training takes it from.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from rich.progress import track
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .tensors import ImageSet, split_size
+from .tensors import LARGE_IMAGE, ImageSet, split_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,6 +51,13 @@ class ImageReadError(ValueError):
         return (type(self), (self.args[0],) if self.path is None else (self.path, self.reason))
 
 
+def decode_size_for(image_size: int) -> int:
+    """The side files are decoded to for ``image_size``-pixel training: ``image_size``
+    below :data:`~.tensors.LARGE_IMAGE` pixels, else ``round(image_size * 8 / 7)``
+    (ImageNet's 256 for 224)."""
+    return image_size if image_size < LARGE_IMAGE else round(image_size * 8 / 7)
+
+
 def read_image(path: str | os.PathLike | IO[bytes], image_size: int) -> Tensor:
     """Decode ``path`` (or an open binary file) to uint8 RGB ``(3, image_size,
     image_size)``: shorter side resized to ``image_size``, then centre crop."""
@@ -64,7 +74,9 @@ def read_image(path: str | os.PathLike | IO[bytes], image_size: int) -> Tensor:
 
 class FileImageDataset(Dataset):
     """Images read from files on access: item ``i`` is ``(uint8 (3, S, S), targets[i])``
-    with ``S = image_size`` (see :func:`read_image`).
+    with ``S = decode_size`` (see :func:`read_image`; default :func:`decode_size_for`
+    ``(image_size)``); the loaders crop or resample them to ``image_size``, the side the
+    network sees.
 
     ``targets``: int64 ``(N,)`` class indices or float32 ``(N, L)`` 0/1 labels;
     ``classes``: class or label names. Holds only paths and a tensor, so it pickles
@@ -72,7 +84,7 @@ class FileImageDataset(Dataset):
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike], targets: Tensor | Sequence[int], image_size: int,
-                 classes: Sequence[str]) -> None:
+                 classes: Sequence[str], decode_size: int | None = None) -> None:
         targets = torch.as_tensor(targets)
         if targets.ndim == 1:
             targets = targets.long()
@@ -84,16 +96,21 @@ class FileImageDataset(Dataset):
             raise ValueError(f"{len(paths)} image paths but {len(targets)} targets")
         if image_size < 1:
             raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
+        decode_size = decode_size_for(image_size) if decode_size is None else decode_size
+        if decode_size < image_size:
+            raise ValueError(f"decode_size {decode_size} is smaller than image_size {image_size}: images are cropped "
+                             "to image_size from the decoded ones; raise decode_size or leave it unset")
         self.paths = [str(path) for path in paths]
         self.targets = targets
         self.image_size = image_size
+        self.decode_size = decode_size
         self.classes = list(classes)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return read_image(self.paths[index], self.image_size), self.targets[index]
+        return read_image(self.paths[index], self.decode_size), self.targets[index]
 
     @property
     def multilabel(self) -> bool:
@@ -102,7 +119,7 @@ class FileImageDataset(Dataset):
     def subset(self, index: Tensor | Sequence[int]) -> "FileImageDataset":
         index = torch.as_tensor(index, dtype=torch.long)
         return FileImageDataset([self.paths[i] for i in index.tolist()], self.targets[index], self.image_size,
-                                self.classes)
+                                self.classes, self.decode_size)
 
 
 def seeded_order(count: int, seed: int, keep: int | None = None) -> Tensor:

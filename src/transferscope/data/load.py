@@ -74,11 +74,18 @@ BUILDERS: dict[str, Callable[[DataConfig, str | None], Domain]] = {
 
 
 def load_domain(config: DataConfig, cache_dir: str | None = None) -> Domain:
-    """The :class:`~.domain.Domain` a data config describes (``cache_dir``: where
-    generated synthetic images are cached)."""
+    """The :class:`~.domain.Domain` a data config describes. ``cache_dir``: where
+    generated synthetic images are cached (None: the default cache), and where image
+    files are decoded once and read from after (:mod:`.image_cache`; None: decoded on
+    every access)."""
     if config.kind not in BUILDERS:
         raise ValueError(f"unknown data kind {config.kind!r}; known kinds: {', '.join(BUILDERS)}")
-    return BUILDERS[config.kind](config, cache_dir)
+    domain = BUILDERS[config.kind](config, cache_dir)
+    if config.decode_size is None and cache_dir is None:
+        return domain
+    from .image_cache import decoded_domain
+
+    return decoded_domain(domain, decode_size=config.decode_size, cache_dir=cache_dir)
 
 
 def example_counts(config: DataConfig) -> tuple[int, int]:

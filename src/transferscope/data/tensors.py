@@ -1,14 +1,17 @@
 """In-memory image sets as uint8 tensors and a batch loader with no per-item Python.
 
 Small data sets (the synthetic domains, a subsample of a real one) live as one uint8
-tensor ``(N, C, H, W)``; file-backed datasets yield uint8 images through a torch
-``DataLoader``. Either way the loader converts, normalises, augments and
-block-shuffles whole batches. Any other iterable of ``(inputs, targets)`` batches
-(a plain torch ``DataLoader``) works with every analysis too.
+tensor ``(N, C, H, W)`` (decoded real images: a memory-mapped file, see
+:mod:`.image_cache`); file-backed datasets yield uint8 images through a torch
+``DataLoader``. Either way the loader moves the uint8 batch to its device and there
+converts, crops or augments, normalises and block-shuffles the whole batch. Any other
+iterable of ``(inputs, targets)`` batches (a plain torch ``DataLoader``) works with
+every analysis too.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sized
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence, cast
@@ -19,6 +22,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..seeding import torch_generator
 from .shuffle import BlockShuffle
+
+AUGMENT_MODES = ("auto", "resized_crop", "pad_crop", "none")
+LARGE_IMAGE = 64
+"""From this side on (pixels), ``augment="auto"`` is the random resized crop and files
+are decoded larger than the network sees them (:func:`~.files.decode_size_for`)."""
+PAD = 4  # pixels of the padded crop
+RESIZED_CROP_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults
+RESIZED_CROP_RATIO = (3 / 4, 4 / 3)
+RESIZED_CROP_ATTEMPTS = 10
 
 
 @dataclass
@@ -66,9 +78,23 @@ def split_size(split: ImageSet | Dataset) -> int:
     return len(cast(Sized, split))
 
 
+def resolve_augment(augment: str | bool, image_size: int) -> str:
+    """The augmentation a loader of ``image_size``-pixel images applies: ``"auto"`` (or
+    ``True``) is ``"pad_crop"`` below :data:`LARGE_IMAGE` pixels and ``"resized_crop"``
+    from there on; ``False`` is ``"none"``."""
+    if isinstance(augment, bool):
+        augment = "auto" if augment else "none"
+    if augment not in AUGMENT_MODES:
+        raise ValueError(f"augment must be one of {', '.join(AUGMENT_MODES)} (or true/false), got {augment!r}")
+    if augment == "auto":
+        return "pad_crop" if image_size < LARGE_IMAGE else "resized_crop"
+    return augment
+
+
 def random_crop_flip(batch: Tensor, padding: int, generator: torch.Generator) -> Tensor:
     """Random ``padding``-pixel translation (zero padded) and horizontal flip, per image,
-    as one gather over the batch (the standard CIFAR augmentation)."""
+    as one gather over the batch (the standard CIFAR augmentation). The draws come from
+    ``generator`` (a CPU one); the gather runs where ``batch`` is."""
     n, c, h, w = batch.shape
     padded = torch.nn.functional.pad(batch, (padding,) * 4)
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
@@ -77,18 +103,104 @@ def random_crop_flip(batch: Tensor, padding: int, generator: torch.Generator) ->
     cols = torch.arange(w).expand(n, w)
     cols = torch.where(flip[:, None], cols.flip(1), cols) + dx[:, None]
     rows = torch.arange(h)[None, :] + dy[:, None]
-    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None],
-                  rows[:, None, :, None], cols[:, None, None, :]]
+    device = batch.device
+    return padded[torch.arange(n, device=device)[:, None, None, None], torch.arange(c, device=device)[None, :, None, None],
+                  rows.to(device)[:, None, :, None], cols.to(device)[:, None, None, :]]
+
+
+def resized_crop_boxes(n: int, height: int, width: int, generator: torch.Generator,
+                       scale: tuple[float, float] = RESIZED_CROP_SCALE,
+                       ratio: tuple[float, float] = RESIZED_CROP_RATIO) -> Tensor:
+    """int64 ``(n, 4)`` boxes ``(top, left, box_height, box_width)``, torchvision's
+    ``RandomResizedCrop.get_params`` for a whole batch: per image, the first of
+    :data:`RESIZED_CROP_ATTEMPTS` draws of an area fraction in ``scale`` and a
+    log-uniform aspect ratio in ``ratio`` that fits the image, at a uniform position;
+    when none fits, the central crop of the nearest allowed ratio."""
+    attempts = RESIZED_CROP_ATTEMPTS
+    area = torch.rand(n, attempts, generator=generator) * (scale[1] - scale[0]) + scale[0]
+    low, high = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(torch.rand(n, attempts, generator=generator) * (high - low) + low)
+    target = area * (height * width)
+    box_w = torch.sqrt(target * aspect).round().long()
+    box_h = torch.sqrt(target / aspect).round().long()
+    fits = (box_w > 0) & (box_w <= width) & (box_h > 0) & (box_h <= height)
+    first = fits.int().argmax(1, keepdim=True)  # the first attempt that fits
+    box_h, box_w = box_h.gather(1, first)[:, 0], box_w.gather(1, first)[:, 0]
+    top = (torch.rand(n, generator=generator) * (height - box_h + 1)).long()
+    left = (torch.rand(n, generator=generator) * (width - box_w + 1)).long()
+    fallback_h, fallback_w = _central_box(height, width, ratio)
+    none_fit = ~fits.any(1)
+    box_h = torch.where(none_fit, fallback_h, box_h)
+    box_w = torch.where(none_fit, fallback_w, box_w)
+    top = torch.where(none_fit, (height - box_h) // 2, top)
+    left = torch.where(none_fit, (width - box_w) // 2, left)
+    return torch.stack((top, left, box_h, box_w), 1)
+
+
+def _central_box(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+    """Height and width of torchvision's fallback crop: the whole image, narrowed to the
+    nearest aspect ratio in ``ratio``."""
+    if width / height < min(ratio):
+        return int(round(width / min(ratio))), width
+    if width / height > max(ratio):
+        return height, int(round(height * max(ratio)))
+    return height, width
+
+
+def resample_boxes(images: Tensor, boxes: Tensor, flip: Tensor, size: tuple[int, int]) -> Tensor:
+    """Each image's box ``(top, left, box_height, box_width)`` resampled to ``size``,
+    mirrored where ``flip``: one bilinear ``grid_sample`` over the float batch, sampling
+    at half-pixel centres clamped to the box, as ``resized_crop`` followed by a flip does
+    (torchvision, ``antialias=False``)."""
+    n, _, height, width = images.shape
+    boxes = boxes.to(images.device, torch.float32)
+    top, left, box_h, box_w = boxes.unbind(1)
+
+    def centres(start: Tensor, extent: Tensor, steps: int) -> Tensor:
+        offsets = (torch.arange(steps, device=images.device, dtype=torch.float32) + 0.5) / steps
+        return torch.minimum(torch.maximum(start[:, None] + offsets * extent[:, None] - 0.5, start[:, None]),
+                             (start + extent - 1)[:, None])
+
+    ys = centres(top, box_h, size[0])
+    xs = centres(left, box_w, size[1])
+    xs = torch.where(flip.to(images.device)[:, None], xs.flip(1), xs)
+    grid_x = ((2 * xs + 1) / width - 1)[:, None, :].expand(n, size[0], size[1])
+    grid_y = ((2 * ys + 1) / height - 1)[:, :, None].expand(n, size[0], size[1])
+    return torch.nn.functional.grid_sample(images, torch.stack((grid_x, grid_y), -1), mode="bilinear",
+                                           padding_mode="border", align_corners=False)
+
+
+def centre_crop(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """The centre ``size`` of each image (offsets rounded as torchvision's ``center_crop``)."""
+    height, width = images.shape[-2:]
+    if (height, width) == size:
+        return images
+    top, left = int(round((height - size[0]) / 2)), int(round((width - size[1]) / 2))
+    return images[..., top:top + size[0], left:left + size[1]]
 
 
 class ImageLoader:
     """Iterate ``(inputs, targets)`` batches of an :class:`ImageSet` (indexed in memory)
     or of a dataset of ``(uint8 (C, H, W), target)`` items (read by ``num_workers``).
 
-    Pixels become ``(x / 255 - mean) / std``; then, in this order, optional random
-    crop + flip (``augment``; refused together with a block shuffle, as in the paper)
-    and the block shuffle. The order of examples and the augmentation draws depend on
-    ``(seed, epoch)`` only, so any epoch can be replayed exactly (``set_epoch``).
+    Each uint8 batch moves to ``device`` first (a quarter of the float bytes); there it
+    becomes ``image_size`` square (default: the stored size) and ``(x / 255 - mean) /
+    std``, augmented by ``augment`` (refused together with a block shuffle, as in the
+    paper), and finally block-shuffled:
+
+    - ``"none"``: the centre ``image_size`` crop of the stored image (the ImageNet
+      evaluation transform, ``Resize(256)`` + ``CenterCrop(224)``, for images stored at
+      256 pixels);
+    - ``"pad_crop"``: that crop, shifted by up to 4 pixels (zero padded) and flipped
+      with probability 1/2;
+    - ``"resized_crop"``: ``RandomResizedCrop(image_size, scale=(0.08, 1), ratio=(3/4,
+      4/3))`` of the stored image (bilinear, no antialiasing) and a flip;
+    - ``"auto"`` (or ``True``): ``"pad_crop"`` below 64 pixels, else ``"resized_crop"``;
+      ``False``: ``"none"``. The ``augment`` attribute holds the resolved mode.
+
+    The order of examples and the augmentation draws depend on ``(seed, epoch)`` only
+    (drawn on the CPU whatever the device), so any epoch can be replayed exactly
+    (``set_epoch``).
     """
 
     def __init__(
@@ -100,7 +212,8 @@ class ImageLoader:
         std: Sequence[float],
         shuffle: bool = False,
         seed: int = 0,
-        augment: bool = False,
+        augment: str | bool = "none",
+        image_size: int | None = None,
         block_shuffle: BlockShuffle | None = None,
         drop_last: bool = False,
         device: str | torch.device = "cpu",
@@ -109,18 +222,21 @@ class ImageLoader:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if augment and block_shuffle is not None:
+        self.image_size = image_size
+        decides = augment is True or augment == "auto"  # only "auto" depends on the size
+        side = image_size if image_size is not None or not decides else _stored_side(data)
+        self.augment = resolve_augment(augment, side or 0)
+        if self.augment != "none" and block_shuffle is not None:
             raise ValueError("augmentation must be off for block-shuffled data (Sec. 3.1 of the paper)")
         self.data = data
         self.batch_size = batch_size
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.device = torch.device(device)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(self.device)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).to(self.device)
         self.shuffle = shuffle
         self.seed = seed
-        self.augment = augment
         self.block_shuffle = block_shuffle
         self.drop_last = drop_last
-        self.device = torch.device(device)
         self.channels_last = channels_last
         self.num_workers = num_workers
         self.epoch = 0
@@ -133,13 +249,24 @@ class ImageLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def prepare(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """uint8 batch -> normalised, augmented, shuffled float batch on the device."""
-        x = (images.float() / 255.0 - self.mean) / self.std
-        if self.augment:
-            x = random_crop_flip(x, 4, generator or torch.Generator().manual_seed(self.seed))
+        """uint8 batch -> on the device: cropped or augmented, normalised, shuffled floats."""
+        generator = generator or torch.Generator().manual_seed(self.seed)
+        images = images.to(self.device, non_blocking=True)
+        height, width = images.shape[-2:]
+        size = (height, width) if self.image_size is None else (self.image_size, self.image_size)
+        if size[0] > height or size[1] > width:
+            raise ValueError(f"images of {height}x{width} pixels cannot be cropped to {size[0]}x{size[1]}; store "
+                             "them at least as large as image_size")
+        if self.augment == "resized_crop":
+            boxes = resized_crop_boxes(len(images), height, width, generator)
+            flip = torch.rand(len(images), generator=generator) < 0.5
+            x = (resample_boxes(images.float(), boxes, flip, size) / 255.0 - self.mean) / self.std
+        else:
+            x = (centre_crop(images, size).float() / 255.0 - self.mean) / self.std
+            if self.augment == "pad_crop":
+                x = random_crop_flip(x, PAD, generator)
         if self.block_shuffle is not None:
             x = self.block_shuffle(x)
-        x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -147,9 +274,29 @@ class ImageLoader:
         n = split_size(self.data)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         chunks = [order[start:start + self.batch_size] for start in range(0, len(self) * self.batch_size, self.batch_size)]
+        pin = self.device.type == "cuda"  # pinned batches copy to the GPU while it computes
         if isinstance(self.data, ImageSet):
-            raw: Iterator[tuple[Tensor, Tensor]] = ((self.data.images[i], self.data.targets[i]) for i in chunks)
+            data = self.data
+            raw: Iterator[tuple[Tensor, Tensor]] = ((gather(data.images, i, pin), gather(data.targets, i, pin))
+                                                    for i in chunks)
         else:
-            raw = iter(DataLoader(self.data, batch_sampler=[c.tolist() for c in chunks], num_workers=self.num_workers))
+            raw = iter(DataLoader(self.data, batch_sampler=[c.tolist() for c in chunks], num_workers=self.num_workers,
+                                  pin_memory=pin))
         for images, targets in raw:
-            yield self.prepare(images, generator), targets.to(self.device)
+            yield self.prepare(images, generator), targets.to(self.device, non_blocking=True)
+
+
+def gather(tensor: Tensor, index: Tensor, pin: bool = False) -> Tensor:
+    """``tensor[index]`` along the first dimension, into page-locked memory when ``pin``."""
+    if not pin:
+        return tensor[index]
+    out = torch.empty((len(index), *tensor.shape[1:]), dtype=tensor.dtype, pin_memory=True)
+    return torch.index_select(tensor, 0, index, out=out)
+
+
+def _stored_side(data: ImageSet | Dataset) -> int:
+    """Side of a split's stored images (what ``"auto"`` decides on when no image size is given)."""
+    if isinstance(data, ImageSet):
+        return int(data.images.shape[-1])
+    side = getattr(data, "image_size", None)
+    return int(side) if side is not None else int(data[0][0].shape[-1])

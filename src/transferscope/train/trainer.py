@@ -40,7 +40,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from ..config import ModelConfig, TrainConfig
+from ..config import TrainConfig
 from ..data import Domain, block_shuffle_for, load_domain
 from ..data.tensors import split_size
 from ..evaluation import evaluate, loss_fn, score_metric
@@ -179,9 +179,10 @@ def build_run_model(config: TrainConfig, domain: Domain, model: nn.Module | None
     return model
 
 
-# ModelConfig and TrainConfig settings added after run folders were first written: left
+# ModelConfig, DataConfig and TrainConfig settings added after run folders were first written: left
 # out of the identity at their defaults, so that those runs keep theirs
 _LATER_MODEL_SETTINGS = ("kwargs", "head")
+_LATER_DATA_SETTINGS = ("decode_size",)
 _LATER_TRAIN_SETTINGS = ("optimizer", "adamw_betas", "adamw_eps", "label_smoothing", "bn_momentum", "freeze", "modules")
 
 
@@ -193,12 +194,12 @@ def run_identity(config: TrainConfig, model: nn.Module | None = None,
     ``config.model`` replaced by the digests of its architecture
     (:func:`architecture_digest`) and of its initial weights (:func:`state_digest`)."""
     fields = config.model_dump(mode="json")
-    for key in _LATER_MODEL_SETTINGS:
-        if fields["model"][key] == ModelConfig.model_fields[key].default:
-            del fields["model"][key]
-    for key in _LATER_TRAIN_SETTINGS:
-        if getattr(config, key) == TrainConfig.model_fields[key].default:
-            del fields[key]
+    for part, settings, later in ((fields["model"], config.model, _LATER_MODEL_SETTINGS),
+                                  (fields["data"], config.data, _LATER_DATA_SETTINGS),
+                                  (fields, config, _LATER_TRAIN_SETTINGS)):
+        for key in later:
+            if getattr(settings, key) == type(settings).model_fields[key].default:
+                del part[key]
     if config.init is not None:
         path = Path(config.init)
         if not path.is_file():
@@ -274,7 +275,7 @@ class Trainer:
         loader = partial(self.domain.loader, block_shuffle=shuffle, device=self.device,
                          channels_last=config.channels_last, num_workers=config.num_workers)
         self.train_loader = loader("train", config.batch_size, shuffle=True, seed=config.seed,
-                                   augment=config.augment and shuffle is None, drop_last=True)
+                                   augment=config.augment if shuffle is None else "none", drop_last=True)
         if len(self.train_loader) == 0:
             raise ValueError(f"batch_size {config.batch_size} is larger than the {split_size(self.domain.train)} "
                              "training examples; lower batch_size")
@@ -314,7 +315,8 @@ class Trainer:
             (self.out_dir / "metrics").with_suffix(suffix).unlink(missing_ok=True)
 
     def _status(self, state: str, **extra) -> None:
-        write_json(self.out_dir / "status.json", {"state": state, "digest": self.identity, **extra})
+        write_json(self.out_dir / "status.json", {"state": state, "digest": self.identity,
+                                                  "augment": self.train_loader.augment, **extra})
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
         # NaN outputs score NaN here; the training loop's loss check stops a diverged run
