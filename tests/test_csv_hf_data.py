@@ -20,8 +20,8 @@ from pydantic import ValidationError
 
 from transferscope.config import DataConfig
 from transferscope.data import load_domain
-from transferscope.data.files import FileImageDataset, read_image
-from transferscope.data.hf_datasets import HFImageDataset
+from transferscope.data.files import FileImageDataset, ImageReadError, read_image
+from transferscope.data.hf_datasets import HFImageDataset, encoded_images
 from transferscope.data.load import example_counts
 from transferscope.study import StudySpec, build_plan
 
@@ -53,7 +53,7 @@ def table(tmp_path) -> pd.DataFrame:
 
 
 def csv_config(root: Path, **changes) -> DataConfig:
-    return DataConfig(kind="csv", root=str(root), image_size=SIZE, **changes)
+    return DataConfig(**{"kind": "csv", "root": str(root), "image_size": SIZE, **changes})
 
 
 def items(dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,16 +182,18 @@ def save_hf(table: pd.DataFrame, base: Path, out: Path, **features) -> Path:
 
 def test_hf_gives_the_pixels_of_the_same_png_files(tmp_path, table):
     saved = save_hf(table, tmp_path, tmp_path / "saved")
-    for change in ({}, {"n_train": 6, "seed": 2}):
-        from_hf = load_domain(DataConfig(kind="hf", root=str(saved), image_size=SIZE, **change))
+    for change in ({}, {"n_train": 6, "seed": 2}, {"image_size": 64}):  # 64 px: decoded at 73, cropped by the loader
+        from_hf = load_domain(DataConfig(**{"kind": "hf", "root": str(saved), "image_size": SIZE, **change}))
         from_csv = load_domain(csv_config(tmp_path / "pets.csv", split_column="split", **change))
         assert isinstance(from_hf.train, HFImageDataset) and from_hf.classes == list(CLASSES)
         for split in ("train", "test"):
             hf_images, hf_targets = items(from_hf.split(split))
             csv_images, csv_targets = items(from_csv.split(split))
             assert torch.equal(hf_images, csv_images) and torch.equal(hf_targets, csv_targets)
+    assert from_hf.train.decode_size == from_csv.train.decode_size == 73
     batch, _ = next(iter(pickle.loads(pickle.dumps(from_hf)).loader("train", 4)))  # pickles into workers
-    assert batch.shape == (4, 3, SIZE, SIZE)
+    assert batch.shape == (4, 3, 64, 64)
+    assert torch.equal(batch, next(iter(from_csv.loader("train", 4)))[0])
 
 
 def test_hf_single_dataset_multilabel_and_plain_labels(tmp_path, table):
@@ -225,6 +227,14 @@ def test_hf_errors(tmp_path, table, monkeypatch):
         load_domain(config.model_copy(update={"image_column": "furry"}))
     with pytest.raises(ValueError, match=r"has no column 'species' \(its columns: image, label, furry\)"):
         load_domain(config.model_copy(update={"label_column": "species"}))
+
+    raw = datasets.Dataset.from_dict({"image": [b"not an image", (tmp_path / table.path[0]).read_bytes()]},
+                                     features=datasets.Features({"image": datasets.Value("binary")}))
+    images = encoded_images(raw, "image", "raw")
+    corrupt = HFImageDataset(images, [1, 0], torch.tensor([0, 1]), SIZE, ["a", "b"], "raw bytes")
+    assert torch.equal(corrupt[0][0], read_image(tmp_path / table.path[0], SIZE))  # bytes decode like the file
+    with pytest.raises(ImageReadError, match=r"cannot read image raw bytes row 0: UnidentifiedImageError"):
+        corrupt[1]
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "empty-cache")

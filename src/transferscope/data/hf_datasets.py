@@ -6,8 +6,9 @@ A ``DatasetDict`` gives its splits ``train_split`` and ``test_split`` (default
 ``"train"`` / ``"test"``); a single ``Dataset`` is split like a CSV without a split
 column (:func:`~.csv_table.split_rows`). ``image_column`` (default ``"image"``) holds an
 ``Image`` feature (or raw bytes); images are decoded on access by the same code as image
-files (:func:`~.files.read_image`: RGB, shorter side resized to ``image_size``, centre
-crop), so a data set of PNG files gives the pixels those files give. Labels are one
+files (:func:`~.files.read_image`: RGB, shorter side resized to the decode size of
+``image_size``, centre crop), so a data set of PNG files gives the pixels those files
+give. Labels are one
 ``label_column`` (default ``"label"``; class names from its ``ClassLabel`` feature when
 it has one, else the sorted values) or several 0/1 ``label_columns`` (multi-label);
 ``num_classes``, ``n_train`` and ``n_test`` as for a CSV (:mod:`.csv_table`).
@@ -29,7 +30,7 @@ from torch.utils.data import Dataset
 
 from .csv_table import labelled_splits, require_columns, wanted_labels
 from .domain import Domain
-from .files import IMAGENET_MEAN, IMAGENET_STD, ImageReadError, read_image
+from .files import IMAGENET_MEAN, IMAGENET_STD, ImageReadError, decode_size_for, read_image
 
 
 def _datasets() -> Any:
@@ -84,10 +85,11 @@ def encoded_images(table: Any, image_column: str, source: str) -> Any:
 
 class HFImageDataset(Dataset):
     """Images of a Hugging Face data set decoded on access like image files: item ``i``
-    is ``(uint8 (3, S, S), targets[i])`` with ``S = image_size``
-    (:func:`~.files.read_image`), read from row ``rows[i]`` of ``images`` (see
-    :func:`encoded_images`). Pickles into ``DataLoader`` workers as the memory-mapped
-    table's file names."""
+    is ``(uint8 (3, S, S), targets[i])`` with ``S = decode_size``
+    (:func:`~.files.read_image`, :func:`~.files.decode_size_for` ``(image_size)``, as a
+    :class:`~.files.FileImageDataset`; the loaders crop or resample to ``image_size``),
+    read from row ``rows[i]`` of ``images`` (see :func:`encoded_images`). Pickles into
+    ``DataLoader`` workers as the memory-mapped table's file names."""
 
     def __init__(self, images: Any, rows: Sequence[int], targets: Tensor, image_size: int, classes: Sequence[str],
                  source: str) -> None:
@@ -95,6 +97,7 @@ class HFImageDataset(Dataset):
             raise ValueError(f"{len(rows)} rows but {len(targets)} targets")
         self.images, self.rows, self.targets = images, list(rows), targets
         self.image_size, self.classes, self.source = image_size, list(classes), source
+        self.decode_size = decode_size_for(image_size)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -105,7 +108,7 @@ class HFImageDataset(Dataset):
         if isinstance(encoded, bytes):
             encoded = {"bytes": encoded, "path": None}
         try:
-            image = read_image(io.BytesIO(encoded["bytes"]) if encoded["bytes"] else encoded["path"], self.image_size)
+            image = read_image(io.BytesIO(encoded["bytes"]) if encoded["bytes"] else encoded["path"], self.decode_size)
         except ImageReadError as error:
             raise ImageReadError(f"{self.source} row {row}", error.reason) from error
         return image, self.targets[index]
