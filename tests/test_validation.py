@@ -112,7 +112,7 @@ def test_a_nested_error_is_listed_alone(tmp_path):
     spec["targets"][0]["data"]["bogus"] = 1
     message = _study_error(tmp_path, spec)
     assert message.splitlines()[1:] == ["  targets.0.data.bogus: unknown key; allowed keys: kind, name, root, image_size, "
-                                        "n_train, n_test, num_classes, seed, block_size, shuffle_seed, "
+                                        "n_train, n_test, num_classes, seed, block_size, shuffle_seed, decode_size, "
                                         "image_column, label_column, label_columns, split_column, train_split, test_split"]
     spec["targets"] = []
     assert "targets: Tuple should have at least 1 item" in _study_error(tmp_path, spec)  # a real length error stays
