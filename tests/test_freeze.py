@@ -13,9 +13,17 @@ import torch
 
 from transferscope.analysis import claims, freeze_recommendation, freeze_table
 from transferscope.config import TrainConfig
-from transferscope.io import content_hash
+from transferscope.io import read_table
 from transferscope.models import Partition
 from transferscope.models.registry import build_model
+from transferscope.report import sections
+from transferscope.report.page import Section
+from transferscope.study import StudySpec, build_plan, run_study
+from transferscope.study.executors import LocalExecutor
+from transferscope.study.results import collect_results
+from transferscope.study.store import Store
+from transferscope.train import TrainingRun
+from transferscope.train import trainer as trainer_module
 from transferscope.train.trainer import Trainer, run_identity
 
 FROZEN = 2  # conv1 (with the stem's bn1) and layer1 of small_resnet
@@ -64,16 +72,15 @@ def test_modules_keep_their_order_and_need_freeze():
         TrainConfig(modules=["conv1"])
 
 
-def test_freeze_zero_keeps_the_run_identity():
+def test_freeze_zero_keeps_the_run_identity(monkeypatch):
     """A run folder written before freeze existed resumes: at their defaults, freeze and
-    modules are not part of the identity."""
-    config = TrainConfig(epochs=3)
-    fields = config.model_dump(mode="json", exclude={"freeze", "modules", "optimizer", "adamw_betas", "adamw_eps",
-                                                     "label_smoothing", "bn_momentum"})
-    for key in ("kwargs", "head"):
-        del fields["model"][key]
-    assert run_identity(config) == content_hash(fields)
-    assert run_identity(config.model_copy(update={"freeze": 1})) != run_identity(config)
+    modules are not part of the identity that run_identity hashes."""
+    hashed = []
+    monkeypatch.setattr(trainer_module, "content_hash", lambda fields: hashed.append(fields) or "digest")
+    run_identity(TrainConfig(epochs=3))
+    run_identity(TrainConfig(epochs=3, freeze=1, modules=["conv1"]))
+    assert not {"freeze", "modules"} & set(hashed[0])
+    assert (hashed[1]["freeze"], hashed[1]["modules"]) == (1, ["conv1"])
 
 
 # ----------------------------------------------------------------- the recommendation
@@ -214,3 +221,89 @@ def test_checkpoint_advice_verdicts(scores, seeds, verdict, advised):
     assert row["statistic"].iloc[0].startswith(f"advice: fine-tune from epoch {advised},")
     assert "An earlier pre-training checkpoint" in claims.findings({"checkpoints": checkpoint_rows(scores, seeds)})[
         "claim"].str.cat()
+
+
+# ----------------------------------------------------------------- the study
+RECIPE = {"epochs": 1, "lr": 0.05, "batch_size": 32, "clean_train_examples": 32, "device": "cpu"}
+OFF = ("cka", "mistakes", "interpolation", "basin", "criticality", "spectrum", "distance")
+
+
+def study(**extra) -> dict:
+    data = {"kind": "synthetic", "image_size": 16, "n_train": 64, "n_test": 64}
+    return {"name": "freeze", "model": {"arch": "small_resnet", "width": 4},
+            "source": {"data": {**data, "name": "source", "num_classes": 4}, "recipe": RECIPE},
+            "targets": [{"label": "real", "data": {**data, "name": "real"}},
+                        {"label": "sketch", "data": {**data, "name": "sketch"}}],
+            "finetune": RECIPE, "scratch": RECIPE, "seeds": [0, 1],
+            "analyses": {**{name: {"enabled": False} for name in OFF}, "rewind": {"max_examples": 64}}, **extra}
+
+
+def plan(spec: dict) -> list:
+    return build_plan(StudySpec.model_validate(spec))
+
+
+def test_the_study_plans_frozen_p_t_runs():
+    jobs = plan(study(freeze={"units": [0, 1, 3], "targets": ["real"]}))
+    frozen = [job for job in jobs if job.kind == "frozen"]
+    assert sorted((job.target, job.config["meta"]["seed"], job.config["meta"]["freeze"]) for job in frozen) == [
+        ("real", seed, k) for seed in (0, 1) for k in (1, 3)]  # k = 0 is the main P-T run of each seed
+    for job in frozen:
+        config = TrainConfig.model_validate(job.config["train"])
+        assert config.freeze == job.config["meta"]["freeze"] and config.modules is None
+        assert job.label.endswith(f"freeze={config.freeze}") and job.deps == (job.config["init"]["job"],)
+    assert len(jobs) == len(plan(study())) + 4
+    assert [job.kind for job in plan(study(freeze=[1], modules=["conv1", "layer1"])) if job.kind == "frozen"] == [
+        "frozen"] * 4
+
+
+def test_auto_plans_every_k_the_partition_allows_and_k_is_checked():
+    frozen = {job.config["meta"]["freeze"] for job in plan(study(freeze="auto")) if job.kind == "frozen"}
+    assert frozen == {1, 2, 3, 4, 5}  # small_resnet: conv1, layer1..layer4, fc; fc always trains
+    modules = {"stem": ["conv1"], "body": ["layer1", "layer2", "layer3", "layer4"]}  # + rest
+    jobs = [job for job in plan(study(freeze="auto", modules=modules)) if job.kind == "frozen"]
+    assert {job.config["meta"]["freeze"] for job in jobs} == {1, 2}
+    assert TrainConfig.model_validate(jobs[0].config["train"]).partition_modules == {
+        "stem": ("conv1",), "body": ("layer1", "layer2", "layer3", "layer4")}
+    with pytest.raises(ValueError, match=r"k = \[6\] would freeze every unit of the partition \(conv1, layer1, "
+                                         r"layer2, layer3, layer4, fc\); the last unit trains, so k is at most 5"):
+        plan(study(freeze=[1, 6]))
+    with pytest.raises(ValueError, match="freeze.targets names unknown targets"):
+        StudySpec.model_validate(study(freeze={"units": [1], "targets": ["clipart"]}))
+
+
+def test_a_freeze_sweep_keeps_every_other_job_id():
+    base = {job.id for job in plan(study())}
+    assert base == {job.id for job in plan(study(freeze=[]))}  # the default
+    swept = {job.id: job for job in plan(study(freeze=[0, 2]))}
+    assert base <= set(swept) and {swept[i].kind for i in set(swept) - base} == {"frozen"}
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TRANSFERSCOPE_CACHE", str(tmp_path_factory.getbasetemp() / "synthetic-cache"))
+
+
+def test_a_study_with_a_freeze_sweep_reports_it(tmp_path):
+    spec = StudySpec.model_validate(study(freeze=[0, 1], seeds=[0], targets=study()["targets"][:1]))
+    assert run_study(spec, tmp_path, LocalExecutor(progress=False)) == {"done": 5}  # P, P-T, RI-T, frozen, rewind
+    jobs = build_plan(spec)
+    frozen, pretrain = (next(job for job in jobs if job.kind == kind) for kind in ("frozen", "pretrain"))
+    p_weights = TrainingRun(tmp_path / "jobs" / pretrain.id / "run").checkpoint("final")
+    final = TrainingRun(tmp_path / "jobs" / frozen.id / "run").checkpoint("final")
+    conv1 = [key for key in final if key.startswith("conv1.")]
+    assert conv1 and all(torch.equal(final[key], p_weights[key]) for key in conv1)  # P's stem, untouched
+    tables = collect_results(spec, Store(tmp_path), jobs)  # also written under results/
+    runs, plans = read_table(tmp_path / "results" / "freeze.parquet"), tables["freeze_plan"]
+    assert list(runs["freeze"]) == [0, 1] and (runs["final_score_count"] == 1).all()
+    assert list(plans["module"]) == ["conv1", "layer1", "layer2", "layer3", "layer4", "fc"]
+    assert (plans["model"] == "P-T:s0").all() and plans["freeze"].nunique() == 1
+    assert "Freezing the leading modules that rewinding recommends keeps the best final score" in set(
+        tables["findings"]["claim"])
+    section = Section("freeze", "Freeze plans checked by runs")
+    sections.freezing(section, tables)
+    assert [name for name, _ in section.figures] == ["freeze"] and len(section.tables) == 2 and not section.missing
+    assert f"rewinding recommends freezing k = {plans['freeze'].iloc[0]}" in section.caption
+    assert ("freeze", "Freeze plans checked by runs", sections.freezing) in sections.SECTIONS
+    empty = Section("freeze", "Freeze plans checked by runs")
+    sections.freezing(empty, {})
+    assert "the recommendation needs the rewind analysis" in empty.missing

@@ -23,6 +23,7 @@ from .figures import criticality as criticality_figures
 from .figures import distance as distance_figures
 from .figures import feature_reuse as reuse_figures
 from .figures import findings as findings_figures
+from .figures import freeze as freeze_figures
 from .figures import landscape as landscape_figures
 from .figures import mistakes as mistake_figures
 from .figures import names
@@ -142,7 +143,27 @@ def pretraining_checkpoints(section, tables, spec, **_) -> None:
     section.figures.append(("checkpoints", checkpoint_figures.plot_checkpoints(table)))
     section.tables.append(("Fine-tuning from pre-training checkpoints", table))
     section.caption = checkpoint_figures.caption_checkpoints(
-        table, _verdicts(tables, claims.checkpoint_plateau))
+        table, _verdicts(tables, claims.checkpoint_plateau, claims.checkpoint_advice))
+
+
+
+def freezing(section, tables, **_) -> None:
+    """The freeze recommendation from rewinding, and the P-T runs with the first k units
+    frozen that check it."""
+    plans, runs = tables.get("freeze_plan"), tables.get("freeze")
+    has_plans, has_runs = plans is not None and not plans.empty, runs is not None and not runs.empty
+    if not has_plans and not has_runs:
+        section.missing = ("No freeze plan: the recommendation needs the rewind analysis of a P-T model "
+                           "(analyses.rewind), and `freeze: auto` (or a list of k) adds the P-T runs with the first k "
+                           "units frozen that check it; or their jobs have not completed (see `transferscope status`).")
+        return
+    if has_runs:
+        section.figures.append(("freeze", freeze_figures.plot_freeze(runs, plans)))
+        section.tables.append(("Final score and training time per number of frozen leading units (mean, std, count "
+                               "over seeds)", runs))
+    if has_plans:
+        section.tables.append(("Freeze recommendation: the cost of rewinding each module alone", plans))
+    section.caption = freeze_figures.caption_freeze(runs, plans, _verdicts(tables, claims.freeze_recommendation_right))
 
 
 def _test_images(data, indices):
@@ -297,6 +318,7 @@ SECTIONS: list[tuple[str, str, Callable[..., None]]] = [
     ("basin", "Basins in the loss landscape (Definition 3.1)", basins),
     ("rewind", "Rewinding modules (Fig. 5)", rewinding),
     ("criticality", "Module criticality (Fig. 6)", module_criticality),
+    ("freeze", "Freeze plans checked by runs", freezing),
     ("checkpoints", "Which pre-training checkpoint (Fig. 7)", pretraining_checkpoints),
     ("spectrum", "Module spectra (the paper's future work)", spectra),
 ]

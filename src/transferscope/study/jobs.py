@@ -331,7 +331,8 @@ def _analysis(function: Callable[[AnalysisInputs], None]) -> Callable[[Store, Jo
 
 
 RUNNERS: dict[str, Callable[[Store, Job, bool], None]] = {
-    "pretrain": _train_job, "finetune": _train_job, "weights": _weights_job, "source_score": _source_score_job,
+    "pretrain": _train_job, "finetune": _train_job, "frozen": _train_job, "weights": _weights_job,
+    "source_score": _source_score_job,
     "distance": _analysis(_distance_job), "mistakes": _analysis(_mistakes_job),
     "spectrum": _analysis(_spectrum_job), "interpolation": _analysis(_interpolation_job),
     "basin": _analysis(_basin_job), "cka": _analysis(_cka_job), "rewind": _analysis(_rewind_job),

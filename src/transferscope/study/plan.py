@@ -15,18 +15,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..analysis.claims import FLOOR_MODEL
 from ..analysis.module_criticality import DEFAULT_GRID
 from ..config import TrainConfig
 from ..data.load import example_counts
+from ..models.partition import Partition
 from ..models.pretrained import weights_identity
-from ..models.registry import arch_source, check_buildable
+from ..models.registry import arch_source, build_configured, check_buildable
 from ..roles import Role
 from ..seeding import derive_seed
 from .job import Job, decisive
 from .spec import StudySpec
 
-TRAIN_KINDS = ("pretrain", "finetune")
+TRAIN_KINDS = ("pretrain", "finetune", "frozen")  # frozen: P-T with its first k units frozen
 SOURCE_KINDS = ("weights", "source_score")  # P brought as weights, and its score on the source data
 ANALYSIS_KINDS = ("cka", "distance", "mistakes", "spectrum", "interpolation", "basin", "rewind", "criticality")
 PARTITIONED = ("cka", "distance", "spectrum", "rewind", "criticality")  # analyses that take the study's modules:
@@ -127,22 +130,27 @@ class Planner:
                              "defaults to the last checkpoint)")
 
     def finetune(self, target: str, kind: str, seed: int, *, block_size=None, permutation_seed: int = 0,
-                 from_epoch: int | None = None) -> Job:
+                 from_epoch: int | None = None, freeze: int = 0) -> Job:
         """A P-T run (``kind`` "P-T": init from P at ``from_epoch``, default its last
         epoch) or an RI-T run. A run of the block-shuffle sweep (``block_size`` set; the
         image size for its unshuffled baseline) trains without augmentation, as the paper's
         shuffled runs must, so that every point of the sweep has one recipe; its meta has a
-        ``permutation_seed`` (NaN for the runs outside the sweep)."""
+        ``permutation_seed`` (NaN for the runs outside the sweep). A P-T run with its first
+        ``freeze`` units frozen is a job of kind ``frozen`` with ``freeze`` in its meta."""
         spec = self.spec
         data = spec.target(target).data.model_copy(update={"block_size": block_size, "shuffle_seed": permutation_seed})
         recipe = (spec.finetune if kind == "P-T" else spec.scratch).model_dump()
         if block_size is not None:
             recipe["augment"] = False
+        if freeze:
+            recipe |= {"freeze": freeze, "modules": spec.modules}
         config = TrainConfig(data=data, model=spec.model, seed=seed, **recipe)
         last = spec.source.final_epoch
         meta = {"role": kind, "target": target, "seed": seed, "block_size": block_size,
                 "permutation_seed": permutation_seed if block_size is not None else None,
                 "from_epoch": (last if from_epoch is None else from_epoch) if kind == "P-T" else None}
+        if freeze:
+            meta["freeze"] = freeze
         job_config: dict[str, Any] = {"train": config.model_dump(mode="json"), "meta": meta}
         identity: dict[str, Any] = {"train": decisive(config)}
         deps: tuple[str, ...] = ()
@@ -157,8 +165,10 @@ class Planner:
                 label += f" from P@{from_epoch}"
         if block_size is not None:
             label += f" block={block_size} perm={permutation_seed}"
+        if freeze:
+            label += f" freeze={freeze}"
         job_config, identity = self._built(job_config, identity)
-        return self.add(Job("finetune", label, job_config, deps, target,
+        return self.add(Job("frozen" if freeze else "finetune", label, job_config, deps, target,
                             cost=_train_cost(config), identity=identity))
 
     # ------------------------------------------------------------------ analyses
@@ -183,6 +193,7 @@ class Planner:
         pretrain = self.source_model()
         self.source_score()
         sweep = spec.shuffle
+        freeze_units = self.freeze_units() if spec.freeze.units else ()
         for target in spec.targets:
             label = target.label
             pt = {seed: self.finetune(label, "P-T", seed) for seed in spec.seeds}
@@ -193,8 +204,38 @@ class Planner:
                 for epoch in spec.checkpoints.epochs:
                     for seed in spec.checkpoints.run_seeds:
                         self.finetune(label, "P-T", seed, from_epoch=epoch)
+            self._freeze_sweep(label, freeze_units)
             self._analyses(label, pretrain, pt, rit)
         return list(self.jobs.values())
+
+    def freeze_units(self) -> tuple[int, ...]:
+        """The freeze sweep's numbers k of frozen leading units: ``auto`` = every k from 0
+        to the partition's units − 1 (:class:`~.spec.FreezeSweep`)."""
+        units = self.unit_names()
+        chosen = tuple(range(len(units))) if self.spec.freeze.units == "auto" else self.spec.freeze.units
+        too_many = [k for k in chosen if k >= len(units)]
+        if too_many:
+            raise ValueError(f"freeze: k = {too_many} would freeze every unit of the partition ({', '.join(units)}); "
+                             f"the last unit trains, so k is at most {len(units) - 1}")
+        return chosen
+
+    def unit_names(self) -> list[str]:
+        """The units of the study's partition (``modules``), from the model built on the
+        meta device (on the CPU when its builder needs real tensors)."""
+        try:
+            with torch.device("meta"):
+                model = build_configured(self.spec.model, 2)
+        except Exception:  # noqa: BLE001 - a builder that reads values back: check_buildable let it pass
+            model = build_configured(self.spec.model, 2)
+        return Partition.of(model, self.spec.modules).names
+
+    def _freeze_sweep(self, target: str, units: tuple[int, ...]) -> None:
+        """P-T runs with the first k units frozen, per k and run seed (k = 0: the main P-T run)."""
+        sweep = self.spec.freeze
+        if sweep.targets is None or target in sweep.targets:
+            for seed in sweep.run_seeds or self.spec.seeds:
+                for k in units:
+                    self.finetune(target, "P-T", seed, freeze=k)
 
     def _shuffle_sweep(self, target: str, image_size: int) -> None:
         """P-T and RI-T runs per block size, permutation and run seed, and the sweep's own

@@ -1,6 +1,7 @@
 """Gather a study's outputs into tidy tables under ``DIR/results/`` (Parquet + CSV):
 ``runs`` (one row per training run), ``curves`` (per-epoch metrics), ``feature_reuse``
-(Fig. 3), ``checkpoints`` (Fig. 7), ``source_score`` (brought weights scored on the source
+(Fig. 3), ``checkpoints`` (Fig. 7), ``freeze`` and ``freeze_plan`` (the freeze sweep and
+the recommendation it checks), ``source_score`` (brought weights scored on the source
 data), one table per analysis kind (each row tagged with its target and job id) and
 ``findings`` (a verdict per claim of the paper, :func:`transferscope.analysis.findings`)."""
 
@@ -13,6 +14,7 @@ import pandas as pd
 from ..analysis.checkpoints import checkpoint_table
 from ..analysis.claims import findings
 from ..analysis.feature_reuse import feature_reuse_table, summarize_run
+from ..analysis.freeze_plan import freeze_plans, freeze_table
 from ..io import read_table, write_table
 from ..train import TrainingRun
 from .plan import ANALYSIS_KINDS, TRAIN_KINDS, Job
@@ -71,7 +73,18 @@ def training_tables(spec: StudySpec, store: Store, jobs: list[Job]) -> dict[str,
     if spec.checkpoints.epochs and source is not None and not sweep.empty:
         sweep = sweep.assign(from_epoch=sweep["from_epoch"].astype(int)).rename(columns={"from_epoch": "checkpoint_epoch"})
         tables["checkpoints"] = checkpoint_table(sweep, source)
+    frozen = runs_frame[runs_frame["kind"] == "frozen"]
+    if not frozen.empty:
+        tables["freeze"] = _freeze_table(main, frozen, tables["curves"])
     return tables
+
+
+def _freeze_table(main: pd.DataFrame, frozen: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """The freeze sweep (:func:`~transferscope.analysis.freeze_plan.freeze_table`): the
+    frozen runs and, as k = 0, the main P-T runs of their targets and seeds."""
+    unfrozen = main[(main["role"] == "P-T") & main["permutation_seed"].isna() & main["target"].isin(frozen["target"])
+                    & main["seed"].isin(frozen["seed"])]
+    return freeze_table(pd.concat([unfrozen.assign(freeze=0), frozen], ignore_index=True), curves)
 
 
 def analysis_tables(store: Store, jobs: list[Job]) -> dict[str, pd.DataFrame]:
@@ -90,6 +103,10 @@ def collect_results(spec: StudySpec, store: Store, jobs: list[Job]) -> dict[str,
     """Write every table, the findings last (computed from the others), to
     ``DIR/results/<name>.parquet`` and ``.csv``; return them."""
     tables = training_tables(spec, store, jobs) | analysis_tables(store, jobs)
+    plans = freeze_plans(tables["rewind"], tables.get("criticality"), tolerance=spec.freeze.tolerance) \
+        if "rewind" in tables else pd.DataFrame()
+    if not plans.empty:  # the freeze recommendation of each target's P-T model
+        tables["freeze_plan"] = plans
     tables["findings"] = findings(tables)
     folder = Path(store.root) / "results"
     for name, frame in tables.items():

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 ACTIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "REQUEUED",
                     "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "PREEMPTED"})
 GONE = "GONE"  # the controller answered and lists the task nowhere (cancelled before it started, or purged)
-TRAINING_KINDS = frozenset({"pretrain", "finetune"})
+TRAINING_KINDS = frozenset({"pretrain", "finetune", "frozen"})
 DEFAULT_MINUTES = 240
 
 

@@ -9,12 +9,13 @@ the key and the allowed values."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
-from pydantic import Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, create_model, field_validator, model_validator
 
 from ..analysis.basins import basin
 from ..analysis.distance import param_distance
+from ..analysis.freeze_plan import DEFAULT_TOLERANCE
 from ..analysis.interpolation import interpolate
 from ..analysis.mistake_overlap import mistakes
 from ..analysis.module_criticality import criticality
@@ -26,7 +27,7 @@ from ..models.partition import check_modules
 from ..models.pretrained import TIMM, TORCHVISION, check_weights
 from .settings import AnalysisSettings, DerivedSettings, keyword_settings
 
-_PER_RUN = {"data", "model", "init", "seed"}
+_PER_RUN = {"data", "model", "init", "seed", "freeze", "modules"}  # freeze: the freeze sweep
 _RECIPE_FIELDS: dict[str, Any] = {name: (field.annotation, field) for name, field in TrainConfig.model_fields.items()
                                   if name not in _PER_RUN}
 Recipe = create_model(
@@ -125,6 +126,30 @@ class CheckpointSweep(Settings):
     targets: tuple[str, ...] | None = None
 
 
+def _freeze_short_form(value: Any) -> Any:
+    """``freeze: [0, 1, 2]`` and ``freeze: auto`` are short for ``freeze: {units: ...}``."""
+    return {"units": value} if isinstance(value, (list, tuple, str)) else value
+
+
+class FreezeSweep(Settings):
+    """P-T runs with the first k units of the partition frozen at P's weights
+    (``TrainConfig.freeze``; job kind ``frozen``), which check the freeze recommendation
+    from rewinding (:mod:`transferscope.analysis.freeze_plan`).
+
+    ``auto`` asks for 0, the recommendation and one past it; the recommendation is known
+    only once the rewind job has run, after the plan is made, so ``auto`` plans every k
+    the partition allows (0 to its number of units − 1: the last unit, holding the
+    re-initialised head, always trains), and the findings judge the recommendation
+    against all of them. k = 0 is the main P-T run of a seed."""
+
+    units: tuple[Annotated[int, Field(ge=0)], ...] | Literal["auto"] = Field(
+        (), description="numbers k of leading units to freeze, e.g. [0, 1, 2]; auto: every k the partition allows")
+    run_seeds: tuple[int, ...] | None = Field(None, description="seeds of the frozen runs; None = the study's seeds")
+    targets: tuple[str, ...] | None = Field(None, description="targets to sweep; None = all")
+    tolerance: float = Field(DEFAULT_TOLERANCE, ge=0, description="the recommendation: leading modules whose "
+                             "rewinding to P's weights costs at most this much score (0.01 = one point)")
+
+
 class Source(Settings):
     """P, the source model: pre-trained by the study (``data`` + ``recipe``), or brought
     as ``weights`` (a file, ``torchvision:<WeightsEnum>.<member>``, ``timm:<name>``),
@@ -211,6 +236,7 @@ class StudySpec(Settings):
     seeds: tuple[int, ...] = Field((0, 1), min_length=1)
     shuffle: ShuffleSweep = ShuffleSweep()
     checkpoints: CheckpointSweep = CheckpointSweep()
+    freeze: Annotated[FreezeSweep, BeforeValidator(_freeze_short_form)] = FreezeSweep()
     analyses: Analyses = Analyses()
     modules: tuple[str, ...] | dict[str, tuple[str, ...] | str] | None = Field(
         None, description="the module partition of every analysis: module names (e.g. [conv1, layer1.0]) or "
@@ -249,7 +275,8 @@ class StudySpec(Settings):
     def _references(self) -> "StudySpec":
         labels = {t.label for t in self.targets}
         for where, chosen in (("shuffle.targets", self.shuffle.targets), ("checkpoints.targets", self.checkpoints.targets),
-                              ("analyses.criticality.targets", self.analyses.criticality.targets)):
+                              ("analyses.criticality.targets", self.analyses.criticality.targets),
+                              ("freeze.targets", self.freeze.targets)):
             unknown = set(chosen or ()) - labels
             if unknown:
                 raise ValueError(f"{where} names unknown targets {sorted(unknown)}; targets are {sorted(labels)}")
