@@ -83,8 +83,10 @@ def chexpert_domain(root: str | os.PathLike, csv: str = "train.csv", image_size:
 
     Rows of ``root/csv`` (only frontal views with ``frontal_only``) are permuted with
     ``seed``; train is the first ``n_train`` of them, test the next ``n_test``. Targets
-    follow :func:`chexpert_targets`. Images: shorter side resized to ``image_size``,
-    centre crop; normalised with ``mean``/``std`` (ImageNet's by default). The paper
+    follow :func:`chexpert_targets`. Images: decoded as
+    :class:`~transferscope.data.files.FileImageDataset` does (shorter side resized to 8/7
+    of ``image_size`` from 64 pixels, centre crop), seen by the network at ``image_size``;
+    normalised with ``mean``/``std`` (ImageNet's by default). The paper
     does not state its permutation seed.
     """
     root = Path(root)

@@ -82,8 +82,10 @@ def domainnet_domain(root: str | os.PathLike, name: str, image_size: int = 224, 
     ``num_classes`` keeps the classes with labels ``0 .. num_classes - 1`` (None = all).
     Train and test each keep a seeded random ``n_train`` / ``n_test`` of their split
     file when larger (``None`` = all), stored in seeded random order (see
-    :func:`~transferscope.data.files.seeded_order`). Images: shorter side resized to
-    ``image_size``, centre crop; normalised with ``mean``/``std`` (ImageNet's by default).
+    :func:`~transferscope.data.files.seeded_order`). Images: decoded as
+    :class:`~transferscope.data.files.FileImageDataset` does (shorter side resized to 8/7
+    of ``image_size`` from 64 pixels, centre crop), seen by the network at ``image_size``;
+    normalised with ``mean``/``std`` (ImageNet's by default).
     """
     root = Path(root)
     train_lines = read_split_file(root / f"{name}_train.txt")

@@ -78,8 +78,10 @@ def image_folder_domain(root: str | os.PathLike, image_size: int = 224, test_fra
     ``n_test`` keep a :func:`stratified_subsample` of each split, seeded with ``seed``
     (None, or more than the split holds = all). Examples are stored in
     a seeded random order (see :func:`~transferscope.data.files.seeded_order`). Images:
-    shorter side resized to ``image_size``, centre crop; normalised with ``mean``/``std``
-    (ImageNet's by default). ``extensions``: torchvision's ``IMG_EXTENSIONS`` by default.
+    decoded as :class:`~transferscope.data.files.FileImageDataset` does (shorter side
+    resized to 8/7 of ``image_size`` from 64 pixels, centre crop), seen by the network at
+    ``image_size``; normalised with ``mean``/``std`` (ImageNet's by default).
+    ``extensions``: torchvision's ``IMG_EXTENSIONS`` by default.
     ``name`` defaults to the folder's name."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset  # a 3 s import
 
