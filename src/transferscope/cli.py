@@ -21,6 +21,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 try:  # typer >= 0.20 vendors click
@@ -201,7 +202,7 @@ def status(out: Path = typer.Argument(..., help="study folder"),
     table, failed = status_table(out)
     console.print(table)
     for job, error in failed:
-        console.print(f"[red]failed[/] {job.label} ({job.id}): {error}")
+        console.print(f"[red]failed[/] {escape(job.label)} ({job.id}): {escape(str(error))}")
     if times:
         _print_times(out)
 

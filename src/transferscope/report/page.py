@@ -30,12 +30,14 @@ from matplotlib.figure import Figure
 from .. import __version__
 from ..analysis.claims import INCONCLUSIVE
 from ..io import write_json, write_text
+from ..study.plan import Job, source_plans
 from ..study.results import collect_results
 from ..study.runner import open_study
+from ..study.spec import StudySpec
 from ..study.store import REPORT_TIMES
 from ..timing import Stages
 from .render import PLAIN_TEXT, file_stem, save_figure_timed
-from .sections import SECTIONS
+from .sections import SECTIONS, compared_sources
 from .tables import constants_text, display_table, html_table
 
 
@@ -114,10 +116,10 @@ def build_report(root: str | Path, force: bool = True) -> Path:
     states = Counter(store.state(job) for job in jobs)
     sections = []
     times: dict[str, dict] = {}
-    for key, title, builder in SECTIONS:
+    for key, title, builder, section_tables, inputs in section_plan(spec, tables, jobs):
         section = Section(key, title)
         with stages.stage("sections"):
-            built = _build_section(section, builder, tables, spec=spec, store=store, jobs=jobs)
+            built = _build_section(section, builder, section_tables, store=store, **inputs)
         times[key] = {"build": built, "figures": 0, "figure_seconds": 0.0}
         sections.append(section)
     drawn = [(section, name, figure, file_stem(f"{section.key}_{name}"))
@@ -141,7 +143,8 @@ def build_report(root: str | Path, force: bool = True) -> Path:
         "study": spec, "version": __version__, "sections": sections,
         "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "counts": ", ".join(f"{n} jobs {state}" for state, n in states.items()),
-        "source": spec.source.label, "targets": ", ".join(t.label for t in spec.targets),
+        "source": ", ".join(s.label for s in spec.sources) if spec.sources else spec.one_source.origin,
+        "targets": ", ".join(t.label for t in spec.targets),
         "model": f"{spec.model.arch} (width {spec.model.width})" if spec.model.arch == "small_resnet" else spec.model.arch,
     }
     environment = jinja2.Environment(loader=jinja2.PackageLoader("transferscope.report", "templates"),
@@ -152,6 +155,24 @@ def build_report(root: str | Path, force: bool = True) -> Path:
     write_json(root / REPORT_TIMES, {"seconds": stages.elapsed(), "stages": stages.snapshot(), "sections": times})
     write_text(folder / "digest.txt", digest)
     return html_path
+
+
+def section_plan(spec: StudySpec, tables: dict, jobs: list[Job]) -> list[tuple]:
+    """The report's sections as ``(key, title, builder, tables, inputs)``: :data:`SECTIONS`
+    on the study's tables; for several sources, the findings (every source's) and the
+    comparison of the sources, then every other section once per source, on that
+    source's rows (``source`` column) and its one-source study."""
+    if not spec.sources:
+        return [(key, title, builder, tables, {"spec": spec, "jobs": jobs}) for key, title, builder in SECTIONS]
+    (key, title, builder), *rest = SECTIONS
+    plan = [(key, title, builder, tables, {"spec": spec, "jobs": jobs}),
+            ("sources", "Sources compared", compared_sources, tables, {"spec": spec, "jobs": jobs})]
+    for label, single, own in source_plans(spec):
+        own_tables = {name: frame[frame["source"] == label].drop(columns="source")
+                      for name, frame in tables.items() if "source" in frame}
+        plan += [(f"{key}-{file_stem(str(label))}", f"{label}: {title}", builder, own_tables,
+                  {"spec": single, "jobs": own}) for key, title, builder in rest]
+    return plan
 
 
 def _build_section(section: Section, builder, tables: dict, **inputs) -> float:

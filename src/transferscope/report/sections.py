@@ -27,6 +27,8 @@ from .figures import freeze as freeze_figures
 from .figures import landscape as landscape_figures
 from .figures import mistakes as mistake_figures
 from .figures import names
+from .figures import soups as soup_figures
+from .figures import sources as source_figures
 from .figures import spectrum as spectrum_figures
 from .figures import training as training_figures
 
@@ -77,7 +79,7 @@ def findings_at_a_glance(section, tables, **_) -> None:
 
 def source_model(section, tables, spec, store, jobs) -> None:
     """Where P came from, its source score, and models that should differ but do not."""
-    source = spec.source
+    source = spec.one_source
     if source.pretrains:
         text = (f"P was pre-trained by this study on the {source.data.kind} data {source.data.name!r} "
                 f"({source.recipe.epochs} epochs, seed {source.seed}).")
@@ -106,7 +108,7 @@ def source_model(section, tables, spec, store, jobs) -> None:
 def learning_curves(section, tables, spec, **_) -> None:
     if not _need(section, tables, "curves", "runs"):
         return
-    last = spec.source.final_epoch
+    last = spec.one_source.final_epoch
     section.figures.append(("curves", training_figures.plot_learning_curves(tables["curves"], last)))
     section.tables.append(("Final test score and optimization speed (mean, std, count over seeds)",
                            training_figures.final_table(tables["runs"], last)))
@@ -278,6 +280,16 @@ def basins(section, tables, **_) -> None:
     section.caption = landscape_figures.caption_basin(frame, _verdicts(tables, claims.pt_pairs_in_one_basin))
 
 
+def soups(section, tables, **_) -> None:
+    if not _need(section, tables, "soup"):
+        return
+    frame = tables["soup"]
+    section.figures.append(("members", soup_figures.plot_soups(frame)))
+    columns = ["target", "group", "model", "members", "score", "metric", "gain", "gain_ci_low", "gain_ci_high", "bn"]
+    section.tables.append(("Members and their weight average", frame[[c for c in columns if c in frame]]))
+    section.caption = soup_figures.caption_soups(frame, _verdicts(tables, claims.pt_soups_average))
+
+
 def rewinding(section, tables, **_) -> None:
     if not _need(section, tables, "rewind"):
         return
@@ -306,6 +318,25 @@ def module_criticality(section, tables, **_) -> None:
     section.tables.append(("Module criticality μ_i (Definition 3.2)", frame[[c for c in columns if c in frame]]))
 
 
+def compared_sources(section, tables, **_) -> None:
+    """Several sources: which gives the best final score and optimization speed per
+    target, and how much of each its P-T models reuse (CKA and L2 of P and P-T)."""
+    if not _need(section, tables, "sources"):
+        return
+    comparison = tables["sources"]
+    section.figures.append(("scores", source_figures.plot_source_scores(comparison)))
+    reuse = tables.get("source_reuse")
+    if reuse is not None and not reuse.dropna(subset=["cka", "distance"], how="all").empty:
+        for target in dict.fromkeys(reuse["target"]):
+            section.figures.append((f"reuse_{target}", source_figures.plot_source_reuse(reuse, target)))
+    findings = tables["findings"]
+    best = findings[findings["section"] == "sources compared"]
+    section.caption = ("Each source's P-T runs (mean ± std over seeds) against random init (the RI-T runs every "
+                       "source shares), and per module the CKA and L2 distance between P and its P-T models. "
+                       + findings_figures.verdict_sentence(best))
+    section.tables.append(("Sources per target", comparison))
+
+
 SECTIONS: list[tuple[str, str, Callable[..., None]]] = [
     ("findings", "Findings at a glance", findings_at_a_glance),
     ("source", "The source model P", source_model),
@@ -316,6 +347,7 @@ SECTIONS: list[tuple[str, str, Callable[..., None]]] = [
     ("distance", "Parameter distance (Table 2)", distances),
     ("interpolation", "Loss interpolation and performance barriers (Fig. 4)", interpolation),
     ("basin", "Basins in the loss landscape (Definition 3.1)", basins),
+    ("soups", "Averaging fine-tuned models: model soups (Wortsman et al. 2022)", soups),
     ("rewind", "Rewinding modules (Fig. 5)", rewinding),
     ("criticality", "Module criticality (Fig. 6)", module_criticality),
     ("freeze", "Freeze plans checked by runs", freezing),

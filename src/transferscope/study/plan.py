@@ -12,6 +12,8 @@ fails the plan, before any job runs."""
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,8 @@ from .spec import StudySpec
 
 TRAIN_KINDS = ("pretrain", "finetune", "frozen")  # frozen: P-T with its first k units frozen
 SOURCE_KINDS = ("weights", "source_score")  # P brought as weights, and its score on the source data
-ANALYSIS_KINDS = ("cka", "distance", "mistakes", "spectrum", "interpolation", "basin", "rewind", "criticality")
+ANALYSIS_KINDS = ("cka", "distance", "mistakes", "spectrum", "interpolation", "basin", "soup", "rewind",
+                  "criticality")
 PARTITIONED = ("cka", "distance", "spectrum", "rewind", "criticality")  # analyses that take the study's modules:
 __all__ = ["ANALYSIS_KINDS", "SOURCE_KINDS", "TRAIN_KINDS", "Job", "Planner", "build_plan", "levels"]
 
@@ -67,7 +70,7 @@ class Planner:
 
     # ------------------------------------------------------------------ the source model P
     def pretrain(self) -> Job:
-        source = self.spec.source
+        source = self.spec.one_source
         recipe, data = source.recipe, source.data
         assert recipe is not None and data is not None  # only a source that pre-trains has this job
         config = TrainConfig(data=data, model=self.spec.model, seed=source.seed, **recipe.model_dump())
@@ -90,7 +93,7 @@ class Planner:
     def source_model(self, epoch: int | None = None) -> Job:
         """The job that holds P (``epoch`` None or P's own), or P at ``epoch`` of its
         pre-training run or brought trajectory."""
-        source = self.spec.source
+        source = self.spec.one_source
         if source.pretrains:
             return self.pretrain()
         if epoch is not None and epoch != source.final_epoch:
@@ -102,7 +105,7 @@ class Planner:
     def source_score(self) -> Job | None:
         """Brought weights scored on the source data (P, and each checkpoint of its
         trajectory), when the study gives ``source.data``."""
-        spec, source = self.spec, self.spec.source
+        spec, source = self.spec, self.spec.one_source
         if source.pretrains or source.data is None:
             return None
         trajectory: dict[int | None, Job] = {epoch: self.weights(weights)
@@ -120,7 +123,7 @@ class Planner:
 
     def _check_trajectory(self) -> None:
         """Brought weights and a trajectory: its last checkpoint must be P itself."""
-        source = self.spec.source
+        source = self.spec.one_source
         if source.pretrains or not source.checkpoints or source.weights is None:
             return
         last = max(source.checkpoints)
@@ -145,7 +148,7 @@ class Planner:
         if freeze:
             recipe |= {"freeze": freeze, "modules": spec.modules}
         config = TrainConfig(data=data, model=spec.model, seed=seed, **recipe)
-        last = spec.source.final_epoch
+        last = spec.one_source.final_epoch
         meta = {"role": kind, "target": target, "seed": seed, "block_size": block_size,
                 "permutation_seed": permutation_seed if block_size is not None else None,
                 "from_epoch": (last if from_epoch is None else from_epoch) if kind == "P-T" else None}
@@ -284,6 +287,7 @@ class Planner:
             evaluated = min(n_test, basin.max_examples or n_test)
             cost = len(same_kind) * (basin.n_segment + 2 * len(basin.sigmas) * basin.n_noise + 20) * evaluated
             self.analysis("basin", target, models, cost, pairs=_names(same_kind))
+        self._soup(target, models, n_test)
         chosen = {str(role): models[str(role)] for role in firsts}
         if settings.rewind.enabled:
             self.analysis("rewind", target, chosen, 2 * 7 * 2 * min(n_test, settings.rewind.max_examples or n_test))
@@ -294,6 +298,18 @@ class Planner:
             cost = 4 * (6 * alphas * 4 + alphas * sigmas) * crit.samples * evaluated
             for name, ref in chosen.items():  # one job per model, so that they run side by side
                 self.analysis("criticality", target, {name: ref}, cost, f" {name}")
+
+    def _soup(self, target: str, models: dict[str, dict], n_test: int) -> None:
+        """The soup job of a target (its final P-T and RI-T models), when the study has
+        two or more seeds: a soup averages several."""
+        spec, soup = self.spec, self.spec.analyses.soup
+        if not soup.enabled or len(spec.seeds) < 2:
+            return
+        members = {name: ref for name, ref in models.items() if Role.parse(name).kind != "P"}
+        evaluated = min(n_test, soup.max_examples or n_test)
+        n_train = spec.target(target).data.n_train
+        recalibrated = 64 * soup.recalibration_batches if soup.recalibration_batches else n_train or 1000
+        self.analysis("soup", target, members, (len(members) + 2) * (evaluated + recalibrated))
 
     def _pairs(self) -> list[tuple[Role, Role]]:
         """P-T/P-T and RI-T/RI-T pairs of consecutive seeds, and P-T/RI-T of each seed."""
@@ -317,8 +333,25 @@ def _names(pairs: list[tuple[Role, Role]]) -> list[list[str]]:
 
 
 def build_plan(spec: StudySpec) -> list[Job]:
-    """Every job of the study, dependencies before dependants."""
-    return Planner(spec).build()
+    """Every job of the study, dependencies before dependants. A study of several
+    sources is the union of its one-source studies (:meth:`StudySpec.per_source`): a job
+    they share (an RI-T run, whose id names no source) is one job; the label of a job of
+    one source starts with that source's label."""
+    plans = [(label, jobs) for label, _, jobs in source_plans(spec)]
+    if len(plans) == 1:
+        return plans[0][1]
+    uses = Counter(job.id for _, jobs in plans for job in jobs)
+    merged: dict[str, Job] = {}
+    for label, jobs in plans:
+        for job in jobs:
+            own = uses[job.id] < len(plans)
+            merged.setdefault(job.id, replace(job, label=f"[{label}] {job.label}") if own else job)
+    return list(merged.values())
+
+
+def source_plans(spec: StudySpec) -> list[tuple[str | None, StudySpec, list[Job]]]:
+    """Each source's one-source study and its jobs (shared jobs in every source's list)."""
+    return [(label, single, Planner(single).build()) for label, single in spec.per_source()]
 
 
 def levels(jobs: list[Job]) -> list[list[Job]]:

@@ -15,9 +15,10 @@ from ..analysis.checkpoints import checkpoint_table
 from ..analysis.claims import findings
 from ..analysis.feature_reuse import feature_reuse_table, summarize_run
 from ..analysis.freeze_plan import freeze_plans, freeze_table
+from ..analysis.source_comparison import best_source_rows, compare_sources, reuse_by_module
 from ..io import read_table, write_table
 from ..train import TrainingRun
-from .plan import ANALYSIS_KINDS, TRAIN_KINDS, Job
+from .plan import ANALYSIS_KINDS, TRAIN_KINDS, Job, source_plans
 from .spec import StudySpec
 from .store import Store
 
@@ -41,7 +42,7 @@ def source_metrics(store: Store, jobs: list[Job]) -> pd.DataFrame | None:
 def training_tables(spec: StudySpec, store: Store, jobs: list[Job]) -> dict[str, pd.DataFrame]:
     source = source_metrics(store, jobs)
     tables: dict[str, pd.DataFrame] = {}
-    if source is not None and not spec.source.pretrains:
+    if source is not None and not spec.one_source.pretrains:
         tables["source_score"] = source
     runs, curves = [], []
     for job in jobs:
@@ -60,7 +61,7 @@ def training_tables(spec: StudySpec, store: Store, jobs: list[Job]) -> dict[str,
     runs_frame = pd.DataFrame(runs).drop(columns="block_size")
     tables["runs"] = runs_frame
     tables["curves"] = pd.concat(curves, ignore_index=True)
-    last = spec.source.final_epoch  # None: brought weights without a trajectory
+    last = spec.one_source.final_epoch  # None: brought weights without a trajectory
     finetuned = runs_frame[runs_frame["kind"] == "finetune"]
     from_p = finetuned["from_epoch"].isna() if last is None else finetuned["from_epoch"] == last
     main = finetuned[(finetuned["role"] == "RI-T") | ((finetuned["role"] == "P-T") & from_p)]
@@ -99,15 +100,40 @@ def analysis_tables(store: Store, jobs: list[Job]) -> dict[str, pd.DataFrame]:
     return {name: pd.concat(frames, ignore_index=True) for name, frames in found.items()}
 
 
-def collect_results(spec: StudySpec, store: Store, jobs: list[Job]) -> dict[str, pd.DataFrame]:
-    """Write every table, the findings last (computed from the others), to
-    ``DIR/results/<name>.parquet`` and ``.csv``; return them."""
+def source_tables(spec: StudySpec, store: Store, jobs: list[Job]) -> dict[str, pd.DataFrame]:
+    """The tables of a one-source study, the findings last (computed from the others)."""
     tables = training_tables(spec, store, jobs) | analysis_tables(store, jobs)
     plans = freeze_plans(tables["rewind"], tables.get("criticality"), tolerance=spec.freeze.tolerance) \
         if "rewind" in tables else pd.DataFrame()
     if not plans.empty:  # the freeze recommendation of each target's P-T model
         tables["freeze_plan"] = plans
     tables["findings"] = findings(tables)
+    return tables
+
+
+def several_sources_tables(spec: StudySpec, store: Store) -> dict[str, pd.DataFrame]:
+    """A study of several sources: each table of each source's study with a first column
+    ``source`` (shared RI-T rows appear under every source), the findings with the
+    :func:`~transferscope.analysis.source_comparison.best_source_rows`, and the tables
+    ``sources`` (:func:`~transferscope.analysis.source_comparison.compare_sources`) and
+    ``source_reuse`` (:func:`~transferscope.analysis.source_comparison.reuse_by_module`)."""
+    per_source = {label: source_tables(single, store, jobs) for label, single, jobs in source_plans(spec)}
+    names = dict.fromkeys(name for tables in per_source.values() for name in tables)
+    tables = {name: pd.concat([frame.assign(source=label)[["source", *frame.columns]]
+                               for label, source in per_source.items() if (frame := source.get(name)) is not None],
+                              ignore_index=True) for name in names}
+    best = pd.DataFrame(best_source_rows(per_source))
+    tables["findings"] = pd.concat([tables["findings"], best], ignore_index=True) if not best.empty \
+        else tables["findings"]
+    tables["sources"] = compare_sources(per_source)
+    tables["source_reuse"] = reuse_by_module(per_source)
+    return tables
+
+
+def collect_results(spec: StudySpec, store: Store, jobs: list[Job]) -> dict[str, pd.DataFrame]:
+    """Write every table (:func:`source_tables`, or :func:`several_sources_tables` for a
+    study of several sources) to ``DIR/results/<name>.parquet`` and ``.csv``; return them."""
+    tables = several_sources_tables(spec, store) if spec.sources else source_tables(spec, store, jobs)
     folder = Path(store.root) / "results"
     for name, frame in tables.items():
         write_table(frame, folder / name)

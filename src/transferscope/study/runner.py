@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..io import write_text
@@ -70,7 +71,7 @@ def _run_locked(spec: StudySpec, store: Store, executor, console: Console) -> di
             seconds = store.seconds(job)
             detail = f"{seconds:.1f}s" if seconds is not None else store.error(job) or ""
         colour = {"done": "green", "skipped": "yellow"}.get(state, "red")
-        console.print(f"[{finished}/{total}] {job.label} ({job.kind}) [{colour}]{state}[/] {detail}")
+        console.print(f"[{finished}/{total}] {escape(job.label)} ({job.kind}) [{colour}]{state}[/] {detail}")
 
     executor.run(root, [job for job in jobs if store.state(job) != "done"], announce)
     store.write_index(jobs)
@@ -111,5 +112,5 @@ def plan_table(spec: StudySpec, root: str | Path | None = None) -> Table:
         table.add_column(column, justify="right" if column == "image passes" else "left")
     for job in jobs:
         state = store.state(job) if store is not None and store.job_dir(job).exists() else "pending"
-        table.add_row(job.label, job.kind, job.target or "", state, f"{job.cost / 1e3:,.0f} k", job.id)
+        table.add_row(escape(job.label), job.kind, escape(job.target or ""), state, f"{job.cost / 1e3:,.0f} k", job.id)
     return table

@@ -10,14 +10,22 @@ from ..io import file_sha256
 from ..roles import Role
 from .job import Job
 from .jobs import final_weights
+from .plan import source_plans
 from .spec import StudySpec
 from .store import Store
 
 
 def identical_models(spec: StudySpec, store: Store, jobs: list[Job]) -> list[str]:
-    """One warning per target whose models P, P-T and RI-T (each seed; unshuffled, from P
-    itself) include two with bit-identical final weights (equal file bytes), among the
-    finished runs."""
+    """One warning per target (and source, for several) whose models P, P-T and RI-T
+    (each seed; unshuffled, from P itself) include two with bit-identical final weights
+    (equal file bytes), among the finished runs."""
+    if not spec.sources:
+        return _identical_in(spec, store, jobs)
+    return [f"source {label}: {warning}" for label, single, own in source_plans(spec)
+            for warning in _identical_in(single, store, own)]
+
+
+def _identical_in(spec: StudySpec, store: Store, jobs: list[Job]) -> list[str]:
     by_id = {job.id: job for job in jobs}
     models: dict[str, dict[str, Job]] = defaultdict(dict)
     for job in jobs:
@@ -26,7 +34,7 @@ def identical_models(spec: StudySpec, store: Store, jobs: list[Job]) -> list[str
                 or store.state(job) != "done":
             continue
         if meta["role"] == "P-T":
-            if meta["from_epoch"] != spec.source.final_epoch:
+            if meta["from_epoch"] != spec.one_source.final_epoch:
                 continue
             models[job.target]["P"] = by_id[job.config["init"]["job"]]
         models[job.target][str(Role(meta["role"], meta["seed"]))] = job

@@ -21,6 +21,7 @@ from ..analysis.mistake_overlap import mistakes
 from ..analysis.module_criticality import criticality
 from ..analysis.rewinding import rewind
 from ..analysis.similarity import compare_representations
+from ..analysis.soups import soup
 from ..analysis.spectra import spectrum_summary
 from ..config import BlockSize, DataConfig, ModelConfig, Settings, TrainConfig, explain, load_yaml
 from ..models.partition import check_modules
@@ -90,6 +91,13 @@ CriticalitySettings: Any = keyword_settings(
     study={"heatmap_module": (str, Field("conv1", description="module whose (α, σ) grid is drawn")),
            "targets": (tuple[str, ...] | None, Field(None, description="targets to analyse; None = all"))})
 SpectrumSettings: Any = keyword_settings("SpectrumSettings", spectrum_summary, doc="Singular-value spectra of the weights.")
+SoupSettings: Any = keyword_settings(
+    "SoupSettings", soup, set_by_job=("recipe", "held_out", "recalibration_loader", "modules", "split"),
+    doc="Uniform soups of the P-T seeds and of the RI-T seeds (Wortsman et al. 2022); planned with two or more seeds.",
+    checks={"recalibration_batches": Field(ge=1, description="bn=recalibrate: training batches; None = all"),
+            "n_bootstrap": Field(ge=10), "seed": Field(ge=0), "confidence": Field(gt=0, lt=1)},
+    defaults={"recalibration_batches": 8},  # bounded cost on large data sets
+    study={"max_examples": (int | None, Field(None, ge=1, description=_TEST_EXAMPLES))})
 
 
 class Analyses(Settings):
@@ -101,6 +109,7 @@ class Analyses(Settings):
     rewind: RewindSettings = RewindSettings()
     criticality: CriticalitySettings = CriticalitySettings()
     spectrum: SpectrumSettings = SpectrumSettings()
+    soup: SoupSettings = SoupSettings()
 
     @classmethod
     def settings_model(cls, kind: str) -> type[AnalysisSettings]:
@@ -213,12 +222,26 @@ class Source(Settings):
         return max(self.checkpoints) if self.checkpoints else None
 
     @property
-    def label(self) -> str:
+    def origin(self) -> str:
         """P's origin in a few words: the source data's name, or the weights' name."""
         weights = self.p_weights
         if weights is None:
             return self.data.name if self.data is not None else "source"
         return weights if weights.startswith((TORCHVISION, TIMM)) else Path(weights).name
+
+
+class NamedSource(Source):
+    """One of several sources of a study (``sources:``): a :class:`Source` with a label."""
+
+    label: str = Field(description="short name of this source in tables and figures, e.g. supervised")
+
+    @field_validator("label")
+    @classmethod
+    def _usable_label(cls, label: str) -> str:
+        if not label.strip() or label.strip() != label or label in ("RI-T", "random init"):
+            raise ValueError(f"a source label is a non-empty name without surrounding spaces, not 'RI-T' or "
+                             f"'random init' (the floor every study has), got {label!r}")
+        return label
 
 
 class Target(Settings):
@@ -229,7 +252,9 @@ class Target(Settings):
 class StudySpec(Settings):
     name: str = "study"
     model: ModelConfig = ModelConfig()
-    source: Source
+    source: Source | None = Field(None, description="P, the source model (the one-source form of sources)")
+    sources: tuple[NamedSource, ...] = Field((), description="several sources compared in one study, each with a "
+                                             "label; jobs they share (RI-T runs) run once")
     targets: tuple[Target, ...] = Field(min_length=1)
     finetune: Recipe = Field(description="recipe of P-T runs")
     scratch: Recipe = Field(description="recipe of RI-T runs")
@@ -272,7 +297,43 @@ class StudySpec(Settings):
         return targets
 
     @model_validator(mode="after")
+    def _one_source_form(self) -> "StudySpec":
+        if (self.source is None) == (not self.sources):
+            raise ValueError("give either source (one source model) or sources (a list of labelled sources), "
+                             "not both" if self.sources else "the study needs source (one source model) or sources")
+        labels = [source.label for source in self.sources]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"source labels must be unique, got {labels}")
+        self.per_source()  # each source with the rest of the study must be a valid one-source study
+        return self
+
+    def per_source(self) -> list[tuple[str | None, "StudySpec"]]:
+        """The study as one-source studies: ``[(None, self)]`` for ``source:``, else
+        ``(label, the study with that source)`` per entry of ``sources:``, in order."""
+        if not self.sources:
+            return [(None, self)]
+        common = self.model_dump(exclude={"sources", "source"})
+        singles = []
+        for source in self.sources:
+            try:
+                single = StudySpec.model_validate(common | {"source": source.model_dump(exclude={"label"})})
+            except ValidationError as error:
+                problems = (line.strip().removeprefix(": ") for line in explain(error, StudySpec).splitlines())
+                raise ValueError(f"source {source.label!r}: {'; '.join(problems)}") from None
+            singles.append((source.label, single))
+        return singles
+
+    @property
+    def one_source(self) -> Source:
+        """P of a one-source study (``source:``); a several-source study has none."""
+        if self.source is None:
+            raise ValueError("this study has several sources; take each with per_source()")
+        return self.source
+
+    @model_validator(mode="after")
     def _references(self) -> "StudySpec":
+        if self.source is None:
+            return self  # several sources: per_source() validates each one-source study
         labels = {t.label for t in self.targets}
         for where, chosen in (("shuffle.targets", self.shuffle.targets), ("checkpoints.targets", self.checkpoints.targets),
                               ("analyses.criticality.targets", self.analyses.criticality.targets),
@@ -280,7 +341,17 @@ class StudySpec(Settings):
             unknown = set(chosen or ()) - labels
             if unknown:
                 raise ValueError(f"{where} names unknown targets {sorted(unknown)}; targets are {sorted(labels)}")
-        source, epochs = self.source, self.checkpoints.epochs
+        self._check_checkpoint_epochs(self.source)
+        for target in self.targets:
+            for size in self.shuffle.block_sizes:
+                if isinstance(size, int) and target.data.image_size % size:
+                    raise ValueError(f"shuffle.block_sizes: {size} does not divide image_size "
+                                     f"{target.data.image_size} of target {target.label!r}")
+        return self
+
+    def _check_checkpoint_epochs(self, source: Source) -> None:
+        """The checkpoint sweep's epochs exist in P's pre-training (or brought trajectory)."""
+        epochs = self.checkpoints.epochs
         if source.recipe is not None:
             last = source.recipe.epochs
             bad = [e for e in epochs if not 0 <= e <= last]
@@ -295,12 +366,6 @@ class StudySpec(Settings):
             if epochs and source.data is None:
                 raise ValueError("checkpoints.epochs: Fig. 7 puts each checkpoint's source score beside it; give "
                                  "source.data (the data P was pre-trained on)")
-        for target in self.targets:
-            for size in self.shuffle.block_sizes:
-                if isinstance(size, int) and target.data.image_size % size:
-                    raise ValueError(f"shuffle.block_sizes: {size} does not divide image_size "
-                                     f"{target.data.image_size} of target {target.label!r}")
-        return self
 
     def target(self, label: str) -> Target:
         return next(t for t in self.targets if t.label == label)
