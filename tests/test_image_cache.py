@@ -188,3 +188,19 @@ def test_a_cached_folder_domain_gives_the_batches_of_the_files(tmp_path):
         assert a.shape == (len(files.train), 3, 16, 16) and torch.equal(a, b) and torch.equal(ya, yb), mode
     limited = cached.loader("test", 2, limit=3)
     assert sum(len(x) for x, _ in limited) == 3
+
+
+def test_study_jobs_read_image_files_from_the_study_cache(tmp_path):
+    """Every job of a study (training, shuffled and sweep runs, analyses) loads its
+    domain through jobs.domain_of: image files from the study's cache/ folder."""
+    from transferscope.config import TrainConfig
+    from transferscope.study.jobs import domain_of
+    from transferscope.study.store import Store
+
+    for label in ("cat", "dog"):
+        write_images(tmp_path / "set" / label, count=6)
+    store = Store(tmp_path / "study")
+    data = DataConfig(kind="folder", root=str(tmp_path / "set"), image_size=16, block_size=4)
+    domain = domain_of(TrainConfig(data=data), store)
+    assert isinstance(domain.train, CachedImages) and domain.train.path.parent == store.root / "cache"
+    assert domain_of(TrainConfig(data=data.model_copy(update={"block_size": None})), store) is domain

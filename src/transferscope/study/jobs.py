@@ -56,15 +56,22 @@ def execute_job(root: str | Path, job_id: str, progress: bool = False) -> str:
 
 # ---------------------------------------------------------------------- helpers
 @lru_cache(maxsize=16)
-def _domain(data_json: str) -> Domain:
+def _domain(data_json: str, cache_dir: str | None) -> Domain:
     with stage("data"):
-        return load_domain(DataConfig.model_validate_json(data_json))
+        return load_domain(DataConfig.model_validate_json(data_json), cache_dir=cache_dir)
 
 
-def domain_of(config: TrainConfig) -> Domain:
+def data_cache(store: Store, data: DataConfig) -> str | None:
+    """Where a study's image files are decoded once and read from by every job (its
+    ``cache/`` folder); synthetic data keep their own cache (``TRANSFERSCOPE_CACHE``)."""
+    return None if data.kind == "synthetic" else str(store.root / "cache")
+
+
+def domain_of(config: TrainConfig, store: Store) -> Domain:
     """The images of a run (cached per process); a block shuffle is not part of them but
     of the loaders the trainer builds, so shuffled runs share the domain."""
-    return _domain(config.data.model_copy(update={"block_size": None, "shuffle_seed": 0}).model_dump_json())
+    data = config.data.model_copy(update={"block_size": None, "shuffle_seed": 0})
+    return _domain(data.model_dump_json(), data_cache(store, data))
 
 
 def run_of(store: Store, ref: dict) -> TrainingRun:
@@ -103,7 +110,7 @@ def load_model(store: Store, ref: dict, checkpoint: str | int | None = None) -> 
             return _placed(model, job.config["device"], job.config["channels_last"])
     run = run_of(store, ref)
     config = run.config
-    outputs = domain_of(config).num_outputs
+    outputs = domain_of(config, store).num_outputs
     with stage("models"):
         model = build_configured(config.model, outputs)
         load_into(model, run.checkpoint(ref["checkpoint"] if checkpoint is None else checkpoint))
@@ -127,7 +134,7 @@ def _train_job(store: Store, job: Job, progress: bool) -> None:
     init = job.config.get("init")
     if init is not None:
         config = config.model_copy(update={"init": str(_init_weights(store, init))})
-    domain = domain_of(config)
+    domain = domain_of(config, store)
     with stage("train"):
         train(config, store.job_dir(job) / "run", progress=progress, domain=domain)
 
@@ -145,7 +152,8 @@ def _source_score_job(store: Store, job: Job, _progress: bool) -> None:
     one row per checkpoint, in a run's metrics columns (``epoch``, ``test_loss``,
     ``test_<metric>``)."""
     config = job.config
-    domain = _domain(DataConfig.model_validate(config["data"]).model_dump_json())
+    data = DataConfig.model_validate(config["data"])
+    domain = _domain(data.model_dump_json(), data_cache(store, data))
     loader = domain.loader("test", config["eval_batch_size"], channels_last=config["channels_last"])
     rows = []
     for epoch, job_id in config["checkpoints"]:
@@ -182,7 +190,7 @@ class AnalysisInputs:
         self.refs: dict[str, dict] = job.config["models"]
         target_ref = next(ref for name, ref in self.refs.items() if Role.parse(name).kind != "P")
         self.config = run_of(store, target_ref).config
-        self.domain = domain_of(self.config)
+        self.domain = domain_of(self.config, store)
 
     def model(self, name: str, checkpoint: str | int | None = None) -> nn.Module:
         return load_model(self.store, self.refs[name], checkpoint)
