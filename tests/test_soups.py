@@ -1,7 +1,8 @@
 """Model soups (Wortsman et al. 2022): weights against a float64 NumPy average of the
 members' state dicts, BatchNorm recalibration, scores against evaluating the
 hand-averaged model, the greedy recipe on models whose held-out scores are set by
-construction, errors, the findings row, and the study's soup jobs."""
+construction, errors, the findings row, and the study's soup jobs (tests/test_study.py runs
+one)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,20 @@ import copy
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import stats
+from test_study import tiny_spec
 from torch import nn
 
-from transferscope.analysis import soup
+from transferscope.analysis import claims, soup
 from transferscope.analysis.soups import soup_model
 from transferscope.evaluation import evaluate, recalibrate_batchnorm
 from transferscope.models import build_model
+from transferscope.study import StudySpec, build_plan
+
+HOLDS, FAILS, INCONCLUSIVE = claims.VERDICTS
 
 
 def _batches(n: int, seed: int, batch: int = 16, multilabel: bool = False) -> list:
@@ -216,3 +222,62 @@ def test_errors_name_the_problem_and_the_fix(members, data):
         soup(members, test, recipe="mean")
     with pytest.raises(ValueError, match="recalibration_loader"):
         soup(members, test, bn="recalibrate")
+
+
+# ----------------------------------------------------------------- the findings row
+def soup_table(pt: tuple[float, float, float], rit: tuple[float, float, float], groups=("P-T", "RI-T")):
+    """A soup job's table: two members and the uniform soup per group, the soups'
+    (gain, gain_ci_low, gain_ci_high) as given."""
+    rows = []
+    for group, (gain, low, high) in zip(("P-T", "RI-T"), (pt, rit)):
+        if group not in groups:
+            continue
+        members = [{"model": f"{group}:s{seed}", "members": f"{group}:s{seed}", "n_members": 1, "score": 0.8,
+                    "gain": math.nan, "gain_ci_low": math.nan, "gain_ci_high": math.nan} for seed in (0, 1)]
+        soup_row = {"model": "soup:uniform", "members": f"{group}:s0, {group}:s1", "n_members": 2,
+                    "score": 0.8 + gain, "gain": gain, "gain_ci_low": low, "gain_ci_high": high}
+        rows += [{**row, "group": group} for row in (*members, soup_row)]
+    return pd.DataFrame(rows).assign(target="real", metric="accuracy", n_examples=500)
+
+
+KEEPS, LOSES = (0.01, -0.01, 0.03), (-0.30, -0.35, -0.25)
+
+
+@pytest.mark.parametrize("pt, rit, verdict, shown", [
+    (KEEPS, LOSES, HOLDS, "P-T"),
+    ((-0.20, -0.25, -0.15), LOSES, FAILS, "P-T"),  # the P-T soup loses more than the tolerance
+    (KEEPS, (-0.01, -0.03, 0.01), FAILS, "RI-T"),  # the RI-T soup keeps its members' score
+    ((-0.04, -0.08, 0.0), LOSES, INCONCLUSIVE, "P-T"),  # P-T's interval straddles −0.05
+    (KEEPS, (-0.06, -0.10, -0.02), INCONCLUSIVE, "RI-T"),  # so does RI-T's
+])
+def test_soup_claim_verdicts(pt, rit, verdict, shown):
+    found = claims.pt_soups_average({"soup": soup_table(pt, rit)})
+    assert len(found) == 1
+    row = found.iloc[0]
+    assert row["verdict"] == verdict and row["claim"] == "P-T solutions can be averaged; RI-T solutions cannot"
+    assert (row["value"], row["ci_low"], row["ci_high"]) == (pt if shown == "P-T" else rit)
+    assert row["n"] == 500 and row["n_kind"] == "test examples" and "-0.05" in row["rule"].replace("−", "-")
+    assert claims.SOUP_TOLERANCE == 0.05
+
+
+def test_soup_claim_needs_both_groups_and_is_a_findings_row():
+    assert claims.pt_soups_average({"soup": soup_table(KEEPS, LOSES, groups=("P-T",))}).empty
+    assert claims.pt_soups_average({}).empty
+    findings = claims.findings({"soup": soup_table(KEEPS, LOSES)})
+    assert list(findings["claim"]) == ["P-T solutions can be averaged; RI-T solutions cannot"]
+    with pytest.raises(ValueError, match="group"):
+        claims.pt_soups_average({"soup": soup_table(KEEPS, LOSES).drop(columns="group")})
+
+
+# ----------------------------------------------------------------- the study
+@pytest.mark.parametrize("seeds, planned", [([0, 1], 1), ([0], 0)])
+def test_the_study_plans_a_soup_job_per_target_with_two_seeds(seeds, planned):
+    spec = StudySpec.model_validate(tiny_spec(seeds=seeds))
+    jobs = [job for job in build_plan(spec) if job.kind == "soup"]
+    assert len(jobs) == planned * len(spec.targets)
+    for job in jobs:
+        assert set(job.config["models"]) == {f"{kind}:s{seed}" for kind in ("P-T", "RI-T") for seed in seeds}
+        assert job.config["settings"]["recalibration_batches"] == 8 and job.config["settings"]["enabled"]
+    off = tiny_spec(seeds=seeds)
+    off["analyses"]["soup"] = {"enabled": False}
+    assert not [job for job in build_plan(StudySpec.model_validate(off)) if job.kind == "soup"]

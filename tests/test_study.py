@@ -179,7 +179,7 @@ def test_tiny_study_runs_every_analysis_and_reports(finished_study):
     results = folder / "results"
     for name in ("runs", "curves", "feature_reuse", "checkpoints", "cka", "distance", "mistakes",
                  "interpolation", "interpolation_barriers", "basin", "rewind", "criticality", "criticality_grid",
-                 "spectrum"):
+                 "spectrum", "soup"):
         assert (results / f"{name}.parquet").is_file(), name
         assert (results / f"{name}.csv").is_file(), name
     runs = pd.read_parquet(results / "runs.parquet")
@@ -188,7 +188,7 @@ def test_tiny_study_runs_every_analysis_and_reports(finished_study):
     assert 'class="error"' not in html
     assert 'class="missing"' not in html
     for title in ("Fig. 2", "Fig. 3", "Sec. 3.2", "Table 1", "Table 2", "Fig. 4", "Definition 3.1", "Fig. 5",
-                  "Fig. 6", "Fig. 7", "spectra"):
+                  "Fig. 6", "Fig. 7", "spectra", "model soups"):
         assert title in html, title
     assert "<td>P-T&amp;P-T</td>" in html  # Table 1 rows keep their pair labels
     sweep = runs[runs["permutation_seed"].notna() & (runs["block"] == "16")]  # the sweep's unshuffled baseline
@@ -212,7 +212,10 @@ def test_report_opens_with_the_findings_that_captions_quote(finished_study):
     assert list(findings.columns) == claims.COLUMNS
     assert len(pd.read_csv(folder / "results" / "findings.csv")) == len(findings) > 0
     assert set(findings["verdict"]) <= set(claims.VERDICTS)
-    assert {"P-T ends higher than RI-T", "P-T optimizes faster than RI-T"} <= set(findings["claim"])
+    assert {"P-T ends higher than RI-T", "P-T optimizes faster than RI-T",
+            "P-T solutions can be averaged; RI-T solutions cannot"} <= set(findings["claim"])
+    soups = pd.read_parquet(folder / "results" / "soup.parquet")  # one job per target: both groups
+    assert set(soups["group"]) == {"P-T", "RI-T"} and set(soups["bn"]) == {"recalibrate"}
     html = (folder / "report" / "index.html").read_text()
     assert re.findall(r'<section id="([^"]+)">', html)[0] == "findings"
     assert 'class="verdict ' in html

@@ -24,6 +24,7 @@ from transferscope.analysis.mistake_overlap import mistakes
 from transferscope.analysis.module_criticality import criticality
 from transferscope.analysis.rewinding import rewind
 from transferscope.analysis.similarity import compare_representations
+from transferscope.analysis.soups import soup
 from transferscope.analysis.spectra import spectrum_summary
 from transferscope.config import DataConfig
 from transferscope.data import load, load_domain
@@ -37,13 +38,13 @@ STUDY_DEFAULTS = {
     ("distance", "include_head"): False,
     ("interpolation", "recalibration_batches"): 8, ("interpolation", "max_examples"): 1000,
     ("basin", "recalibration_batches"): 8, ("basin", "max_examples"): 500,
-    ("rewind", "max_examples"): 1000, ("criticality", "max_examples"): 512,
+    ("rewind", "max_examples"): 1000, ("criticality", "max_examples"): 512, ("soup", "recalibration_batches"): 8,
 }
 
 
 FUNCTIONS = {"cka": compare_representations, "distance": param_distance, "mistakes": mistakes,
              "interpolation": interpolate, "basin": basin, "rewind": rewind, "criticality": criticality,
-             "spectrum": spectrum_summary}
+             "spectrum": spectrum_summary, "soup": soup}
 
 
 def _function_defaults(kind: str) -> dict:

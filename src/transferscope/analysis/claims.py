@@ -6,7 +6,7 @@ the decision rules live; the report's captions quote its verdicts.
 Input: the result tables of a study, ``{name: DataFrame}`` as
 :func:`transferscope.study.results.collect_results` returns them (``runs``,
 ``feature_reuse``, ``checkpoints``, ``mistakes``, ``cka``, ``distance``,
-``interpolation``, ``interpolation_barriers``, ``basin``, ``criticality``), each with a
+``interpolation``, ``interpolation_barriers``, ``basin``, ``soup``, ``criticality``), each with a
 ``target`` column; models are named by role (``"P"``, ``"P-T:s0"``, ``"RI-T:s1"``,
 ``"P-T:s0:best"``). A claim whose table is missing gets no row.
 
@@ -37,6 +37,7 @@ from scipy import stats
 from ..models import NETWORK
 from ..roles import Role
 from .feature_reuse import _require, block_size_key
+from .soups import SOUP_PREFIX
 
 # ----------------------------------------------------------------- thresholds
 ALPHA = 0.05  # level of every test; intervals are 95%
@@ -51,6 +52,7 @@ NEGLIGIBLE_DISTANCE_RATIO = 1.05  # RI-T pairs less than 5% farther than P-T pai
 SINGLE_PAIR_DISTANCE_RATIO = 1.5  # one pair per type: the distances must differ by more than a factor 1.5
 BARRIER_TOLERANCE = 0.05  # an error rise above the chord of more than 5 points is a barrier (Fig. 4: tens of points)
 SINGLE_PAIR_BARRIER_MARGIN = 0.02  # one pair without a binomial error: ±2 points around its barrier
+SOUP_TOLERANCE = BARRIER_TOLERANCE  # a two-seed soup is the path's midpoint: its drop is the barrier at λ = ½
 PLATEAU_TOLERANCE = 0.01  # later checkpoints "stop helping" when they add under one point of final score
 SOURCE_RISE = 0.02  # the source score "still rises" when it gains at least two points after the plateau starts
 MAX_EXACT_MODULES = 8  # permutation test of Spearman's rho: exact up to 8! orderings, else seeded resamples
@@ -705,6 +707,60 @@ def pt_pairs_in_one_basin(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return _frame(rows)
 
 
+# ----------------------------------------------------------------- Sec. 3.3 in practice: model soups
+SOUP_COLUMNS = ("model", "group", "n_members", "score", "metric", "n_examples", "gain", "gain_ci_low", "gain_ci_high")
+
+
+def _soup_verdict(estimate: Estimate, averages: bool) -> str:
+    """Verdict from a soup's gain interval on "the soup keeps its members' score"
+    (``averages``: the interval lies above −:data:`SOUP_TOLERANCE`) or on "it loses
+    more than the tolerance" (not ``averages``: the interval lies below it)."""
+    low, high = estimate.bounds(0.0)
+    keeps, loses = low > -SOUP_TOLERANCE, high < -SOUP_TOLERANCE
+    return HOLDS if (keeps if averages else loses) else FAILS if (loses if averages else keeps) else INCONCLUSIVE
+
+
+@_claim
+def pt_soups_average(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """P-T solutions can be averaged; RI-T solutions cannot (the model soups of Wortsman
+    et al. 2022: the practical side of Sec. 3.3, P-T solutions in one basin).
+
+    Rule: for the uniform soup of each group of seeds (``soup`` table, row
+    ``soup:uniform``, column ``group`` P-T or RI-T), its gain = test score minus the
+    mean score of its members, with the percentile bootstrap interval over test
+    examples that the table carries. The P-T part holds when the interval lies above
+    −:data:`SOUP_TOLERANCE` (the soup loses less than 5 points, if anything) and does
+    not hold when it lies below; the RI-T part holds when its interval lies below
+    −:data:`SOUP_TOLERANCE` (a drop larger than the tolerance, significantly) and does
+    not hold when it lies above. The claim holds when both parts hold, does not hold
+    when one does not, else inconclusive; the row reports the part that decides (P-T
+    when both hold). A target needs both groups (two or more seeds).
+    """
+    frame = _table(tables, "soup", SOUP_COLUMNS, "pass soup() output with group (the members' kind: P-T or RI-T)")
+    if frame is None:
+        return _frame([])
+    rule = (f"percentile bootstrap over test examples of soup − mean member score: holds if P-T's interval lies "
+            f"above −{SOUP_TOLERANCE} and RI-T's below −{SOUP_TOLERANCE}; does not hold if P-T's lies below or "
+            f"RI-T's above −{SOUP_TOLERANCE}; else inconclusive")
+    rows = []
+    for target, group in _targets(frame[frame["model"] == f"{SOUP_PREFIX}uniform"]):
+        soups = {kind: part.iloc[0] for kind, part in group.groupby("group") if kind in ("P-T", "RI-T")}
+        if len(soups) < 2:
+            continue
+        estimates = {kind: Estimate(float(row["gain"]), float(row["gain_ci_low"]), float(row["gain_ci_high"]),
+                                    n=int(row["n_examples"]), n_kind="test examples") for kind, row in soups.items()}
+        verdicts = {"P-T": _soup_verdict(estimates["P-T"], True), "RI-T": _soup_verdict(estimates["RI-T"], False)}
+        verdict = _every(verdicts.values())
+        shown = next(kind for kind in ("P-T", "RI-T") if verdicts[kind] == verdict)
+        parts = "; ".join(f"{kind} soup of {int(row['n_members'])} seeds {row['score']:.3f}, gain "
+                          f"{estimates[kind].value:+.3f} [{estimates[kind].ci_low:.3f}, {estimates[kind].ci_high:.3f}]"
+                          for kind, row in soups.items())
+        statistic = f"uniform soup score minus the mean score of its members ({group['metric'].iloc[0]}): {parts}"
+        rows.append(_row("P-T solutions can be averaged; RI-T solutions cannot", "Sec. 3.3", target, verdict,
+                         statistic, estimates[shown], rule))
+    return _frame(rows)
+
+
 # ----------------------------------------------------------------- Sec. 3.4: criticality
 def _spearman_increase(values: np.ndarray) -> Estimate:
     """Spearman's ρ of position (depth) and ``values`` (ties and ∞ ranked) with the
@@ -934,7 +990,7 @@ def checkpoint_advice(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 CLAIMS: tuple[Callable[[Mapping[str, pd.DataFrame]], pd.DataFrame], ...] = (
     pt_ends_higher, pt_optimizes_faster, advantage_shrinks_with_block_size, speed_advantage_on_shuffled_pixels,
     pt_pairs_share_mistakes, pt_pairs_most_similar, pt_models_closer, no_barrier_between_pt, barrier_between_rit,
-    pt_pairs_in_one_basin, criticality_grows_with_depth, freeze_recommendation_right,
+    pt_pairs_in_one_basin, pt_soups_average, criticality_grows_with_depth, freeze_recommendation_right,
     checkpoint_plateau, checkpoint_advice,
 )
 

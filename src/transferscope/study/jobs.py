@@ -325,6 +325,18 @@ def _criticality_job(inputs: AnalysisInputs) -> None:
     inputs.write(pd.concat(heatmaps, ignore_index=True), "grid")
 
 
+def _soup_job(inputs: AnalysisInputs) -> None:
+    """The uniform soup of the P-T seeds and that of the RI-T seeds, each group's rows
+    tagged with its kind (column ``group``)."""
+    from ..analysis.soups import soup
+
+    test, train = inputs.test_loader(inputs.settings.max_examples), inputs.train_loader()
+    kinds = {name: Role.parse(name).kind for name in inputs.refs}
+    frames = [soup(inputs.models([name for name in kinds if kinds[name] == kind]), test, recalibration_loader=train,
+                   **inputs.arguments).assign(group=kind) for kind in dict.fromkeys(kinds.values())]
+    inputs.write(pd.concat(frames, ignore_index=True))
+
+
 def _analysis(function: Callable[[AnalysisInputs], None]) -> Callable[[Store, Job, bool], None]:
     """A runner that calls ``function`` on the job's inputs, its time charged to the
     stage "analysis" (but for the data, models and writing it asks for)."""
@@ -344,5 +356,5 @@ RUNNERS: dict[str, Callable[[Store, Job, bool], None]] = {
     "distance": _analysis(_distance_job), "mistakes": _analysis(_mistakes_job),
     "spectrum": _analysis(_spectrum_job), "interpolation": _analysis(_interpolation_job),
     "basin": _analysis(_basin_job), "cka": _analysis(_cka_job), "rewind": _analysis(_rewind_job),
-    "criticality": _analysis(_criticality_job),
+    "criticality": _analysis(_criticality_job), "soup": _analysis(_soup_job),
 }
