@@ -21,6 +21,8 @@ from transferscope.analysis import claims, soup
 from transferscope.analysis.soups import soup_model
 from transferscope.evaluation import evaluate, recalibrate_batchnorm
 from transferscope.models import build_model
+from transferscope.report.page import Section
+from transferscope.report.sections import soups as soups_section
 from transferscope.study import StudySpec, build_plan
 
 HOLDS, FAILS, INCONCLUSIVE = claims.VERDICTS
@@ -267,6 +269,17 @@ def test_soup_claim_needs_both_groups_and_is_a_findings_row():
     assert list(findings["claim"]) == ["P-T solutions can be averaged; RI-T solutions cannot"]
     with pytest.raises(ValueError, match="group"):
         claims.pt_soups_average({"soup": soup_table(KEEPS, LOSES).drop(columns="group")})
+
+
+def test_the_report_section_draws_members_and_soups_or_says_why_not():
+    one_seed = Section("soups", "soups")
+    soups_section(one_seed, {}, spec=StudySpec.model_validate(tiny_spec(seeds=[0])))
+    assert "this study has one: set seeds to two or more" in one_seed.missing
+    drawn = Section("soups", "soups")
+    soups_section(drawn, {"soup": soup_table(KEEPS, LOSES)}, spec=StudySpec.model_validate(tiny_spec()))
+    assert not drawn.missing and [name for name, _ in drawn.figures] == ["members"]
+    assert "real, P-T: soup:uniform 0.810 vs the members' mean 0.800 (gain +0.010 [-0.010, 0.030])" in drawn.caption
+    assert "Findings: “P-T solutions can be averaged; RI-T solutions cannot” holds on real." in drawn.caption
 
 
 # ----------------------------------------------------------------- the study

@@ -280,7 +280,11 @@ def basins(section, tables, **_) -> None:
     section.caption = landscape_figures.caption_basin(frame, _verdicts(tables, claims.pt_pairs_in_one_basin))
 
 
-def soups(section, tables, **_) -> None:
+def soups(section, tables, spec, **_) -> None:
+    if len(spec.seeds) < 2:
+        section.missing = ("A soup averages the fine-tuned models of several seeds, and this study has one: set "
+                           "seeds to two or more (e.g. [0, 1]).")
+        return
     if not _need(section, tables, "soup"):
         return
     frame = tables["soup"]
