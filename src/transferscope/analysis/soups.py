@@ -53,8 +53,8 @@ from ..models.state import batchnorm_buffer_keys, check_compatible
 from .batchnorm_modes import BnMode, recalibration_data, resolve_bn_mode
 from .mistake_overlap import _bootstrap_interval
 
-Recipe = Literal["uniform", "greedy"]
-RECIPES: tuple[str, ...] = get_args(Recipe)
+SoupRecipe = Literal["uniform", "greedy"]
+RECIPES: tuple[str, ...] = get_args(SoupRecipe)
 SOUP_PREFIX = "soup:"  # the model column of a soup's row: "soup:uniform", "soup:greedy"
 MEMBER_SEPARATOR = ", "  # between the member names of the members column
 
@@ -236,7 +236,7 @@ def soup(
     models: Mapping[str, nn.Module] | Sequence[nn.Module],
     loader: Batches,
     *,
-    recipe: Recipe | Sequence[Recipe] = "uniform",
+    recipe: SoupRecipe | Sequence[SoupRecipe] = "uniform",
     held_out: Batches | None = None,
     recalibration_loader: Batches | None = None,
     recalibration_batches: int | None = None,
