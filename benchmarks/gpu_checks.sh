@@ -15,3 +15,4 @@ python3 benchmarks/bench_interpolation.py --device cuda --width 32 --examples 20
 python3 benchmarks/bench_cka.py --device cuda --width 64 --examples 4096 --repeats 5 2>&1 | tee -a "$out/bench.txt"
 python3 benchmarks/bench_shuffle.py --device cuda 2>&1 | tee -a "$out/bench.txt"
 python3 benchmarks/bench_train_overhead.py --device cuda --n-train 16384 --epochs 2 --repeats 3 2>&1 | tail -4 | tee -a "$out/bench.txt"
+python3 benchmarks/bench_data.py --device cuda 2>&1 | tee -a "$out/bench.txt"

@@ -94,7 +94,7 @@ def test_without_augmentation_the_loader_yields_the_centre_crop_of_larger_stored
         next(iter(ImageLoader(data, 8, mean=MEAN, std=STD, image_size=24)))
 
 
-def test_resized_crop_matches_torchvision_resized_crop_with_the_same_boxes():
+def test_resized_crop_is_torchvision_resized_crop_of_the_uint8_images_with_the_same_boxes():
     data = noise_set(16, 40, seed=1)
     batches = loader(data, "resized_crop", image_size=24)
     batches.set_epoch(2)
@@ -106,12 +106,26 @@ def test_resized_crop_matches_torchvision_resized_crop_with_the_same_boxes():
         boxes = resized_crop_boxes(8, 40, 40, generator)
         flip = torch.rand(8, generator=generator) < 0.5
         for k, index in enumerate(order[start:start + 8].tolist()):
-            top, left, height, width = boxes[k].tolist()
-            image = TF.resized_crop(data.images[index].float(), top, left, height, width, [24, 24], antialias=False)
+            image = TF.resized_crop(data.images[index], *boxes[k].tolist(), [24, 24], antialias=False)
             image = TF.horizontal_flip(image) if flip[k] else image
-            expected.append((image / 255 - mean) / std)
+            expected.append((image.float() / 255 - mean) / std)
     assert got.shape == (16, 3, 24, 24)
-    torch.testing.assert_close(got, torch.stack(expected), atol=1e-4, rtol=0)
+    torch.testing.assert_close(got, torch.stack(expected), atol=1e-5, rtol=0)
+
+
+def test_the_batched_resample_is_torchvision_resized_crop_in_floats():
+    """The batched path (every device but the CPU): one grid_sample against
+    torchvision's float resized_crop + flip, image by image; boxes larger and smaller than
+    the output (down- and upsampling) and touching the image's edges."""
+    data = noise_set(6, 40, seed=4)
+    boxes = torch.tensor([[0, 0, 40, 40], [3, 5, 10, 30], [20, 0, 20, 7], [0, 33, 40, 7], [17, 17, 23, 23],
+                          [5, 9, 24, 24]])
+    flip = torch.tensor([False, True, False, True, True, False])
+    got = resample_boxes(data.images.float(), boxes, flip, (24, 20))
+    for k in range(6):
+        image = TF.resized_crop(data.images[k].float(), *boxes[k].tolist(), [24, 20], antialias=False)
+        image = TF.horizontal_flip(image) if flip[k] else image
+        torch.testing.assert_close(got[k], image, atol=2e-3, rtol=0)  # grey levels 0..255
 
 
 def test_resized_crop_boxes_follow_torchvision_random_resized_crop():
@@ -219,4 +233,10 @@ def test_augmentation_on_the_gpu_equals_the_cpu():
     for mode in ("none", "pad_crop", "resized_crop"):
         cpu = torch.cat([x for x, _ in loader(data, mode, image_size=32)])
         gpu = torch.cat([x.cpu() for x, _ in loader(data, mode, image_size=32, device="cuda")])
-        torch.testing.assert_close(gpu, cpu, atol=1e-5 if mode == "resized_crop" else 0, rtol=0)
+        if mode != "resized_crop":
+            assert torch.equal(gpu, cpu), mode
+            continue
+        # the GPU rounds its float resample, the CPU's uint8 kernel its fixed-point one
+        grey_level = 1 / (255 * min(STD))
+        torch.testing.assert_close(gpu, cpu, atol=grey_level + 1e-5, rtol=0)
+        assert ((gpu - cpu).abs() > 1e-5).float().mean() < 0.01
