@@ -81,7 +81,7 @@ def cpu_rates(paths: list[Path], size: int, cache: Path, workers: int, batch: in
     pil = images_per_second(loader, 1)
     started = time.perf_counter()
     split = cached_split(FileImageDataset(paths, labels, size, ["a"]), cache, workers=workers)
-    build = len(paths) / (time.perf_counter() - started) / workers
+    build = len(paths) / (time.perf_counter() - started) / min(workers, len(paths))
     loader = ImageLoader(split, batch, mean=IMAGENET_MEAN, std=IMAGENET_STD, shuffle=True, augment="resized_crop",
                          image_size=size)
     return {"PIL path": pil, "cache build": build, "cached + resized crop": images_per_second(loader, repeats)}
@@ -105,27 +105,30 @@ def bare_loop(size: int, batch: int, steps: int, classes: int) -> float:
 
     for _ in range(5):
         step()
-    torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - started)
+    best = 0.0
+    for _ in range(2):  # best of two timed runs, as the trainer's best epoch
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+        best = max(best, steps * batch / (time.perf_counter() - started))
+    return best
 
 
 def trainer_rate(paths: list[Path], size: int, cache: Path, rows: int, batch: int, classes: int, out: Path) -> float:
-    """The trainer's images per second (its second epoch) on ``rows`` cache rows (the
-    fixture's files repeated) with the resized crop on the GPU."""
+    """The trainer's images per second (its best epoch after the first) on ``rows``
+    cache rows (the fixture's files repeated) with the resized crop on the GPU."""
     listed = [paths[i % len(paths)] for i in range(rows)]
     split = cached_split(FileImageDataset(listed, [i % classes for i in range(rows)], size,
                                           [str(k) for k in range(classes)]), cache)
     test = CachedImages(split.images[:batch], split.targets[:batch], split.classes, image_size=size)
     domain = Domain("bench", split, test, split.classes, False, list(IMAGENET_MEAN), list(IMAGENET_STD))
     config = TrainConfig(data=DataConfig(kind="folder", root=str(cache), image_size=size),
-                         model=ModelConfig(arch="resnet50"), epochs=2, batch_size=batch, lr=0.1, augment="resized_crop",
+                         model=ModelConfig(arch="resnet50"), epochs=3, batch_size=batch, lr=0.1, augment="resized_crop",
                          device="cuda", bf16=True, channels_last=True, deterministic=False, eval_batch_size=batch,
                          clean_train_examples=batch)
-    return float(Trainer(config, out, progress=False, domain=domain).run().metrics["images_per_second"].iloc[-1])
+    return float(Trainer(config, out, progress=False, domain=domain).run().metrics["images_per_second"].iloc[2:].max())
 
 
 def main() -> None:
@@ -135,12 +138,13 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=375)
     parser.add_argument("--size", type=int, default=224, help="pixels the network sees")
     parser.add_argument("--workers", type=int, default=default_workers(), help="cache build processes")
-    parser.add_argument("--batch", type=int, default=64, help="CPU loader batch")
+    parser.add_argument("--batch", type=int, default=32, help="CPU loader batch (float batches over glibc's 32 MiB "
+                        "mmap threshold, 56 images at 224 px, are page-faulted afresh every batch)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--gpu-images", type=int, default=8192, help="cache rows the trainer reads (cuda)")
+    parser.add_argument("--gpu-images", type=int, default=16384, help="cache rows the trainer reads (cuda)")
     parser.add_argument("--gpu-batch", type=int, default=256)
-    parser.add_argument("--gpu-steps", type=int, default=30, help="bare-loop steps (cuda)")
+    parser.add_argument("--gpu-steps", type=int, default=60, help="bare-loop steps (cuda)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

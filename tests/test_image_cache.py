@@ -186,6 +186,7 @@ def test_a_cached_folder_domain_gives_the_batches_of_the_files(tmp_path):
             loader.set_epoch(2)
         (a, ya), (b, yb) = (tuple(map(torch.cat, zip(*loader))) for loader in batches)
         assert a.shape == (len(files.train), 3, 16, 16) and torch.equal(a, b) and torch.equal(ya, yb), mode
+        assert b.is_contiguous(), mode  # stored channels last, yielded as the files' batches are
     limited = cached.loader("test", 2, limit=3)
     assert sum(len(x) for x, _ in limited) == 3
 

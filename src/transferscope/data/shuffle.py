@@ -62,7 +62,7 @@ class BlockShuffle:
         single = images.ndim == 3
         batch = images.unsqueeze(0) if single else images
         n, c, h, w = batch.shape
-        index = self.index(c, h, w).to(batch.device)
+        index = self.index(c, h, w).to(batch.device, non_blocking=True)  # no wait for the device's queue
         if self.block_size == "*":
             flat = batch.reshape(n, c * h * w)
             out = torch.gather(flat, 1, index.expand(n, -1))

@@ -94,7 +94,9 @@ def resolve_augment(augment: str | bool, image_size: int) -> str:
 def random_crop_flip(batch: Tensor, padding: int, generator: torch.Generator) -> Tensor:
     """Random ``padding``-pixel translation (zero padded) and horizontal flip, per image,
     as one gather over the batch (the standard CIFAR augmentation). The draws come from
-    ``generator`` (a CPU one); the gather runs where ``batch`` is."""
+    ``generator`` (a CPU one); the gather runs where ``batch`` is (the draws are copied
+    there without waiting for the device, so that the CPU prepares the next batch while
+    the device trains on this one)."""
     n, c, h, w = batch.shape
     padded = torch.nn.functional.pad(batch, (padding,) * 4)
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
@@ -105,7 +107,8 @@ def random_crop_flip(batch: Tensor, padding: int, generator: torch.Generator) ->
     rows = torch.arange(h)[None, :] + dy[:, None]
     device = batch.device
     return padded[torch.arange(n, device=device)[:, None, None, None], torch.arange(c, device=device)[None, :, None, None],
-                  rows.to(device)[:, None, :, None], cols.to(device)[:, None, None, :]]
+                  rows.to(device, non_blocking=True)[:, None, :, None],
+                  cols.to(device, non_blocking=True)[:, None, None, :]]
 
 
 def resized_crop_boxes(n: int, height: int, width: int, generator: torch.Generator,
@@ -153,7 +156,7 @@ def resample_boxes(images: Tensor, boxes: Tensor, flip: Tensor, size: tuple[int,
     at half-pixel centres clamped to the box, as ``resized_crop`` followed by a flip does
     (torchvision, ``antialias=False``)."""
     n, _, height, width = images.shape
-    boxes = boxes.to(images.device, torch.float32)
+    boxes = boxes.to(images.device, torch.float32, non_blocking=True)  # no wait for the device's queue
     top, left, box_h, box_w = boxes.unbind(1)
 
     def centres(start: Tensor, extent: Tensor, steps: int) -> Tensor:
@@ -163,27 +166,30 @@ def resample_boxes(images: Tensor, boxes: Tensor, flip: Tensor, size: tuple[int,
 
     ys = centres(top, box_h, size[0])
     xs = centres(left, box_w, size[1])
-    xs = torch.where(flip.to(images.device)[:, None], xs.flip(1), xs)
+    xs = torch.where(flip.to(images.device, non_blocking=True)[:, None], xs.flip(1), xs)
     grid_x = ((2 * xs + 1) / width - 1)[:, None, :].expand(n, size[0], size[1])
     grid_y = ((2 * ys + 1) / height - 1)[:, :, None].expand(n, size[0], size[1])
     return torch.nn.functional.grid_sample(images, torch.stack((grid_x, grid_y), -1), mode="bilinear",
                                            padding_mode="border", align_corners=False)
 
 
-def resized_crop_flip(images: Tensor, boxes: Tensor, flip: Tensor, size: tuple[int, int]) -> Tensor:
-    """uint8 ``(N, C, H, W)`` -> uint8 ``(N, C, *size)``: each image's box ``(top, left,
-    box_height, box_width)`` resampled bilinearly to ``size`` (half-pixel centres, no
-    antialiasing), mirrored where ``flip``: torchvision's ``resized_crop(...,
-    antialias=False)`` of a uint8 image, then ``horizontal_flip``. On the CPU, torch's
-    uint8 kernel per image (no float copy of the stored images); elsewhere one batched
-    :func:`resample_boxes`, rounded (within one grey level of the CPU's)."""
+def resized_crop_flip(images: Tensor, boxes: Tensor, flip: Tensor, size: tuple[int, int],
+                      rows: Tensor | None = None) -> Tensor:
+    """Grey levels (float32 integers 0..255) ``(len(boxes), C, *size)``: the box ``k``
+    ``(top, left, box_height, box_width)`` of the uint8 image ``rows[k]`` (default ``k``)
+    of ``images``, resampled bilinearly to ``size`` (half-pixel centres, no antialiasing)
+    and mirrored where ``flip[k]``: torchvision's ``resized_crop(..., antialias=False)``
+    of a uint8 image, then ``horizontal_flip``. On the CPU, torch's uint8 kernel per
+    image, reading the boxes in place (no copy of the stored images); elsewhere one
+    batched :func:`resample_boxes`, rounded (within one grey level of the CPU's)."""
     if images.device.type != "cpu":
-        return resample_boxes(images.float(), boxes, flip, size).round_().to(torch.uint8)
-    out = torch.empty((len(images), images.shape[1], *size), dtype=torch.uint8)
-    for k, ((top, left, height, width), mirror) in enumerate(zip(boxes.tolist(), flip.tolist())):
-        crop = torch.nn.functional.interpolate(images[k:k + 1, :, top:top + height, left:left + width], size=size,
+        return resample_boxes((images if rows is None else images[rows]).float(), boxes, flip, size).round_()
+    out = torch.empty((len(boxes), images.shape[1], *size))
+    rows_list = range(len(boxes)) if rows is None else rows.tolist()
+    for k, (row, (top, left, height, width), mirror) in enumerate(zip(rows_list, boxes.tolist(), flip.tolist())):
+        crop = torch.nn.functional.interpolate(images[row:row + 1, :, top:top + height, left:left + width], size=size,
                                                mode="bilinear", align_corners=False, antialias=False)[0]
-        out[k] = crop.flip(-1) if mirror else crop
+        out[k].copy_(crop.flip(-1) if mirror else crop)
     return out
 
 
@@ -267,26 +273,30 @@ class ImageLoader:
         n = split_size(self.data)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def prepare(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """uint8 batch -> on the device: cropped or augmented, normalised, shuffled floats."""
+    def prepare(self, images: Tensor, generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
+        """uint8 batch (or the ``rows`` of uint8 ``images``) -> on the device: cropped or
+        augmented, normalised, shuffled floats."""
         generator = generator or torch.Generator().manual_seed(self.seed)
+        in_place = self.augment == "resized_crop" and self.device.type == "cpu"  # crops read from the store
+        if rows is not None and not in_place:
+            images, rows = gather(images, rows, pin=self.device.type == "cuda"), None
         images = images.to(self.device, non_blocking=True)
-        height, width = images.shape[-2:]
+        count, (height, width) = len(images) if rows is None else len(rows), images.shape[-2:]
         size = (height, width) if self.image_size is None else (self.image_size, self.image_size)
         if size[0] > height or size[1] > width:
             raise ValueError(f"images of {height}x{width} pixels cannot be cropped to {size[0]}x{size[1]}; store "
                              "them at least as large as image_size")
         if self.augment == "resized_crop":
-            boxes = resized_crop_boxes(len(images), height, width, generator)
-            flip = torch.rand(len(images), generator=generator) < 0.5
-            x = resized_crop_flip(images, boxes, flip, size).float().mul_(self.scale).add_(self.shift)
+            boxes = resized_crop_boxes(count, height, width, generator)
+            flip = torch.rand(count, generator=generator) < 0.5
+            x = resized_crop_flip(images, boxes, flip, size, rows).mul_(self.scale).add_(self.shift)
         else:
             x = (centre_crop(images, size).float() / 255.0 - self.mean) / self.std
             if self.augment == "pad_crop":
                 x = random_crop_flip(x, PAD, generator)
         if self.block_shuffle is not None:
             x = self.block_shuffle(x)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         generator = torch_generator(self.seed, "loader", self.epoch)
@@ -295,19 +305,21 @@ class ImageLoader:
         chunks = [order[start:start + self.batch_size] for start in range(0, len(self) * self.batch_size, self.batch_size)]
         pin = self.device.type == "cuda"  # pinned batches copy to the GPU while it computes
         if isinstance(self.data, ImageSet):
-            data = self.data
-            raw: Iterator[tuple[Tensor, Tensor]] = ((gather(data.images, i, pin), gather(data.targets, i, pin))
-                                                    for i in chunks)
-        else:
-            raw = iter(DataLoader(self.data, batch_sampler=[c.tolist() for c in chunks], num_workers=self.num_workers,
-                                  pin_memory=pin))
-        for images, targets in raw:
+            for rows in chunks:
+                targets = gather(self.data.targets, rows, pin).to(self.device, non_blocking=True)
+                yield self.prepare(self.data.images, generator, rows), targets
+            return
+        for images, targets in DataLoader(self.data, batch_sampler=[c.tolist() for c in chunks],
+                                          num_workers=self.num_workers, pin_memory=pin):
             yield self.prepare(images, generator), targets.to(self.device, non_blocking=True)
 
 
 def gather(tensor: Tensor, index: Tensor, pin: bool = False) -> Tensor:
     """``tensor[index]`` along the first dimension (``index_select``: a copy per row, 15x
-    faster than advanced indexing on the CPU), into page-locked memory when ``pin``."""
+    faster than advanced indexing on the CPU), into page-locked memory when ``pin``;
+    channels-last images (a decoded-image cache) stay channels last."""
+    if tensor.ndim == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
+        return gather(tensor.permute(0, 2, 3, 1), index, pin).permute(0, 3, 1, 2)
     if not pin:
         return torch.index_select(tensor, 0, index)
     out = torch.empty((len(index), *tensor.shape[1:]), dtype=tensor.dtype, pin_memory=True)
