@@ -182,7 +182,8 @@ def build_run_model(config: TrainConfig, domain: Domain, model: nn.Module | None
 # ModelConfig, DataConfig and TrainConfig settings added after run folders were first written: left
 # out of the identity at their defaults, so that those runs keep theirs
 _LATER_MODEL_SETTINGS = ("kwargs", "head")
-_LATER_DATA_SETTINGS = ("decode_size",)
+_LATER_DATA_SETTINGS = ("decode_size", "image_column", "label_column", "label_columns", "split_column", "train_split",
+                        "test_split")
 _LATER_TRAIN_SETTINGS = ("optimizer", "adamw_betas", "adamw_eps", "label_smoothing", "bn_momentum", "freeze", "modules")
 
 
