@@ -5,15 +5,20 @@ and ``transferscope status --times`` / ``run --profile`` show them."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import shutil
 
+import pandas as pd
 import pytest
 from rich.console import Console
-from test_study import _train_only, write_spec
+from test_study import _train_only, tiny_spec, write_spec
 from typer.testing import CliRunner
 
 from transferscope import cli, timing
+from transferscope.analysis import module_criticality
+from transferscope.io import read_json, read_table, write_json
 from transferscope.report import build_report
 from transferscope.report.sections import SECTIONS
 from transferscope.study import StudySpec, build_plan, run_study
@@ -142,3 +147,66 @@ def test_nested_stages_count_once(monkeypatch):
     with timing.stage("data"):  # not recording: nothing is charged, no clock is read
         pass
     assert stages.totals == {"analysis": 2.0, "models": 1.0, "write": 0.5}
+
+
+# ------------------------------------------------- cuts of the demo's time, same numbers
+@pytest.fixture(scope="module")
+def criticality_study(tmp_path_factory):
+    """P, P-T:s0, RI-T:s0 on one target (2 fine-tuning epochs) and their criticality jobs."""
+    folder = tmp_path_factory.mktemp("criticality")
+    spec = _train_only()
+    spec["finetune"]["epochs"] = spec["scratch"]["epochs"] = 2
+    spec["analyses"]["criticality"] = tiny_spec()["analyses"]["criticality"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRANSFERSCOPE_CACHE", str(tmp_path_factory.getbasetemp() / "synthetic-cache"))
+        assert set(run_study(StudySpec.model_validate(spec), folder, LocalExecutor(progress=False))) == {"done"}
+    _, store, jobs = open_study(folder)
+    job = next(job for job in jobs if job.kind == "criticality" and job.label.endswith("P-T:s0"))
+    return store, job
+
+
+def _make_best(store, job, epoch: int) -> None:
+    """Make ``epoch`` the P-T run's best epoch (its weights the best checkpoint)."""
+    run = store.job_dir(job.config["models"]["P-T:s0"]["job"]) / "run"
+    shutil.copyfile(run / "checkpoints" / f"epoch_{epoch:03d}.safetensors", run / "checkpoints" / "best.safetensors")
+    write_json(run / "status.json", {**read_json(run / "status.json"), "best_epoch": epoch})
+
+
+def _rerun(store, job, monkeypatch, **patches) -> tuple[list[str], dict]:
+    """Run the criticality job again; the ``start`` of every criticality computed, and its tables."""
+    starts = []
+    for name in ("criticality", "network_criticality"):
+        function = getattr(module_criticality, name)
+        monkeypatch.setattr(module_criticality, name, functools.partial(_spy, function, starts))
+    for name, value in patches.items():
+        monkeypatch.setattr(job_runners, name, value)
+    (store.job_dir(job) / "done.json").unlink()
+    assert job_runners.execute_job(store.root, job.id) == "done"
+    return starts, {name: read_table(store.job_dir(job) / name) for name in ("result", "grid")}
+
+
+def _spy(function, starts, *args, **kwargs):
+    starts.append(kwargs["start"])
+    return function(*args, **kwargs)
+
+
+def test_criticality_from_a_best_epoch_that_is_the_last_is_computed_once(criticality_study, monkeypatch):
+    store, job = criticality_study
+    _make_best(store, job, 2)  # θ_opt = θ_F
+    starts, tables = _rerun(store, job, monkeypatch)
+    assert set(starts) == {"final"}  # the fast search and the heatmap grid of each path, from θ_F only
+    forced_starts, forced = _rerun(store, job, monkeypatch, _equal_states=lambda _a, _b: False)
+    assert forced_starts.count("best") == forced_starts.count("final")
+    for name, frame in tables.items():
+        pd.testing.assert_frame_equal(frame, forced[name])  # the same numbers, the same rows in the same order
+        assert set(frame["start"]) == {"final", "best"}
+
+
+def test_criticality_from_an_earlier_best_epoch_is_computed(criticality_study, monkeypatch):
+    store, job = criticality_study
+    _make_best(store, job, 1)
+    starts, tables = _rerun(store, job, monkeypatch)
+    assert starts.count("best") == starts.count("final") > 0
+    final, best = (tables["result"].query(f"start == '{start}'").drop(columns="start").reset_index(drop=True)
+                   for start in ("final", "best"))
+    assert not final.equals(best)

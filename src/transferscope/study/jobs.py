@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import pandas as pd
 import torch
@@ -302,20 +302,28 @@ def _rewind_job(inputs: AnalysisInputs) -> None:
 
 def _criticality_job(inputs: AnalysisInputs) -> None:
     """Per-module criticality (value by the exact fast search) for the direct and optimization
-    paths from θ_F and θ_opt, and the full (α, σ) grid of one module for Fig. 6."""
+    paths from θ_F and θ_opt, and the full (α, σ) grid of one module for Fig. 6. Where θ_opt
+    is θ_F (the best epoch is the last), θ_opt's rows are θ_F's, computed once."""
     from ..analysis.module_criticality import criticality, network_criticality
 
     batches = cache_batches(inputs.test_loader(inputs.settings.max_examples))
-    values, heatmaps = [], []
+    values: list[pd.DataFrame] = []
+    heatmaps: list[pd.DataFrame] = []
     for name in inputs.refs:
         run = inputs.run(name)
         final, initial = inputs.model(name, "final"), run.checkpoint("init")
         heatmap_unit = Partition.of(final, inputs.modules).select([inputs.settings.heatmap_module])
-        variant = {"path_states": [run.checkpoint(epoch) for epoch in run.epochs()], "best_state": run.checkpoint("best")}
+        best = run.checkpoint("best")
+        variant = {"path_states": [run.checkpoint(epoch) for epoch in run.epochs()], "best_state": best}
         # θ_opt at epoch 0 is the initialisation itself: no path to walk from θ_opt
         starts = ("final", "best") if run.best_epoch > 0 else ("final",)
+        best_is_final = _equal_states(best, final.state_dict())
         for path in ("direct", "optimization"):
             for start in starts:
+                if start == "best" and best_is_final:  # the same end point: the same numbers
+                    values.append(values[-1].assign(start=start))
+                    heatmaps.append(heatmaps[-1].assign(start=start))
+                    continue
                 settings = {**inputs.arguments, **variant, "path": path, "start": start}
                 values.append(network_criticality(final, initial, batches, modules=inputs.modules, method="fast",
                                                   **settings).assign(model=name))
@@ -335,6 +343,11 @@ def _soup_job(inputs: AnalysisInputs) -> None:
     frames = [soup(inputs.models([name for name in kinds if kinds[name] == kind]), test, recalibration_loader=train,
                    **inputs.arguments).assign(group=kind) for kind in dict.fromkeys(kinds.values())]
     inputs.write(pd.concat(frames, ignore_index=True))
+
+
+def _equal_states(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    """Whether two state dicts hold the same tensors, bit for bit."""
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key].to(a[key].device)) for key in a)
 
 
 def _analysis(function: Callable[[AnalysisInputs], None]) -> Callable[[Store, Job, bool], None]:
