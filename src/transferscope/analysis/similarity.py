@@ -29,10 +29,12 @@ so its memory does not grow with ``n``; the *full* estimator keeps every feature
 computes CKA on all ``n`` examples at once. Values are never clipped: HSIC_1 can make
 CKA negative.
 
-Numerics: features are centred over the examples in float32 (float64 when they are
-float64; never TF32 on a GPU) before their Gram matrix is taken, which changes neither
-the centred Gram matrix nor pairwise distances but removes the cancellation of large
-means; everything after the Gram matrix is float64.
+Numerics: features are shifted by the mean of their first ``SHIFT_EXAMPLES`` examples in
+float32 (float64 when they are float64; never TF32 on a GPU) before their Gram matrix is
+taken, which changes neither the centred Gram matrix nor pairwise distances but removes
+the cancellation of large means (as centring would, reading 16 rows instead of all n);
+everything after the Gram matrix is float64, where the linear Gram matrix is centred
+exactly. Only the blocks on and below the diagonal of ``X X^T`` are multiplied.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import itertools
 import math
 from contextlib import ExitStack
 from functools import partial
-from typing import Callable, Iterable, Literal, Mapping, cast
+from typing import Callable, Iterable, Literal, Mapping, Sized, cast
 
 import numpy as np
 import pandas as pd
@@ -50,6 +52,7 @@ from torch import Tensor, nn
 
 from ..evaluation import eval_mode, model_device
 from ..models import Modules, Partition
+from ..progress import progress
 
 Kernel = Literal["linear", "rbf"]
 Estimator = Literal["minibatch", "full"]
@@ -92,6 +95,39 @@ def _median(values: Tensor) -> Tensor:
     return (ordered[(len(ordered) - 1) // 2] + ordered[len(ordered) // 2]) / 2
 
 
+SHIFT_EXAMPLES = 16  # features are shifted by the mean of this many examples before their Gram matrix
+GRAM_BLOCK = 64  # rows per block of the Gram product (only the blocks on and below the diagonal are multiplied)
+CHUNK_VALUES = 2 ** 20  # CPU: the shifted features are made in column chunks of about this many values (4 MiB)
+MIN_CHUNK_COLUMNS = 256
+
+
+def _shifted_gram(work: Tensor) -> Tensor:
+    """``(x_i - s) . (x_j - s)`` for the rows ``x_i`` of ``work`` (``(n, d)``), ``s`` the mean
+    of its first ``SHIFT_EXAMPLES`` rows, in the dtype of ``work``.
+
+    Only the column blocks (of ``GRAM_BLOCK``) on and below the diagonal are multiplied and
+    then mirrored: ``(1 + 1/b) / 2`` of the multiply-adds of one ``n x n x d`` product, ``b =
+    ceil(n / GRAM_BLOCK)`` (3/4 at n = 128). On CPU the shifted features are made chunk by
+    chunk of columns in one reused buffer that stays in cache (a whole shifted copy would be
+    fresh, page-faulted memory on every call); on a GPU, in one piece.
+    """
+    n, d = work.shape
+    head = work[:SHIFT_EXAMPLES]
+    shift = torch.full((len(head),), 1 / len(head), dtype=work.dtype, device=work.device) @ head  # GEMV: fast on CPU
+    width = d if work.device.type != "cpu" else min(d, max(MIN_CHUNK_COLUMNS, CHUNK_VALUES // n))
+    gram = torch.zeros(n, n, dtype=work.dtype, device=work.device)
+    buffer = torch.empty(n, width, dtype=work.dtype, device=work.device)
+    blocks = [(first, min(first + GRAM_BLOCK, n)) for first in range(0, n, GRAM_BLOCK)]
+    for start in range(0, d, width):
+        chunk = buffer[:, :min(width, d - start)]
+        torch.sub(work[:, start:start + width], shift[start:start + width], out=chunk)
+        for first, last in blocks:
+            gram[first:, first:last].addmm_(chunk[first:], chunk[first:last].T)
+    for first, last in blocks:
+        gram[first:last, last:] = gram[last:, first:last].T
+    return gram
+
+
 def gram_matrix(features: Tensor, *, kernel: Kernel = "linear", bandwidth: float = 0.5,
                 bandwidth_rule: BandwidthRule = "kornblith") -> Tensor:
     """The ``n x n`` float64 Gram matrix of ``features`` for the linear or RBF kernel.
@@ -109,10 +145,12 @@ def gram_matrix(features: Tensor, *, kernel: Kernel = "linear", bandwidth: float
       differ by the diagonal zeros, which pull the median down).
 
     Medians of an even count are the mean of the two middle values (as ``numpy.median``).
-    The features are centred over the examples first (which changes neither ``H K H``
-    nor the distances), in float32 (float64 features stay float64) with full-precision
-    float32 products (no TF32 on GPUs, whose float64 units may be 64x slower); autocast
-    is off.
+    The features are shifted by the mean of their first ``SHIFT_EXAMPLES`` examples first
+    (which changes neither ``H K H`` nor the distances, and removes a large common
+    offset), in float32 (float64 features stay float64) with full-precision float32
+    products (no TF32 on GPUs, whose float64 units may be 64x slower); autocast is off.
+    The linear Gram matrix is then centred in float64: it is ``H X X^T H`` with
+    ``H = I - 11^T/n``, the Gram matrix of the centred features.
 
     Parameters
     ----------
@@ -141,17 +179,24 @@ def gram_matrix(features: Tensor, *, kernel: Kernel = "linear", bandwidth: float
     representations revisited", ICML, Sec. 3, and its reference code
     (github.com/google-research/google-research, ``representation_similarity``).
     """
+    gram = _kernel_matrix(features, kernel, bandwidth, bandwidth_rule)
+    if kernel == "linear":
+        means = gram.mean(0)  # the row means too: the Gram matrix is symmetric
+        gram.sub_(means).sub_(means[:, None]).add_(means.mean())
+    return gram
+
+
+def _kernel_matrix(features: Tensor, kernel: Kernel, bandwidth: float, bandwidth_rule: BandwidthRule) -> Tensor:
+    """:func:`gram_matrix` without its last step: the linear kernel's matrix is that of the
+    shifted features, which differs from the centred one by a row/column effect that
+    :func:`hsic_operand` removes exactly (H.H and U-centring)."""
     features = features.detach().flatten(1)
     dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
     precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
     try:
         with torch.autocast(features.device.type, enabled=False):
-            work = features.to(dtype)
-            # The mean as a GEMV (far faster than a column reduction on CPU); its rounding error is
-            # a row/column effect on the Gram matrix, which H.H and U-centring remove exactly.
-            centred = work - torch.full((len(work),), 1 / len(work), dtype=dtype, device=work.device) @ work
-            gram = (centred @ centred.T).double()
+            gram = _shifted_gram(features.to(dtype)).double()
     finally:
         torch.set_float32_matmul_precision(precision)
     if kernel == "linear":
@@ -178,29 +223,32 @@ def hsic_operand(gram: Tensor, *, debiased: bool) -> Tensor:
     Parameters
     ----------
     gram : Tensor
-        ``(n, n)`` Gram matrix (:func:`gram_matrix`).
+        ``(n, n)`` Gram matrix (:func:`gram_matrix`), or a stack ``(..., n, n)`` of them.
     debiased : bool
         HSIC_1 instead of HSIC_0; needs ``n >= 4``.
 
     Returns
     -------
     Tensor
-        ``(n, n)``, the dtype of ``gram``.
+        The shape and dtype of ``gram``.
 
     References
     ----------
     Gretton et al. (2005) (HSIC_0); Song et al. (2012), Eq. 5 (HSIC_1); Szekely & Rizzo
     (2014), Def. 1 (U-centring).
     """
-    n = len(gram)
+    n = gram.shape[-1]
     _check_examples(n, debiased)
     if debiased:
-        zeroed = gram.clone().fill_diagonal_(0)
-        rows, cols = zeroed.sum(1), zeroed.sum(0)
-        u_centred = zeroed - rows[:, None] / (n - 2) - cols[None, :] / (n - 2) + rows.sum() / ((n - 1) * (n - 2))
-        return u_centred.fill_diagonal_(0) / math.sqrt(n * (n - 3))
-    rows, cols = gram.mean(1), gram.mean(0)
-    return (gram - rows[:, None] - cols[None, :] + rows.mean()) / (n - 1)
+        operand = gram.clone()
+        operand.diagonal(dim1=-2, dim2=-1).zero_()
+        rows, cols = operand.sum(-1, keepdim=True), operand.sum(-2, keepdim=True)
+        total = rows.sum(-2, keepdim=True)
+        operand.sub_(rows / (n - 2)).sub_(cols / (n - 2)).add_(total / ((n - 1) * (n - 2)))
+        operand.diagonal(dim1=-2, dim2=-1).zero_()
+        return operand.div_(math.sqrt(n * (n - 3)))
+    rows, cols = gram.mean(-1, keepdim=True), gram.mean(-2, keepdim=True)
+    return (gram - rows - cols + rows.mean(-2, keepdim=True)) / (n - 1)
 
 
 def _cka_from_hsic(cross: Tensor, self_a: Tensor, self_b: Tensor) -> Tensor:
@@ -246,7 +294,7 @@ def cka(X: Tensor | np.ndarray, Y: Tensor | np.ndarray, *, kernel: Kernel = "lin
     if len(x) != len(y):
         raise ValueError(f"X and Y must describe the same examples: X has {len(x)} rows, Y has {len(y)}")
     _check_examples(len(x), debiased)
-    gram = partial(gram_matrix, kernel=kernel, bandwidth=bandwidth, bandwidth_rule=bandwidth_rule)
+    gram = partial(_kernel_matrix, kernel=kernel, bandwidth=bandwidth, bandwidth_rule=bandwidth_rule)
     a = hsic_operand(gram(x.double()), debiased=debiased)
     b = hsic_operand(gram(y.double()), debiased=debiased)
     return float(_cka_from_hsic((a * b).sum().reshape(1, 1), (a * a).sum().reshape(1), (b * b).sum().reshape(1)))
@@ -288,19 +336,23 @@ class _HSICSums:
     """Running sums over batches of HSIC(K_a, K_b) for every module pair of every model
     pair, and of HSIC(K, K) for every module of every model."""
 
-    def __init__(self, pairs: list[tuple[str, str]], module_counts: Mapping[str, int], device: torch.device) -> None:
+    def __init__(self, pairs: list[tuple[str, str]], module_counts: Mapping[str, int], device: torch.device,
+                 unbiased: bool) -> None:
         self.pairs = pairs
         self.device = device
+        self.unbiased = unbiased
         self.cross = {pair: torch.zeros(module_counts[pair[0]], module_counts[pair[1]], dtype=torch.float64,
                                         device=device) for pair in pairs}
         self.self = {name: torch.zeros(count, dtype=torch.float64, device=device)
                      for name, count in module_counts.items()}
 
-    def add(self, operands: Mapping[str, list[Tensor]]) -> None:
-        """``operands[model]``: the HSIC operands ``M(K)`` of its modules for one batch. Each
-        model's become the rows of one ``(L, n^2)`` matrix, so one product gives every
-        HSIC of a model pair for the batch."""
-        rows = {name: torch.stack([op.to(self.device).flatten() for op in ops]) for name, ops in operands.items()}
+    def add(self, grams: Mapping[str, list[Tensor]]) -> None:
+        """``grams[model]``: the Gram matrices of its modules for one batch. Their HSIC
+        operands ``M(K)``, computed on the stack at once, become the rows of one ``(L, n^2)``
+        matrix per model, so one product gives every HSIC of a model pair for the batch."""
+        rows = {name: hsic_operand(torch.stack([gram.to(self.device) for gram in module_grams]),
+                                   debiased=self.unbiased).flatten(1)
+                for name, module_grams in grams.items()}
         for name, matrix in rows.items():
             self.self[name] += (matrix * matrix).sum(1)
         for a, b in self.pairs:
@@ -311,9 +363,9 @@ class _HSICSums:
         return _cka_from_hsic(self.cross[pair], self.self[pair[0]], self.self[pair[1]]).cpu().numpy()
 
 
-def _hook(store: dict[str, Tensor], model: str, name: str, keep_features: bool, gram: Callable[[Tensor], Tensor],
-          unbiased: bool) -> Callable[[nn.Module, object, object], None]:
-    """Forward hook: store the module's HSIC operand for the batch (minibatch), or a copy of
+def _hook(store: dict[str, Tensor], model: str, name: str, keep_features: bool,
+          gram: Callable[[Tensor], Tensor]) -> Callable[[nn.Module, object, object], None]:
+    """Forward hook: store the module's Gram matrix for the batch (minibatch), or a copy of
     its flattened features (full); never the output itself or an autograd graph."""
 
     def hook(_module: nn.Module, _inputs: object, output: object) -> None:
@@ -327,19 +379,19 @@ def _hook(store: dict[str, Tensor], model: str, name: str, keep_features: bool, 
             dtype = torch.float64 if output.dtype == torch.float64 else torch.float32
             store[name] = output.detach().flatten(1).to(dtype, copy=True)
         else:
-            store[name] = hsic_operand(gram(output), debiased=unbiased)
+            store[name] = gram(output)
 
     return hook
 
 
 def _register_hooks(cleanup: ExitStack, models: Mapping[str, nn.Module], hooked: Mapping[str, Mapping[str, nn.Module]],
-                    stores: Mapping[str, dict[str, Tensor]], keep_features: bool, gram: Callable[[Tensor], Tensor],
-                    unbiased: bool) -> None:
+                    stores: Mapping[str, dict[str, Tensor]], keep_features: bool,
+                    gram: Callable[[Tensor], Tensor]) -> None:
     """Put every hooked model in eval mode and hook its modules, both undone by ``cleanup``."""
     for name, modules in hooked.items():
         cleanup.enter_context(eval_mode(models[name]))
         for module_name, module in modules.items():
-            handle = module.register_forward_hook(_hook(stores[name], name, module_name, keep_features, gram, unbiased))
+            handle = module.register_forward_hook(_hook(stores[name], name, module_name, keep_features, gram))
             cleanup.callback(handle.remove)
 
 
@@ -450,7 +502,7 @@ def compare_representations(
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     _check_settings(kernel, bandwidth, bandwidth_rule)
-    gram = partial(gram_matrix, kernel=kernel, bandwidth=bandwidth, bandwidth_rule=bandwidth_rule)
+    gram = partial(_kernel_matrix, kernel=kernel, bandwidth=bandwidth, bandwidth_rule=bandwidth_rule)
     if not isinstance(models, Mapping) or not all(isinstance(model, nn.Module) for model in models.values()):
         raise TypeError("models must be a dict mapping names to torch.nn.Module instances")
     model_pairs = _resolve_pairs(models, pairs)
@@ -461,11 +513,12 @@ def compare_representations(
     keep_features = estimator == "full"
     stores: dict[str, dict[str, Tensor]] = {name: {} for name in used}
     features: dict[str, list[list[Tensor]]] = {name: [] for name in used}  # full estimator: per batch, per module
-    sums = _HSICSums(model_pairs, {name: len(hooked[name]) for name in used}, model_device(models[used[0]]))
+    sums = _HSICSums(model_pairs, {name: len(hooked[name]) for name in used}, model_device(models[used[0]]), unbiased)
     n_examples = largest_batch = 0
     with ExitStack() as cleanup:
-        _register_hooks(cleanup, models, hooked, stores, keep_features, gram, unbiased)
-        for index, batch in enumerate(loader):
+        _register_hooks(cleanup, models, hooked, stores, keep_features, gram)
+        total = len(loader) if isinstance(loader, Sized) else None
+        for index, batch in enumerate(progress(loader, "CKA", total=total)):
             inputs = _batch_inputs(batch, index, estimator)
             for name in used:
                 models[name](inputs.to(model_device(models[name])))
@@ -481,8 +534,7 @@ def compare_representations(
         raise ValueError("the loader yielded no batches")
     if keep_features:
         _check_examples(n_examples, unbiased)
-        sums.add({name: [hsic_operand(gram(torch.cat(per_module)), debiased=unbiased)
-                         for per_module in zip(*features.pop(name))] for name in used})
+        sums.add({name: [gram(torch.cat(per_module)) for per_module in zip(*features.pop(name))] for name in used})
         largest_batch = n_examples
     settings = {"estimator": estimator, "kernel": kernel, "debiased": unbiased, "n_examples": n_examples,
                 "batch_size": largest_batch, "bandwidth": bandwidth if kernel == "rbf" else float("nan"),
