@@ -17,7 +17,7 @@ from test_study import _train_only, tiny_spec, write_spec
 from typer.testing import CliRunner
 
 from transferscope import cli, timing
-from transferscope.analysis import module_criticality
+from transferscope.analysis import basins, module_criticality
 from transferscope.io import read_json, read_table, write_json
 from transferscope.report import build_report
 from transferscope.report.sections import SECTIONS
@@ -210,3 +210,16 @@ def test_criticality_from_an_earlier_best_epoch_is_computed(criticality_study, m
     final, best = (tables["result"].query(f"start == '{start}'").drop(columns="start").reset_index(drop=True)
                    for start in ("final", "best"))
     assert not final.equals(best)
+
+
+def test_basin_evaluates_the_loss_at_each_point_once():
+    evaluated = []
+
+    def loss_at(alpha: float, noise) -> float:  # a bowl: the boundary lies a little beyond both ends
+        if noise is None:
+            evaluated.append(alpha)
+        return (alpha - 0.5) ** 2 + 1.0 + (0.0 if noise is None else float(noise.square().sum()))
+
+    frame = basins.basin_along(loss_at, 10, 1.0, sigmas=[0.01], n_segment=4, n_noise=1, sigma_floor=None)
+    assert len(evaluated) == len(set(evaluated)) > 4
+    assert frame["alpha_lo"].iloc[0] == pytest.approx(0.5 - 0.3125 ** 0.5, abs=1e-3)  # (α − ½)² + 1 = 1.05 · 1.25

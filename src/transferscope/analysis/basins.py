@@ -47,6 +47,7 @@ Procedure for two solutions θ_a, θ_b (S is a segment of their line, Θ(α) =
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -175,6 +176,7 @@ def basin_along(
         raise ValueError("the two solutions have identical parameters, so the segment has no direction; "
                          "pass two different solutions")
 
+    @cache  # each α once: Brent's method starts from the two ends of a bracket already evaluated
     def loss(alpha: float) -> float:
         return float(loss_at(float(alpha), None))
 
