@@ -302,6 +302,48 @@ def test_data_is_cached_once_and_max_examples_applies(pair, data):
     assert _row(frame, 0.0)["loss"] == pytest.approx(evaluate(recalibrated_a, first)["loss"], abs=1e-5)
 
 
+def test_load_writes_the_working_copy_in_place_and_restores_the_fixed_buffers(pair, monkeypatch):
+    """LinearPath.load writes Θ(α) into the working copy's own tensors (no state dict of new
+    tensors per α, no load_state_dict) and puts back model_a's fixed buffers: integer
+    counters and, for "keep", the running statistics, whatever a recalibration or a caller
+    left there."""
+    a, b = pair
+    path = LinearPath(a, b, bn="keep")
+    storage = {key: tensor.data_ptr() for key, tensor in path.model.state_dict().items()}
+    with torch.no_grad():
+        for tensor in path.model.state_dict().values():
+            tensor.add_(7)  # what a recalibration or an earlier α leaves behind
+    monkeypatch.setattr(nn.Module, "load_state_dict", lambda *_args, **_kwargs: pytest.fail("load_state_dict used"))
+    model = path.load(0.3)
+    state_a, state_b = a.state_dict(), b.state_dict()
+    for key, tensor in model.state_dict().items():
+        assert tensor.data_ptr() == storage[key], key
+        if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(tensor, state_a[key]), key
+        else:
+            assert torch.equal(tensor, torch.lerp(state_a[key], state_b[key], 0.3)), key
+
+
+@pytest.mark.parametrize("batched,shown", [(False, [("interpolating", 5)]), (True, [("interpolating", 3)])])
+def test_alphas_are_shown_with_a_progress_bar(pair, data, monkeypatch, batched, shown):
+    from transferscope.analysis import interpolation
+
+    a, b = pair
+    test, _ = data
+    calls = []
+
+    def recording_progress(items, description, *, total=None):
+        calls.append((description, total))
+        yield from items
+
+    monkeypatch.setattr(interpolation, "progress", recording_progress)
+    frame = interpolate(a, b, test, alphas=np.linspace(0, 1, 5), bn="follow", batched=batched, vmap_chunk=2)
+    assert calls == shown  # one bar over the α (batched: over the chunks of 2 α)
+    monkeypatch.undo()
+    assert frame.equals(interpolate(a, b, test, alphas=np.linspace(0, 1, 5), bn="follow", batched=batched,
+                                    vmap_chunk=2))
+
+
 def test_columns_and_resolved_modes(pair, data):
     a, b = pair
     test, _ = data
