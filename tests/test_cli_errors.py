@@ -26,7 +26,6 @@ from typer.testing import CliRunner
 
 from transferscope.cli import app
 from transferscope.study import StudySpec, run_study
-from transferscope.study.store import LOCK_FILE
 
 
 @dataclass
@@ -219,7 +218,11 @@ CASES: dict[str, Callable[[Scene], Case]] = {
     "status: failed.json damaged": lambda s: s.damaged("status", lambda f: overwrite(first_job(f) / "failed.json",
                                                                                       "\x00\x00")),
     "run: running.json damaged": lambda s: s.damaged("run", lambda f: overwrite(first_job(f) / "running.json", "{")),
-    "run: disk full": lambda s: dataclasses.replace(s.damaged("run", lambda _folder: LOCK_FILE), file_size_limit=0),
+    # 4 bytes: Python's tempfile probes each temporary folder with a 4-byte write when a
+    # dependency (dill, imported by torch when present) asks for one at import time; the
+    # lock file fits, the study file that run writes next does not
+    "run: disk full": lambda s: dataclasses.replace(s.damaged("run", lambda _folder: "study.yaml"),
+                                                    file_size_limit=4),
 }
 
 
