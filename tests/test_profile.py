@@ -5,6 +5,7 @@ and ``transferscope status --times`` / ``run --profile`` show them."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import io
 import json
@@ -12,13 +13,15 @@ import shutil
 
 import pandas as pd
 import pytest
+import torch
 from rich.console import Console
 from test_study import _train_only, tiny_spec, write_spec
 from typer.testing import CliRunner
 
 from transferscope import cli, timing
-from transferscope.analysis import basins, module_criticality
+from transferscope.analysis import basins, interpolation, module_criticality
 from transferscope.io import read_json, read_table, write_json
+from transferscope.models import build_model
 from transferscope.report import build_report
 from transferscope.report.sections import SECTIONS
 from transferscope.study import StudySpec, build_plan, run_study
@@ -198,7 +201,7 @@ def test_criticality_from_a_best_epoch_that_is_the_last_is_computed_once(critica
     forced_starts, forced = _rerun(store, job, monkeypatch, _equal_states=lambda _a, _b: False)
     assert forced_starts.count("best") == forced_starts.count("final")
     for name, frame in tables.items():
-        pd.testing.assert_frame_equal(frame, forced[name])  # the same numbers, the same rows in the same order
+        pd.testing.assert_frame_equal(frame, forced[name], check_exact=True)  # the same numbers, the same rows in the same order
         assert set(frame["start"]) == {"final", "best"}
 
 
@@ -223,3 +226,25 @@ def test_basin_evaluates_the_loss_at_each_point_once():
     frame = basins.basin_along(loss_at, 10, 1.0, sigmas=[0.01], n_segment=4, n_noise=1, sigma_floor=None)
     assert len(evaluated) == len(set(evaluated)) > 4
     assert frame["alpha_lo"].iloc[0] == pytest.approx(0.5 - 0.3125 ** 0.5, abs=1e-3)  # (α − ½)² + 1 = 1.05 · 1.25
+
+
+def test_interpolation_of_a_model_with_itself_is_evaluated_at_one_alpha(toy_domain, monkeypatch):
+    torch.manual_seed(0)
+    model = build_model("small_resnet", toy_domain.num_outputs, width=4).eval()
+    other = build_model("small_resnet", toy_domain.num_outputs, width=4).eval()
+    test, train = toy_domain.loader("test", 32), toy_domain.loader("train", 32, shuffle=True, seed=0)
+    arguments = {"alphas": (-0.5, 0, 0.25, 1, 1.5), "bn": "recalibrate", "recalibration_batches": 2}
+    full = interpolation.interpolate(model, copy.deepcopy(model), test, recalibration_loader=train, **arguments)
+    evaluated = []
+    monkeypatch.setattr(interpolation, "interpolate", functools.partial(_spy_alphas, interpolation.interpolate, evaluated))
+    once = job_runners.interpolation_curve(model, copy.deepcopy(model), test, recalibration_loader=train, **arguments)
+    assert evaluated == [[-0.5]]
+    pd.testing.assert_frame_equal(once, full, check_exact=True)
+    assert once["loss"].nunique() == 1
+    job_runners.interpolation_curve(model, other, test, recalibration_loader=train, **arguments)
+    assert evaluated[-1] == list(arguments["alphas"])
+
+
+def _spy_alphas(function, evaluated, *args, **kwargs):
+    evaluated.append(list(kwargs["alphas"]))
+    return function(*args, **kwargs)

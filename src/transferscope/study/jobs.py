@@ -258,16 +258,31 @@ def _spectrum_job(inputs: AnalysisInputs) -> None:
 
 
 def _interpolation_job(inputs: AnalysisInputs) -> None:
-    from ..analysis.interpolation import barrier, interpolate
+    from ..analysis.interpolation import barrier
 
     test, train = inputs.test_loader(inputs.settings.max_examples), inputs.train_loader()
     curves, barriers = [], []
     for a, b in inputs.job.config["pairs"]:
-        curve = interpolate(inputs.model(a), inputs.model(b), test, recalibration_loader=train, **inputs.arguments)
+        curve = interpolation_curve(inputs.model(a), inputs.model(b), test, recalibration_loader=train,
+                                    **inputs.arguments)
         curves.append(curve.assign(model_a=a, model_b=b))
         barriers.append({"model_a": a, "model_b": b, "bn": curve["bn"].iloc[0], **barrier(curve)})
     inputs.write(pd.concat(curves, ignore_index=True))
     inputs.write(pd.DataFrame(barriers), "barriers")
+
+
+def interpolation_curve(model_a: nn.Module, model_b: nn.Module, loader, **arguments) -> pd.DataFrame:
+    """:func:`~transferscope.analysis.interpolate`; where the two models are bit-identical
+    (a run whose best epoch is its last, against its final weights), Θ(α) is that model
+    at every α (``torch.lerp`` is exact for equal ends), so it is evaluated once and its
+    row repeated for each α."""
+    from ..analysis.interpolation import DEFAULT_ALPHAS, interpolate
+
+    if not _equal_states(model_a.state_dict(), model_b.state_dict()):
+        return interpolate(model_a, model_b, loader, **arguments)
+    alphas = [float(alpha) for alpha in arguments.pop("alphas", DEFAULT_ALPHAS)]
+    once = interpolate(model_a, model_b, loader, alphas=alphas[:1], **arguments)
+    return pd.concat([once.assign(alpha=alpha) for alpha in alphas], ignore_index=True)
 
 
 def _basin_job(inputs: AnalysisInputs) -> None:
