@@ -72,7 +72,10 @@ def reuse_by_module(per_source: Mapping[str, Mapping[str, pd.DataFrame]]) -> pd.
     for label, tables in per_source.items():
         cka = _p_to_pt(tables, "cka", "cka", "module_a")
         distance = _p_to_pt(tables, "distance", "distance", "module")
-        frames.append(cka.merge(distance, on=["target", "module"], how="outer").assign(source=label))
+        both = cka.merge(distance, on=["target", "module"], how="outer", sort=False)
+        order = list(dict.fromkeys([*cka["module"], *distance["module"]]))  # the partition's order, not the alphabet
+        frames.append(both.sort_values("module", key=lambda names: names.map(order.index), kind="stable")
+                      .assign(source=label))
     if not frames:
         return pd.DataFrame(columns=["target", "source", "module", "cka", "distance"])
     return pd.concat(frames, ignore_index=True)[["target", "source", "module", "cka", "distance"]]

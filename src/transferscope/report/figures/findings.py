@@ -19,9 +19,10 @@ def _value_text(row: pd.Series) -> str:
 
 
 def findings_display(findings: pd.DataFrame) -> pd.DataFrame:
-    """The findings table as shown: claim, section, target, verdict, value (with its
-    interval or p-value) and n (with what it counts)."""
-    return pd.DataFrame({
+    """The findings table as shown: (source, for several,) claim, section, target,
+    verdict, value (with its interval or p-value) and n (with what it counts)."""
+    sources = {"source": findings["source"].astype(str)} if "source" in findings else {}  # several sources
+    return pd.DataFrame(sources | {
         "claim": findings["claim"], "section": findings["section"], "target": findings["target"].astype(str),
         "verdict": findings["verdict"], "value": [_value_text(row) for _, row in findings.iterrows()],
         "n": [f"{n} {kind}".strip() for n, kind in zip(findings["n"], findings["n_kind"])],
