@@ -17,6 +17,7 @@ import time
 import traceback
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -75,16 +76,32 @@ def _outcome(call: Callable[[], tuple[str, float]]) -> tuple[str, float] | Excep
         return error
 
 
-def _save_all(figures: list[tuple[Figure, str]], folder: Path) -> list[tuple[str, float] | Exception]:
-    """Write every figure (PNG + PDF), in parallel worker processes when there are
-    several cores (drawing dominates the report's time); return each PNG as base64 with
-    the seconds its drawing took, or for a figure that could not be drawn, the exception."""
-    workers = min(os.cpu_count() or 1, len(figures))
-    if workers < 2:
-        return [_outcome(partial(save_figure_timed, figure, folder, stem)) for figure, stem in figures]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(save_figure_timed, pickle.dumps(figure), folder, stem) for figure, stem in figures]
-        return [_outcome(future.result) for future in futures]
+class _FigureWriter:
+    """Writes figures (PNG + PDF) as the sections make them: in parallel worker processes
+    when there are several cores (drawing dominates the report's time), so drawing
+    overlaps the building of the later sections; in this process otherwise."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        workers = os.cpu_count() or 1
+        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 \
+            else None
+        self.calls: list[Callable[[], tuple[str, float]]] = []
+
+    def submit(self, figure: Figure, stem: str) -> None:
+        if self.pool is None:
+            self.calls.append(partial(save_figure_timed, figure, self.folder, stem))
+        else:
+            self.calls.append(self.pool.submit(save_figure_timed, pickle.dumps(figure), self.folder, stem).result)
+
+    def results(self) -> list[tuple[str, float] | Exception]:
+        """Each figure's PNG as base64 with the seconds its drawing took, in the order
+        submitted, or for a figure that could not be drawn, the exception."""
+        return [_outcome(call) for call in self.calls]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
 
 
 def report_digest(store, jobs) -> str:
@@ -116,17 +133,20 @@ def build_report(root: str | Path, force: bool = True) -> Path:
     states = Counter(store.state(job) for job in jobs)
     sections = []
     times: dict[str, dict] = {}
-    for key, title, builder, section_tables, inputs in section_plan(spec, tables, jobs):
-        section = Section(key, title)
-        with stages.stage("sections"):
-            built = _build_section(section, builder, section_tables, store=store, **inputs)
-        times[key] = {"build": built, "figures": 0, "figure_seconds": 0.0}
-        sections.append(section)
-    drawn = [(section, name, figure, file_stem(f"{section.key}_{name}"))
-             for section in sections for name, figure in section.figures]
-    with stages.stage("figures"):
-        outcomes = _save_all([(figure, stem) for _, _, figure, stem in drawn], figures_dir)
-    for (section, name, _, stem), outcome in zip(drawn, outcomes):
+    drawn: list[tuple[Section, str, str]] = []  # section, figure name, file stem
+    with closing(_FigureWriter(figures_dir)) as writer:
+        for key, title, builder, section_tables, inputs in section_plan(spec, tables, jobs):
+            section = Section(key, title)
+            with stages.stage("sections"):
+                built = _build_section(section, builder, section_tables, store=store, **inputs)
+                for name, figure in section.figures:
+                    drawn.append((section, name, file_stem(f"{section.key}_{name}")))
+                    writer.submit(figure, drawn[-1][2])
+            times[key] = {"build": built, "figures": 0, "figure_seconds": 0.0}
+            sections.append(section)
+        with stages.stage("figures"):
+            outcomes = writer.results()
+    for (section, name, stem), outcome in zip(drawn, outcomes):
         if isinstance(outcome, Exception):
             section.failures.append(Failure.of(f"figure {name!r} could not be drawn", outcome))
         else:
