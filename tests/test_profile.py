@@ -119,14 +119,16 @@ def test_times_table_shows_each_kind_and_stage(profiled_study):
 
 def test_status_times_and_run_profile_print_the_tables(profiled_study, tmp_path, monkeypatch):
     spec, folder = profiled_study
-    monkeypatch.setattr(cli, "console", Console(file=io.StringIO(), width=250))
+    monkeypatch.setattr(cli, "console", Console(file=io.StringIO(), width=80))  # as in a log: 80 columns
     plain = CliRunner().invoke(cli.app, ["status", str(folder)])
     assert plain.exit_code == 0, plain.output
     assert "job time" not in cli.console.file.getvalue()
     result = CliRunner().invoke(cli.app, ["status", str(folder), "--times"])
     assert result.exit_code == 0, result.output
-    assert "job time" in cli.console.file.getvalue() and "report time" in cli.console.file.getvalue()
-    monkeypatch.setattr(cli, "console", Console(file=io.StringIO(), width=250))
+    printed = cli.console.file.getvalue()
+    assert "job time" in printed and "report time" in printed
+    assert "…" not in printed and "analysis" in printed  # the tables are as wide as they need, not cut
+    monkeypatch.setattr(cli, "console", Console(file=io.StringIO(), width=80))
     result = CliRunner().invoke(cli.app, ["run", str(write_spec(tmp_path / "study.yaml", spec)), "--out", str(folder),
                                           "--profile"])  # all done: nothing runs, the tables are printed
     assert result.exit_code == 0, result.output

@@ -208,13 +208,19 @@ def status(out: Path = typer.Argument(..., help="study folder"),
 
 
 def _print_times(out: Path) -> None:
-    """Where a study's time went: per kind of job and stage, and the report's."""
+    """Where a study's time went: per kind of job and stage, and the report's; each
+    table as wide as its numbers need (a narrow terminal or a log would cut them)."""
+    from rich.measure import Measurement
+
     from .study.times import report_table, times_table
 
-    console.print(times_table(out))
     report = report_table(out)
-    console.print(report if report is not None else "no report times recorded yet (`transferscope report` writes "
-                                                     "them)")
+    for table in (times_table(out), report):
+        if table is None:
+            console.print("no report times recorded yet (`transferscope report` writes them)")
+            continue
+        width = Measurement.get(console, console.options.update(max_width=1000), table).maximum
+        Console(file=console.file, width=max(console.width, width), force_terminal=console.is_terminal).print(table)
 
 
 @app.command()

@@ -4,7 +4,6 @@ analysis function (the study layer only composes)."""
 
 from __future__ import annotations
 
-import importlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Mapping
@@ -370,8 +369,6 @@ def _analysis(function: Callable[[AnalysisInputs], None]) -> Callable[[Store, Jo
     stage "analysis" (but for the data, models and writing it asks for)."""
 
     def run(store: Store, job: Job, _progress: bool) -> None:
-        with stage("imports"):  # the analyses' package, imported once per process
-            importlib.import_module("transferscope.analysis")
         with stage("analysis"):
             function(AnalysisInputs(store, job))
 

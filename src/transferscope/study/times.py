@@ -13,7 +13,7 @@ from ..io import read_json
 from .runner import open_study
 from .store import REPORT_TIMES
 
-STAGE_ORDER = ("data", "models", "train", "imports", "analysis", "write")
+STAGE_ORDER = ("data", "models", "train", "analysis", "write")
 """The stages in the order of a job's life; any other recorded stage follows them."""
 OTHER = "other"
 """The part of a job's wall time in no stage: reading its description, marking it."""
