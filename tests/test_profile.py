@@ -21,14 +21,14 @@ from typer.testing import CliRunner
 from transferscope import cli, timing
 from transferscope.analysis import basins, interpolation, module_criticality
 from transferscope.io import read_json, read_table, write_json
-from transferscope.models import build_model
+from transferscope.models import build_model, save_weights
 from transferscope.report import build_report
 from transferscope.report.sections import SECTIONS
 from transferscope.study import StudySpec, build_plan, run_study
 from transferscope.study import jobs as job_runners
 from transferscope.study.executors import LocalExecutor
 from transferscope.study.runner import open_study
-from transferscope.study.store import REPORT_TIMES
+from transferscope.study.store import REPORT_TIMES, Store
 from transferscope.study.times import OTHER, job_times, report_table, times_table
 
 
@@ -250,3 +250,17 @@ def test_interpolation_of_a_model_with_itself_is_evaluated_at_one_alpha(toy_doma
 def _spy_alphas(function, evaluated, *args, **kwargs):
     evaluated.append(list(kwargs["alphas"]))
     return function(*args, **kwargs)
+
+
+def test_brought_weights_jobs_record_their_stages(tmp_path):
+    weights = save_weights(build_model("small_resnet", 4, width=4), tmp_path / "p.safetensors")
+    spec = _train_only()
+    spec["source"] = {"weights": str(weights), "data": tiny_spec()["source"]["data"]}
+    store = Store(tmp_path / "study")
+    jobs = [job for job in build_plan(StudySpec.model_validate(spec)) if job.kind in ("weights", "source_score")]
+    store.register(jobs)
+    for job in jobs:
+        assert job_runners.execute_job(store.root, job.id) == "done"
+    stages = {job.kind: set(store.done_record(job)["stages"]) for job in jobs}
+    assert stages["weights"] == {"models", "write"}
+    assert {"models", "analysis", "write"} <= stages["source_score"]

@@ -141,9 +141,11 @@ def _train_job(store: Store, job: Job, progress: bool) -> None:
 def _weights_job(store: Store, job: Job, progress: bool) -> None:
     """Read brought weights (a file, torchvision's, timm's), check that they fit the
     study's architecture, and write them as safetensors in the job's folder."""
-    state = load_pretrained(job.config["weights"], progress=progress)
-    pretrained_model(ModelConfig.model_validate(job.config["model"]), state)  # names every mismatch
-    save_weights(state, final_weights(store, job))
+    with stage("models"):
+        state = load_pretrained(job.config["weights"], progress=progress)
+        pretrained_model(ModelConfig.model_validate(job.config["model"]), state)  # names every mismatch
+    with stage("write"):
+        save_weights(state, final_weights(store, job))
 
 
 def _source_score_job(store: Store, job: Job, _progress: bool) -> None:
@@ -162,7 +164,8 @@ def _source_score_job(store: Store, job: Job, _progress: bool) -> None:
         if outputs != domain.num_outputs:
             raise ValueError(f"P has {outputs} outputs, source.data {domain.num_outputs} classes; P's source score "
                              "needs the data P was pre-trained on, labelled as P's outputs (or leave out source.data)")
-        result = evaluate(model, loader)
+        with stage("analysis"):
+            result = evaluate(model, loader)
         metric = score_metric(result)
         rows.append({"epoch": epoch, "test_loss": result["loss"], f"test_{metric}": result[metric]})
     with stage("write"):
