@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from ..io import read_json
@@ -51,7 +52,7 @@ def times_table(root: str | Path) -> Table:
     on a loaded machine); a last row sums every kind."""
     kinds = job_times(root)
     names = _stage_names(kinds)
-    table = Table(title=f"job time in {root} (wall seconds, as each job measured itself)")
+    table = Table(title=f"job time in {escape(str(root))} (wall seconds, as each job measured itself)")
     for column in ("kind", "jobs", "total", "mean", *names, "cpu"):
         table.add_column(column, justify="left" if column == "kind" else "right")
     totals: dict = {"jobs": 0, "seconds": 0.0, "cpu_seconds": 0.0, "stages": Counter()}
