@@ -5,11 +5,11 @@ skipped when it is not installed), timed side by side in one process (the conten
 alternate within every repeat), with each one's largest error against a float64 NumPy
 reference computed from the stored features with Song et al.'s HSIC_1 formula.
 
-    .venv/bin/python benchmarks/bench_cka.py            # small ResNet (width 16) at 32 px, < 2 min on 2 cores
-    .venv/bin/python benchmarks/bench_cka.py --table    # the issue-14 table: + ResNet-18 at 32 and 64 px (minutes)
-    .venv/bin/python benchmarks/bench_cka.py --arch resnet18 --image-size 64 --repeats 7
+    .venv/bin/python benchmarks/bench_cka.py            # small ResNet (width 16) at 32 px, 256 examples: < 1 min
+    .venv/bin/python benchmarks/bench_cka.py --table    # the issue-14 table, 512 examples: + ResNet-18 at 32 and 64 px
+    .venv/bin/python benchmarks/bench_cka.py --arch resnet18 --image-size 64 --examples 512 --repeats 7
 
-Every setting: 6 modules per model (36 module pairs), 512 examples, batch 128. The
+Every setting: 6 modules per model (36 module pairs), batch 128. The
 ratios printed are a contender's time over transferscope's (> 1: transferscope is faster),
 from the minimum and the median over the repeats. The Gram matrices cost n·d
 multiply-adds per example and hooked module (n the batch, d the module's output size);
@@ -47,7 +47,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--arch", default="small_resnet", help="small_resnet or a torchvision classifier (resnet18, ...)")
     parser.add_argument("--width", type=int, default=16, help="small_resnet base width")
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--examples", type=int, default=512)
+    parser.add_argument("--examples", type=int, default=None,
+                        help="examples per run (default 256, and the issue's 512 with --table)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats (min and median kept)")
@@ -280,6 +281,8 @@ def bench_setting(args: argparse.Namespace, arch: str, image_size: int) -> None:
 
 def main() -> None:
     args = parse_args()
+    if args.examples is None:
+        args.examples = 512 if args.table else 256
     if args.threads:
         torch.set_num_threads(args.threads)
     for arch, image_size in TABLE if args.table else ((args.arch, args.image_size),):

@@ -1,6 +1,6 @@
 """The fast CKA path (issue 14): features shifted by the mean of their first examples, the Gram
-product from its blocks on and below the diagonal, column chunks on CPU, HSIC operands of a
-model's modules on one stack. Compared with an independent float64 NumPy reference written
+product from its blocks on and below the diagonal, column chunks on CPU for large features.
+Compared with an independent float64 NumPy reference written
 from the formulas, with the block and chunk sizes shrunk so that every ragged edge is hit."""
 
 import numpy as np

@@ -97,7 +97,7 @@ def _median(values: Tensor) -> Tensor:
 
 SHIFT_EXAMPLES = 16  # features are shifted by the mean of this many examples before their Gram matrix
 GRAM_BLOCK = 64  # rows per block of the Gram product (only the blocks on and below the diagonal are multiplied)
-CHUNK_VALUES = 2 ** 20  # CPU: the shifted features are made in column chunks of about this many values (4 MiB)
+CHUNK_VALUES = 2 ** 22  # CPU: the shifted features are made in column chunks of at most this many values (16 MiB)
 MIN_CHUNK_COLUMNS = 256
 
 
@@ -107,9 +107,11 @@ def _shifted_gram(work: Tensor) -> Tensor:
 
     Only the column blocks (of ``GRAM_BLOCK``) on and below the diagonal are multiplied and
     then mirrored: ``(1 + 1/b) / 2`` of the multiply-adds of one ``n x n x d`` product, ``b =
-    ceil(n / GRAM_BLOCK)`` (3/4 at n = 128). On CPU the shifted features are made chunk by
-    chunk of columns in one reused buffer that stays in cache (a whole shifted copy would be
-    fresh, page-faulted memory on every call); on a GPU, in one piece.
+    ceil(n / GRAM_BLOCK)`` (3/4 at n = 128). On CPU, features of more than ``CHUNK_VALUES``
+    values are shifted chunk by chunk of columns into one reused buffer (a whole shifted
+    copy of 32 MiB or more is fresh, page-faulted memory on every call); smaller ones, and
+    all on a GPU, in one piece: few operations, each a parallel region on CPU, which
+    costs most on a machine whose cores are shared.
     """
     n, d = work.shape
     head = work[:SHIFT_EXAMPLES]
@@ -223,14 +225,14 @@ def hsic_operand(gram: Tensor, *, debiased: bool) -> Tensor:
     Parameters
     ----------
     gram : Tensor
-        ``(n, n)`` Gram matrix (:func:`gram_matrix`), or a stack ``(..., n, n)`` of them.
+        ``(n, n)`` Gram matrix (:func:`gram_matrix`).
     debiased : bool
         HSIC_1 instead of HSIC_0; needs ``n >= 4``.
 
     Returns
     -------
     Tensor
-        The shape and dtype of ``gram``.
+        ``(n, n)``, the dtype of ``gram``.
 
     References
     ----------
@@ -348,10 +350,11 @@ class _HSICSums:
 
     def add(self, grams: Mapping[str, list[Tensor]]) -> None:
         """``grams[model]``: the Gram matrices of its modules for one batch. Their HSIC
-        operands ``M(K)``, computed on the stack at once, become the rows of one ``(L, n^2)``
-        matrix per model, so one product gives every HSIC of a model pair for the batch."""
-        rows = {name: hsic_operand(torch.stack([gram.to(self.device) for gram in module_grams]),
-                                   debiased=self.unbiased).flatten(1)
+        operands ``M(K)`` (one at a time: ``n x n`` operations stay serial on CPU) become the
+        rows of one ``(L, n^2)`` matrix per model, so one product gives every HSIC of a
+        model pair for the batch."""
+        rows = {name: torch.stack([hsic_operand(gram.to(self.device), debiased=self.unbiased).flatten()
+                                   for gram in module_grams])
                 for name, module_grams in grams.items()}
         for name, matrix in rows.items():
             self.self[name] += (matrix * matrix).sum(1)
