@@ -117,7 +117,7 @@ def several_sources_tables(spec: StudySpec, store: Store) -> dict[str, pd.DataFr
     :func:`~transferscope.analysis.source_comparison.best_source_rows`, and the tables
     ``sources`` (:func:`~transferscope.analysis.source_comparison.compare_sources`) and
     ``source_reuse`` (:func:`~transferscope.analysis.source_comparison.reuse_by_module`)."""
-    per_source = {label: source_tables(single, store, jobs) for label, single, jobs in source_plans(spec)}
+    per_source = {str(label): source_tables(single, store, jobs) for label, single, jobs in source_plans(spec)}
     names = dict.fromkeys(name for tables in per_source.values() for name in tables)
     tables = {name: pd.concat([frame.assign(source=label)[["source", *frame.columns]]
                                for label, source in per_source.items() if (frame := source.get(name)) is not None],

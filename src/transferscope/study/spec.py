@@ -313,7 +313,7 @@ class StudySpec(Settings):
         if not self.sources:
             return [(None, self)]
         common = self.model_dump(exclude={"sources", "source"})
-        singles = []
+        singles: list[tuple[str | None, StudySpec]] = []
         for source in self.sources:
             try:
                 single = StudySpec.model_validate(common | {"source": source.model_dump(exclude={"label"})})
