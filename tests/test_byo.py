@@ -385,3 +385,45 @@ def test_bit_identical_p_and_rit_are_warned_about(tmp_path):
                      output.getvalue()), output.getvalue()
     build_report(tmp_path)
     assert "have bit-identical final weights" in (tmp_path / "report" / "summary.md").read_text()
+
+
+# ------------------------------------------------------------------ timm's weights, from the Hugging Face hub cache
+TIMM_WEIGHTS = "test_resnet.r160_in1k"  # timm's smallest ResNet (0.5 M parameters), published on the hub
+
+
+def test_timm_weights_come_from_the_hub_cache_where_the_offline_error_says(tmp_path, monkeypatch):
+    """Offline with an empty hub cache, the one-line error names the file to place and the
+    ref naming its folder; placed there, timm's own loader reads it, and a study's weights
+    job materialises it."""
+    from huggingface_hub import constants
+
+    from transferscope.models.pretrained import timm_cache_file
+
+    hub = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read once at import, as HF_HUB_CACHE
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    with pytest.raises(OSError) as raised:
+        load_pretrained(f"timm:{TIMM_WEIGHTS}")
+    weights, ref = timm_cache_file(TIMM_WEIGHTS)
+    folder = hub / "models--timm--test_resnet.r160_in1k"
+    assert (weights, ref) == (folder / "snapshots" / "local" / "model.safetensors", folder / "refs" / "main")
+    message = describe(raised.value)
+    assert "\n" not in message and "LocalEntryNotFoundError" in message
+    assert f"place its state dict (safetensors) at {weights} and write local into {ref}" in message
+
+    torch.manual_seed(0)
+    state = build_model("timm:test_resnet", 1000).state_dict()  # timm's architecture, our weights
+    save_weights(state, weights)
+    ref.parent.mkdir()
+    ref.write_text("local")
+    loaded = load_pretrained(f"timm:{TIMM_WEIGHTS}")
+    assert set(loaded) == set(state) and all(torch.equal(loaded[key], state[key]) for key in state)
+
+    spec = StudySpec.model_validate(study({"weights": f"timm:{TIMM_WEIGHTS}"}, model={"arch": "timm:test_resnet"}))
+    jobs = {job.kind: job for job in build_plan(spec)}
+    store = Store(tmp_path / "study")
+    store.register(jobs.values())
+    assert execute_job(store.root, jobs["weights"].id) == "done", store.error(jobs["weights"])
+    written = load_pretrained(str(store.job_dir(jobs["weights"]) / "weights.safetensors"))
+    assert all(torch.equal(written[key], state[key]) for key in state)

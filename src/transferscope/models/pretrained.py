@@ -1,7 +1,9 @@
 """Pre-trained weights a user brings: a safetensors or torch file (read with
 ``weights_only=True``), torchvision's published weights
 (``torchvision:<WeightsEnum>.<member>``, fetched through torchvision's own mechanism and
-torch's hub cache), or timm's (``timm:<name>``, optional extra).
+torch's hub cache), or timm's (``timm:<name>``, optional extra; fetched by timm from the
+Hugging Face hub into its cache, ``HF_HUB_CACHE``: offline, :func:`timm_cache_file` is
+the file to place there, as the error says).
 
 :func:`weights_identity` is what a study's job id hashes for them without loading them
 (a file's SHA-256; the enum name and the published URL, which carries the file's hash),
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from ..config import ModelConfig
 
 TORCHVISION, TIMM = "torchvision:", "timm:"
+TIMM_SNAPSHOT = "local"  # the snapshot folder of timm weights placed in the hub cache by hand
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")  # torch.hub's convention: <name>-<sha256 prefix>.<ext>
 _FORMS = ("a safetensors or torch file, torchvision:<WeightsEnum>.<member> (e.g. "
           "torchvision:ResNet50_Weights.IMAGENET1K_V2) or timm:<name>")
@@ -92,7 +95,7 @@ def load_pretrained(text: str, *, progress: bool = False) -> StateDict:
     if text.startswith(TORCHVISION):
         return _load_torchvision(text.removeprefix(TORCHVISION), progress)
     if text.startswith(TIMM):
-        return dict(_timm().create_model(text.removeprefix(TIMM), pretrained=True).state_dict())
+        return _load_timm(text.removeprefix(TIMM))
     return load_weights(text)
 
 
@@ -145,6 +148,42 @@ def _check_published_hash(path: Path, name: str) -> None:
         raise ValueError(f"{path} is not torchvision's {name}: its SHA-256 begins {digest[:len(match[1])]}, the "
                          f"published file's {match[1]}; delete it (it is downloaded again) or put the published file "
                          "there")
+
+
+def timm_cache_file(name: str) -> tuple[Path, Path | None]:
+    """Where timm looks for its pretrained weights ``name`` before downloading them, and
+    the file naming that folder's snapshot (None where there is none): for weights on the
+    Hugging Face hub, ``<HF_HUB_CACHE>/models--<org>--<repo>/snapshots/<snapshot>/model.safetensors``
+    and ``refs/<revision>`` (``main``), which holds just the snapshot's name
+    (:data:`TIMM_SNAPSHOT` for a file placed by hand); else the file of their URL in
+    torch's hub cache (``<torch.hub.get_dir()>/checkpoints/``)."""
+    config = _timm().models.get_pretrained_cfg(name)
+    if config is None or not (config.hf_hub_id or config.url):
+        raise ValueError(f"timm has no pretrained weights {name!r}; timm.list_pretrained() lists those it has")
+    if not config.hf_hub_id:
+        return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(config.url).path), None
+    from huggingface_hub import constants
+
+    repo, _, revision = config.hf_hub_id.partition("@")
+    folder = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+    return folder / "snapshots" / TIMM_SNAPSHOT / "model.safetensors", folder / "refs" / (revision or "main")
+
+
+def _load_timm(name: str) -> StateDict:
+    """timm's pretrained weights ``name`` through its own mechanism (the Hugging Face hub
+    and its cache); offline with nothing cached, a one-line OSError naming the file to
+    place (:func:`timm_cache_file`)."""
+    timm = _timm()
+    try:
+        return dict(timm.create_model(name, pretrained=True).state_dict())
+    except OSError as error:  # LocalEntryNotFoundError offline, URLError / socket errors for a URL
+        weights, ref = timm_cache_file(name)
+        reason = " ".join(str(getattr(error, "reason", None) or error).split())
+        place = (f"place its state dict (safetensors) at {weights} and write {TIMM_SNAPSHOT} into {ref} "
+                 f"(printf {TIMM_SNAPSHOT} > {ref}; the Hugging Face hub cache: HF_HUB_CACHE, default "
+                 "$HF_HOME/hub; HF_HUB_OFFLINE=1 skips the network)") if ref else f"place that file at {weights}"
+        raise OSError(f"cannot download timm's pretrained weights {name} ({type(error).__name__}: {reason}); "
+                      f"offline, {place}; or give source.weights a file of them") from error
 
 
 def _timm() -> Any:
