@@ -19,6 +19,7 @@ from transferscope.evaluation import (
     loss_fn,
     metrics,
     model_device,
+    per_label_auc,
     predict,
     recalibrate_batchnorm,
     roc_auc,
@@ -73,6 +74,19 @@ def test_roc_auc_known_values():
     assert roc_auc(torch.tensor([0.4, 0.3, 0.2, 0.1]), labels) == 0.0
     assert roc_auc(torch.tensor([0.5, 0.5, 0.5, 0.5]), labels) == 0.5
     assert np.isnan(roc_auc(torch.tensor([0.1, 0.2]), torch.tensor([1, 1])))
+
+
+def test_per_label_auc_ranks_every_column_on_its_own():
+    """All columns are ranked in one call (the bootstrap's fast path): each column's AUC is
+    still its own pairwise AUC, ties included, and a one-class column is NaN."""
+    rng = np.random.default_rng(3)
+    labels = (rng.random((120, 4)) < 0.3).astype(np.float32)
+    labels[:, 2] = 0.0  # no positives: undefined
+    scores = np.round(rng.normal(size=(120, 4)) + labels, 1).astype(np.float32)  # ties within columns
+    aucs = per_label_auc(torch.tensor(scores), torch.tensor(labels))
+    assert np.isnan(aucs[2])
+    for j in (0, 1, 3):
+        assert aucs[j] == pytest.approx(auc_reference(scores[:, j].astype(np.float64), labels[:, j]), abs=1e-12)
 
 
 def test_multilabel_metrics_match_numpy():

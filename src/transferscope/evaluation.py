@@ -18,8 +18,10 @@ import math
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Mapping
 
+import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -47,17 +49,27 @@ def loss_fn(logits: Tensor, targets: Tensor, reduction: str = "mean", label_smoo
 
 def roc_auc(scores: Tensor, labels: Tensor) -> float:
     """ROC AUC from ranks (Mann-Whitney U, ties averaged); NaN when one class is absent."""
-    positives = labels.bool()
-    n_pos = int(positives.sum())
-    n_neg = len(labels) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = torch.from_numpy(pd.Series(scores.double().numpy()).rank().to_numpy().copy())
-    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return per_label_auc(scores.reshape(-1, 1), labels.reshape(-1, 1))[0]
 
 
 def per_label_auc(logits: Tensor, targets: Tensor) -> list[float]:
-    return [roc_auc(logits[:, j].cpu(), targets[:, j].cpu()) for j in range(targets.shape[1])]
+    """The ROC AUC of each column of ``logits`` (N, L) against the 0/1 column of
+    ``targets``: (R⁺ − n⁺(n⁺+1)/2) / (n⁺ n⁻), R⁺ the sum of the positives' ranks among
+    the N scores (ties averaged; Mann-Whitney U), NaN where a column has one class only.
+    All columns are ranked in one call: bootstraps recompute it on every resample."""
+    positives = targets.cpu().bool().numpy()
+    ranks = stats.rankdata(logits.detach().cpu().double().numpy(), axis=0)
+    n_pos = positives.sum(0)
+    n_neg = len(positives) - n_pos
+    rank_sums = np.where(positives, ranks, 0.0).sum(0)  # sums of half-integers: exact in any order
+    return [float((rank_sum - p * (p + 1) / 2) / (p * n)) if p and n else math.nan
+            for rank_sum, p, n in zip(rank_sums.tolist(), n_pos.tolist(), n_neg.tolist())]
+
+
+def mean_auc(logits: Tensor, targets: Tensor) -> float:
+    """The mean of :func:`per_label_auc` over the labels that have both classes (NaN if none)."""
+    aucs = torch.tensor(per_label_auc(logits, targets), dtype=torch.float64)
+    return float(aucs[~aucs.isnan()].mean()) if (~aucs.isnan()).any() else float("nan")
 
 
 def check_targets(logits: Tensor, targets: Tensor) -> None:
@@ -121,8 +133,7 @@ def metrics(logits: Tensor, targets: Tensor) -> dict[str, float]:
     if not bool(torch.isfinite(logits).all()):
         return {"loss": math.nan, "n": len(targets), score_name(targets): math.nan}
     if is_multilabel(targets):
-        aucs = torch.tensor(per_label_auc(logits, targets), dtype=torch.float64)
-        score = float(aucs[~aucs.isnan()].mean()) if (~aucs.isnan()).any() else float("nan")
+        score = mean_auc(logits, targets)
     else:
         score = float((logits.argmax(1) == targets).double().mean())
     return {"loss": float(loss_fn(logits, targets)), "n": len(targets), score_name(targets): score}

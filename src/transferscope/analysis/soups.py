@@ -41,6 +41,7 @@ from ..evaluation import (
     Batches,
     cache_batches,
     evaluate,
+    mean_auc,
     metrics,
     predict,
     recalibrate_batchnorm,
@@ -216,8 +217,8 @@ def _gain_interval(members: Sequence[Tensor], soup_logits: Tensor, targets: Tens
 
     def gain(index: np.ndarray) -> float:
         chosen = torch.from_numpy(index)
-        member_scores = [metrics(logits[chosen], targets[chosen])["auc"] for logits in members]
-        return metrics(soup_logits[chosen], targets[chosen])["auc"] - float(np.mean(member_scores))
+        member_scores = [mean_auc(logits[chosen], targets[chosen]) for logits in members]  # finite: predict checked
+        return mean_auc(soup_logits[chosen], targets[chosen]) - float(np.mean(member_scores))
 
     result = stats.bootstrap((np.arange(len(targets)),), gain, vectorized=False, n_resamples=n_bootstrap,
                              confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
