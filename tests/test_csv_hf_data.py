@@ -7,6 +7,7 @@ whose cost counts the images on disk."""
 from __future__ import annotations
 
 import pickle
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,9 +20,10 @@ from PIL import Image
 from pydantic import ValidationError
 
 from transferscope.config import DataConfig
-from transferscope.data import load_domain
+from transferscope.data import image_cache, load_domain
 from transferscope.data.files import FileImageDataset, ImageReadError, read_image
 from transferscope.data.hf_datasets import HFImageDataset, encoded_images
+from transferscope.data.image_cache import CachedImages, decoded_domain
 from transferscope.data.load import example_counts
 from transferscope.study import StudySpec, build_plan
 
@@ -249,6 +251,39 @@ def test_hf_errors(tmp_path, table, monkeypatch):
     with pytest.raises(ImportError, match=r"^data kind 'hf' needs the optional extra: pip install "
                                           r"'transferscope\[hf\]'$"):
         load_domain(config)
+
+
+def test_hf_splits_are_decoded_once_into_the_cache_with_the_uncached_pixels(tmp_path, table, monkeypatch):
+    """A study's cache_dir: each hf split is decoded once (by two worker processes here)
+    into a memory-mapped cache holding the pixels, and giving the batches, of the
+    uncached path; read again, not rebuilt; a re-saved data set is a new cache."""
+    saved = save_hf(table, tmp_path, tmp_path / "saved")
+    config = DataConfig(kind="hf", root=str(saved), image_size=64, n_train=6, seed=2)  # decoded at 73
+    uncached = load_domain(config)
+    monkeypatch.setattr(image_cache, "CHUNK", 2)
+    cached = decoded_domain(uncached, cache_dir=tmp_path / "cache", workers=2)
+    for split in ("train", "test"):
+        stored = cached.split(split)
+        assert isinstance(stored, CachedImages) and stored.path.parent == tmp_path / "cache"
+        images, targets = items(uncached.split(split))
+        assert images.shape[-1] == 73 and torch.equal(stored.images, images) and torch.equal(stored.targets, targets)
+    for mode in ("none", "resized_crop"):
+        (a, ya), (b, yb) = (next(iter(domain.loader("train", 6, seed=1, augment=mode))) for domain in (uncached, cached))
+        assert a.shape == (6, 3, 64, 64) and torch.equal(a, b) and torch.equal(ya, yb), mode
+
+    monkeypatch.setattr(image_cache, "build", lambda *_: pytest.fail("decoded an hf split again"))
+    again = load_domain(config, cache_dir=str(tmp_path / "cache"))  # a study's job, in another process
+    assert again.train.path == cached.train.path and again.test.path == cached.test.path
+    monkeypatch.undo()
+    other = load_domain(config.model_copy(update={"n_train": 5}), cache_dir=str(tmp_path / "cache"))
+    assert other.train.path != cached.train.path and other.test.path == cached.test.path  # other rows, same test
+
+    write_png(tmp_path / table.path[0], 99)  # a changed image, saved again in the same folder
+    shutil.rmtree(saved)
+    save_hf(table, tmp_path, saved)
+    changed = load_domain(config, cache_dir=str(tmp_path / "cache"))
+    assert changed.train.path != cached.train.path
+    assert torch.equal(changed.train.images, items(load_domain(config).train)[0])
 
 
 # ------------------------------------------------------------------ plan cost

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from transferscope.config import DataConfig
+from transferscope.data import files as files_module
 from transferscope.data import image_cache, load_domain
 from transferscope.data.files import FileImageDataset, ImageReadError, read_image
 from transferscope.data.image_cache import CachedImages, cache_file, cached_split
@@ -133,7 +134,7 @@ def _slow_read(path, size):
 
 
 def test_a_killed_build_publishes_nothing_and_the_next_build_cleans_up(tmp_path, files, monkeypatch):
-    monkeypatch.setattr(image_cache, "read_image", _slow_read)  # 12 images: 2.4 s to decode
+    monkeypatch.setattr(files_module, "read_image", _slow_read)  # 12 images: 2.4 s to decode
     cache = tmp_path / "cache"
     child = FORK.Process(target=_build_in_child, args=(files, cache, tmp_path / "out.npy"))
     child.start()
@@ -144,7 +145,7 @@ def test_a_killed_build_publishes_nothing_and_the_next_build_cleans_up(tmp_path,
     os.kill(child.pid, signal.SIGKILL)
     child.join()
     assert not target.exists() and len(list(cache.glob(f".{target.name}.*.tmp"))) == 1
-    monkeypatch.setattr(image_cache, "read_image", read_image)
+    monkeypatch.setattr(files_module, "read_image", read_image)
     split = cached_split(dataset(files), cache)  # the dead builder's lock is gone with it
     assert split.path == target and not list(cache.glob("*.tmp")) and not list(cache.glob(".*.tmp"))
     assert torch.equal(split.images, torch.stack([read_image(path, DECODE) for path in files]))

@@ -89,15 +89,19 @@ class HFImageDataset(Dataset):
     (:func:`~.files.read_image`, :func:`~.files.decode_size_for` ``(image_size)``, as a
     :class:`~.files.FileImageDataset`; the loaders crop or resample to ``image_size``),
     read from row ``rows[i]`` of ``images`` (see :func:`encoded_images`). Pickles into
-    ``DataLoader`` workers as the memory-mapped table's file names."""
+    ``DataLoader`` workers as the memory-mapped table's file names. In a study, each
+    split is decoded once into the decoded-image cache (:mod:`.image_cache`)."""
 
     def __init__(self, images: Any, rows: Sequence[int], targets: Tensor, image_size: int, classes: Sequence[str],
-                 source: str) -> None:
+                 source: str, decode_size: int | None = None) -> None:
         if len(rows) != len(targets):
             raise ValueError(f"{len(rows)} rows but {len(targets)} targets")
         self.images, self.rows, self.targets = images, list(rows), targets
         self.image_size, self.classes, self.source = image_size, list(classes), source
-        self.decode_size = decode_size_for(image_size)
+        self.decode_size = decode_size_for(image_size) if decode_size is None else decode_size
+        if self.decode_size < image_size:
+            raise ValueError(f"decode_size {self.decode_size} is smaller than image_size {image_size}: images are "
+                             "cropped to image_size from the decoded ones; raise decode_size or leave it unset")
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -120,7 +124,20 @@ class HFImageDataset(Dataset):
     def subset(self, index: Sequence[int] | Tensor) -> "HFImageDataset":
         chosen = [int(i) for i in index]
         return HFImageDataset(self.images, [self.rows[i] for i in chosen], self.targets[chosen], self.image_size,
-                              self.classes, self.source)
+                              self.classes, self.source, self.decode_size)
+
+    def content(self) -> dict[str, Any]:
+        """What decides the pixels of this split, for the decoded-image cache
+        (:func:`~.image_cache.cache_key`): the data set's fingerprint (the ``datasets``
+        library's digest of its data and of every transform, here the image column's
+        selection), each Arrow file's path, size and modification time, the image
+        column, and the rows in order."""
+        files = []
+        for cache_file in self.images.cache_files:
+            stat = os.stat(cache_file["filename"])
+            files.append([cache_file["filename"], stat.st_size, stat.st_mtime_ns])
+        return {"fingerprint": self.images._fingerprint, "arrow_files": files,
+                "image_column": self.images.column_names[0], "rows": self.rows}
 
 
 def hf_domain(root: str | os.PathLike, *, image_column: str = "image", label_column: str | None = None,

@@ -1,5 +1,7 @@
 """A decoded-image cache for image files: each split of a
-:class:`~.files.FileImageDataset` decoded once, in parallel worker processes, to uint8
+:class:`~.files.FileImageDataset` (folder, csv, DomainNet, CheXpert) or of a
+:class:`~.hf_datasets.HFImageDataset` (a Hugging Face data set, whose images are
+decoded by the same code) decoded once, in parallel worker processes, to uint8
 at its decode size ``S`` (:func:`~.files.read_image`), and stored as a NumPy ``.npy``
 file of ``(N, S, S, 3)`` pixels (channels last: the CPU's uint8 resampling reads them 3x
 faster) that every later job memory-maps as an ``(N, 3, S, S)`` view (no copy, no
@@ -9,7 +11,9 @@ files would give, bit for bit, and the loader crops or augments them on its devi
 
 A cache file is named by the digest of what decides its content (:func:`cache_key`: the
 decoder version, the decode size, and each file's path, size and modification time, in
-the split's order), so a changed, added or removed file makes a new one. Builders of one
+the split's order; for a Hugging Face split, the data set's fingerprint, its Arrow
+files' paths, sizes and modification times, the image column and the rows in order), so
+a changed, added or removed file makes a new one. Builders of one
 file are serialised by a POSIX lock on ``<file>.lock`` (it works across the nodes of a
 cluster on a shared file system and is released when its holder dies): one decodes, the
 others wait and then read. A build writes a temporary file, syncs it to disk and renames
@@ -27,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -37,11 +41,15 @@ from torch.utils.data import Dataset
 from ..io import atomic_path, content_hash
 from ..progress import progress
 from .domain import Domain
-from .files import FileImageDataset, ImageReadError, read_image
+from .files import FileImageDataset, ImageReadError
+from .hf_datasets import HFImageDataset
 from .tensors import ImageSet
 
 DECODER_VERSION = 1  # bump when read_image changes its pixels: every cache is then rebuilt
 CHUNK = 64  # images a worker decodes per task (the progress bar's step), fewer in small builds
+
+EncodedImages = FileImageDataset | HFImageDataset
+"""A split whose images are decoded on access: what the cache stores decoded."""
 
 
 @dataclass
@@ -54,10 +62,14 @@ class CachedImages(ImageSet):
     path: Path | None = None
 
 
-def cache_key(dataset: FileImageDataset) -> str:
+def cache_key(dataset: EncodedImages) -> str:
     """Digest of what decides a split's cached pixels: :data:`DECODER_VERSION`, the
-    decode size, and every file's path, size and modification time, in order. A file
-    that cannot be read is an :class:`~.files.ImageReadError` naming it."""
+    decode size, and every file's path, size and modification time, in order (a
+    Hugging Face split: :meth:`~.hf_datasets.HFImageDataset.content`). A file that
+    cannot be read is an :class:`~.files.ImageReadError` naming it."""
+    if isinstance(dataset, HFImageDataset):
+        return content_hash({"decoder": DECODER_VERSION, "decode_size": dataset.decode_size,
+                             "hf": dataset.content()}, 24)
     files = []
     for path in dataset.paths:
         try:
@@ -68,7 +80,7 @@ def cache_key(dataset: FileImageDataset) -> str:
     return content_hash({"decoder": DECODER_VERSION, "decode_size": dataset.decode_size, "files": files}, 24)
 
 
-def cache_file(dataset: FileImageDataset, cache_dir: str | os.PathLike) -> Path:
+def cache_file(dataset: EncodedImages, cache_dir: str | os.PathLike) -> Path:
     """Where the decoded images of ``dataset`` are cached under ``cache_dir``."""
     return Path(cache_dir) / f"images-{len(dataset)}x{dataset.decode_size}-{cache_key(dataset)}.npy"
 
@@ -85,14 +97,14 @@ def exclusive(lock_path: Path) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
-def _decode_rows(file: str, start: int, paths: Sequence[str], size: int) -> int:
-    """Decode ``paths`` into rows ``start, start + 1, ...`` of the ``.npy`` ``file``
-    (a worker's task); returns how many."""
+def _decode_rows(file: str, start: int, part: EncodedImages) -> int:
+    """Decode the images of ``part`` into rows ``start, start + 1, ...`` of the
+    ``.npy`` ``file`` (a worker's task); returns how many."""
     rows = open_memmap(file, mode="r+")
-    for offset, path in enumerate(paths):
-        rows[start + offset] = read_image(path, size).permute(1, 2, 0).numpy()
+    for offset in range(len(part)):
+        rows[start + offset] = part[offset][0].permute(1, 2, 0).numpy()
     rows.flush()
-    return len(paths)
+    return len(part)
 
 
 def default_workers() -> int:
@@ -100,7 +112,7 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def build(dataset: FileImageDataset, path: Path, workers: int | None = None) -> None:
+def build(dataset: EncodedImages, path: Path, workers: int | None = None) -> None:
     """Decode every image of ``dataset`` into the ``.npy`` file ``path`` with
     ``workers`` processes (default :func:`default_workers`; 1 = in this process),
     showing a progress bar; the file appears complete and synced, or not at all."""
@@ -110,7 +122,8 @@ def build(dataset: FileImageDataset, path: Path, workers: int | None = None) -> 
     workers = min(workers, math.ceil(count / chunk))
     with atomic_path(path) as tmp:
         open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, size, size, 3)).flush()  # header and length
-        tasks = [(str(tmp), start, dataset.paths[start:start + chunk], size) for start in range(0, count, chunk)]
+        tasks = [(str(tmp), start, dataset.subset(range(start, min(start + chunk, count))))
+                 for start in range(0, count, chunk)]
         description = f"decoding {count} images to {path.name}"
         if workers <= 1:
             for task in progress(tasks, description, total=len(tasks)):
@@ -133,7 +146,7 @@ def build(dataset: FileImageDataset, path: Path, workers: int | None = None) -> 
         os.close(directory)
 
 
-def cached_split(dataset: FileImageDataset, cache_dir: str | os.PathLike, workers: int | None = None) -> CachedImages:
+def cached_split(dataset: EncodedImages, cache_dir: str | os.PathLike, workers: int | None = None) -> CachedImages:
     """The images of ``dataset`` from its cache file under ``cache_dir``, built first
     when missing (one builder at a time; see the module docstring); the returned
     split's images are the memory-mapped file itself."""
@@ -148,7 +161,7 @@ def cached_split(dataset: FileImageDataset, cache_dir: str | os.PathLike, worker
     return read_cached(path, dataset)
 
 
-def read_cached(path: Path, dataset: FileImageDataset) -> CachedImages:
+def read_cached(path: Path, dataset: EncodedImages) -> CachedImages:
     """The cache file ``path`` of ``dataset`` as a :class:`CachedImages` (copy-on-write
     memory map: nothing is read until used, nothing is ever written back)."""
     expected = (len(dataset), dataset.decode_size, dataset.decode_size, 3)
@@ -165,9 +178,10 @@ def read_cached(path: Path, dataset: FileImageDataset) -> CachedImages:
 
 def decoded_domain(domain: Domain, *, decode_size: int | None = None, cache_dir: str | os.PathLike | None = None,
                    workers: int | None = None) -> Domain:
-    """``domain`` with its image-file splits (:class:`~.files.FileImageDataset`)
-    decoded at ``decode_size`` (None: theirs) and, when ``cache_dir`` is given, read from
-    their decoded-image cache there (:func:`cached_split`); other splits as they are.
+    """``domain`` with its splits of encoded images (:data:`EncodedImages`: image files,
+    a Hugging Face data set) decoded at ``decode_size`` (None: theirs) and, when
+    ``cache_dir`` is given, read from their decoded-image cache there
+    (:func:`cached_split`); other splits as they are.
 
     Parameters
     ----------
@@ -186,10 +200,13 @@ def decoded_domain(domain: Domain, *, decode_size: int | None = None, cache_dir:
     """
 
     def convert(split: ImageSet | Dataset) -> ImageSet | Dataset:
-        if not isinstance(split, FileImageDataset):
-            return split
-        if decode_size is not None:
+        if isinstance(split, HFImageDataset) and decode_size is not None:
+            split = HFImageDataset(split.images, split.rows, split.targets, split.image_size, split.classes,
+                                   split.source, decode_size)
+        elif isinstance(split, FileImageDataset) and decode_size is not None:
             split = FileImageDataset(split.paths, split.targets, split.image_size, split.classes, decode_size)
-        return split if cache_dir is None else cached_split(split, cache_dir, workers)
+        if not isinstance(split, EncodedImages) or cache_dir is None:
+            return split
+        return cached_split(split, cache_dir, workers)
 
     return dataclasses.replace(domain, train=convert(domain.train), test=convert(domain.test))
