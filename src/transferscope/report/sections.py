@@ -16,6 +16,7 @@ from ..data import ImageSet, load_domain
 from ..evaluation import score_metric
 from ..models.pretrained import describe_weights
 from ..roles import Role
+from ..study.plan import source_criticality_needs
 from ..study.sanity import identical_models
 from .figures import checkpoints as checkpoint_figures
 from .figures import cka as cka_figures
@@ -303,22 +304,32 @@ def rewinding(section, tables, **_) -> None:
     section.caption = criticality_figures.caption_rewind(frame)
 
 
-def module_criticality(section, tables, **_) -> None:
+def module_criticality(section, tables, spec, **_) -> None:
+    """Fig. 6 per target, with P's criticality on the source data beside its models (or
+    alone), the heatmaps, and one line on what P's own criticality needs where it is not
+    measured (:func:`~transferscope.study.plan.source_criticality_needs`)."""
+    needs = source_criticality_needs(spec)
+    note = f" P's criticality on its source data is not measured: {needs}." \
+        if needs is not None and spec.analyses.criticality.enabled else ""
     if not _need(section, tables, "criticality"):
+        section.missing += note
         return
     frame = tables["criticality"]
+    source = criticality_figures.on_source(frame)
     captions = []
-    for target in sorted(frame["target"].unique()):
-        section.figures.append((f"bars_{target}", criticality_figures.plot_criticality_bars(frame, target)))
-        captions.append(f"{target}: {criticality_figures.caption_criticality(frame, target)}")
+    for target in sorted(frame.loc[~source, "target"].unique()) or [None]:
+        section.figures.append((f"bars_{target or 'source'}", criticality_figures.plot_criticality_bars(frame, target)))
+        captions.append(f"{target or 'P on the source data'}: {criticality_figures.caption_criticality(frame, target)}")
     grid = tables.get("criticality_grid")
     if grid is not None and not grid.empty:
+        grid = grid.assign(target=grid["target"].where(~criticality_figures.on_source(grid), "source data"))
         for (target, model), part in grid.groupby(["target", "model"], sort=True):
             figure = criticality_figures.plot_criticality_heatmaps(part)
             figure.suptitle(f"{target}, {model}, module {part['module'].iloc[0]}: mean loss on the (σ, α) grid (Fig. 6)")
-            section.figures.append((f"heatmap_{target}_{model.replace(':', '-')}", figure))
-    section.caption = _quoting(" ".join(captions), tables, claims.criticality_grows_with_depth)
-    columns = ["target", "model", "path", "start", "module", "criticality", "alpha", "sigma", "noise", "threshold"]
+            section.figures.append((f"heatmap_{target}_{model.replace(':', '-')}".replace(" ", "-"), figure))
+    section.caption = _quoting(" ".join(captions), tables, claims.criticality_grows_with_depth) + note
+    columns = ["target", "data", "model", "path", "start", "module", "criticality", "alpha", "sigma", "noise",
+               "threshold"]
     section.tables.append(("Module criticality μ_i (Definition 3.2)", frame[[c for c in columns if c in frame]]))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import pandas as pd
 import torch
@@ -159,17 +159,23 @@ def _source_score_job(store: Store, job: Job, _progress: bool) -> None:
     rows = []
     for epoch, job_id in config["checkpoints"]:
         model = load_model(store, {"job": job_id, "checkpoint": "final"})
-        with torch.no_grad():
-            outputs = model(next(iter(loader))[0][:1].to(next(model.parameters()).device)).shape[-1]
-        if outputs != domain.num_outputs:
-            raise ValueError(f"P has {outputs} outputs, source.data {domain.num_outputs} classes; P's source score "
-                             "needs the data P was pre-trained on, labelled as P's outputs (or leave out source.data)")
+        _check_source_outputs(model, loader, domain.num_outputs)
         with stage("analysis"):
             result = evaluate(model, loader)
         metric = score_metric(result)
         rows.append({"epoch": epoch, "test_loss": result["loss"], f"test_{metric}": result[metric]})
     with stage("write"):
         write_table(pd.DataFrame(rows), store.job_dir(job) / "result")
+
+
+def _check_source_outputs(model: nn.Module, loader, classes: int) -> None:
+    """P's outputs are the source data's classes (its source score and criticality are
+    computed on those labels)."""
+    with torch.no_grad():
+        outputs = model(next(iter(loader))[0][:1].to(next(model.parameters()).device)).shape[-1]
+    if outputs != classes:
+        raise ValueError(f"P has {outputs} outputs, source.data {classes} classes; P's source score and criticality "
+                         "need the data P was pre-trained on, labelled as P's outputs (or leave out source.data)")
 
 
 def job_modules(config: dict) -> Modules:
@@ -317,37 +323,102 @@ def _rewind_job(inputs: AnalysisInputs) -> None:
     inputs.write(pd.concat(frames, ignore_index=True))
 
 
-def _criticality_job(inputs: AnalysisInputs) -> None:
-    """Per-module criticality (value by the exact fast search) for the direct and optimization
-    paths from θ_F and θ_opt, and the full (α, σ) grid of one module for Fig. 6. Where θ_opt
-    is θ_F (the best epoch is the last), θ_opt's rows are θ_F's, computed once."""
+class Trajectory(NamedTuple):
+    """A model's way from its start: θ^0, its checkpoints from θ^0 on (the optimization
+    path) and θ_opt (None where no best epoch after 0 is defined: θ_F is the only start)."""
+
+    initial: Mapping[str, torch.Tensor]
+    states: Sequence[Mapping[str, torch.Tensor]]
+    best: Mapping[str, torch.Tensor] | None
+
+
+def run_trajectory(run: TrainingRun) -> Trajectory:
+    """A training run's trajectory: its saved epochs, its best checkpoint (θ_opt at epoch 0
+    is the initialisation itself: no path to walk from it)."""
+    return Trajectory(run.checkpoint("init"), [run.checkpoint(epoch) for epoch in run.epochs()],
+                      run.checkpoint("best") if run.best_epoch > 0 else None)
+
+
+def brought_trajectory(store: Store, checkpoints: list) -> Trajectory:
+    """Brought weights' trajectory (``[[epoch, weights job id], ...]`` from epoch 0): no
+    best epoch is known."""
+    states = [load_weights(final_weights(store, store.load(job_id))) for _, job_id in checkpoints]
+    return Trajectory(states[0], states, None)
+
+
+def model_criticality(final: nn.Module, trajectory: Trajectory, batches, settings, modules: Modules,
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-module criticality of one model (value by the exact fast search) and the full
+    (α, σ) grid of ``settings.heatmap_module`` (Fig. 6), along the direct and optimization
+    paths from θ_F and, where the trajectory has it, θ_opt. Where θ_opt is θ_F (the best
+    epoch is the last), θ_opt's rows are θ_F's, computed once."""
     from ..analysis.module_criticality import criticality, network_criticality
 
-    batches = cache_batches(inputs.test_loader(inputs.settings.max_examples))
+    heatmap_unit = Partition.of(final, modules).select([settings.heatmap_module])
+    starts = ("final", "best") if trajectory.best is not None else ("final",)
+    best_is_final = trajectory.best is not None and _equal_states(trajectory.best, final.state_dict())
+    variant = {"path_states": trajectory.states, "best_state": trajectory.best}
     values: list[pd.DataFrame] = []
     heatmaps: list[pd.DataFrame] = []
-    for name in inputs.refs:
-        run = inputs.run(name)
-        final, initial = inputs.model(name, "final"), run.checkpoint("init")
-        heatmap_unit = Partition.of(final, inputs.modules).select([inputs.settings.heatmap_module])
-        best = run.checkpoint("best")
-        variant = {"path_states": [run.checkpoint(epoch) for epoch in run.epochs()], "best_state": best}
-        # θ_opt at epoch 0 is the initialisation itself: no path to walk from θ_opt
-        starts = ("final", "best") if run.best_epoch > 0 else ("final",)
-        best_is_final = _equal_states(best, final.state_dict())
-        for path in ("direct", "optimization"):
-            for start in starts:
-                if start == "best" and best_is_final:  # the same end point: the same numbers
-                    values.append(values[-1].assign(start=start))
-                    heatmaps.append(heatmaps[-1].assign(start=start))
-                    continue
-                settings = {**inputs.arguments, **variant, "path": path, "start": start}
-                values.append(network_criticality(final, initial, batches, modules=inputs.modules, method="fast",
-                                                  **settings).assign(model=name))
-                heatmaps.append(criticality(final, initial, batches, modules=heatmap_unit, method="grid", **settings)
-                                .assign(model=name))
-    inputs.write(pd.concat(values, ignore_index=True))
-    inputs.write(pd.concat(heatmaps, ignore_index=True), "grid")
+    for path in ("direct", "optimization"):
+        for start in starts:
+            if start == "best" and best_is_final:  # the same end point: the same numbers
+                values.append(values[-1].assign(start=start))
+                heatmaps.append(heatmaps[-1].assign(start=start))
+                continue
+            arguments = {**settings.arguments(), **variant, "path": path, "start": start}
+            values.append(network_criticality(final, trajectory.initial, batches, modules=modules, method="fast",
+                                              **arguments))
+            heatmaps.append(criticality(final, trajectory.initial, batches, modules=heatmap_unit, method="grid",
+                                        **arguments))
+    return pd.concat(values, ignore_index=True), pd.concat(heatmaps, ignore_index=True)
+
+
+def _write_criticality(folder: Path, results: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> None:
+    """Each model's criticality rows (``result``) and heatmap grid (``grid``), tagged with its name."""
+    with stage("write"):
+        for index, name in enumerate(("result", "grid")):
+            write_table(pd.concat([frames[index].assign(model=model) for model, frames in results.items()],
+                                  ignore_index=True), folder / name)
+
+
+def _criticality_job(inputs: AnalysisInputs) -> None:
+    """:func:`model_criticality` of each model of a target, on its test data, along its
+    fine-tuning run."""
+    batches = cache_batches(inputs.test_loader(inputs.settings.max_examples))
+    _write_criticality(inputs.store.job_dir(inputs.job), {
+        name: model_criticality(inputs.model(name, "final"), run_trajectory(inputs.run(name)), batches,
+                                inputs.settings, inputs.modules) for name in inputs.refs})
+
+
+def _source_criticality_job(store: Store, job: Job) -> None:
+    """:func:`model_criticality` of P on the source test data, from its initial weights
+    along its pre-training: the pre-training run's checkpoints (θ_opt its best), or the
+    brought trajectory ``source.checkpoints`` (θ_F only)."""
+    settings = Analyses.settings_model("criticality").model_validate(job.config["settings"])
+    source, ref = job.config["source"], job.config["models"]["P"]
+    data = DataConfig.model_validate(source["data"])
+    domain = _domain(data.model_dump_json(), data_cache(store, data))
+    loader = domain.loader("test", source["eval_batch_size"], limit=settings.max_examples,
+                           channels_last=source["channels_last"])
+    final = load_model(store, ref)
+    _check_source_outputs(final, loader, domain.num_outputs)
+    batches = cache_batches(loader)
+    p_job = store.load(ref["job"])
+    trajectory = run_trajectory(run_of(store, ref)) if p_job.kind == "pretrain" \
+        else brought_trajectory(store, source["trajectory"])
+    _write_criticality(store.job_dir(job), {"P": model_criticality(final, trajectory, batches, settings,
+                                                                   job_modules(job.config))})
+
+
+def _criticality_runner(store: Store, job: Job, progress: bool) -> None:
+    """A target's models (:func:`_criticality_job`), or P on the source data
+    (:func:`_source_criticality_job`: its config has ``source``), charged to "analysis"."""
+    if "source" not in job.config:
+        _analysis(_criticality_job)(store, job, progress)
+        return
+    with stage("analysis"):
+        _source_criticality_job(store, job)
 
 
 def _soup_job(inputs: AnalysisInputs) -> None:
@@ -384,5 +455,5 @@ RUNNERS: dict[str, Callable[[Store, Job, bool], None]] = {
     "distance": _analysis(_distance_job), "mistakes": _analysis(_mistakes_job),
     "spectrum": _analysis(_spectrum_job), "interpolation": _analysis(_interpolation_job),
     "basin": _analysis(_basin_job), "cka": _analysis(_cka_job), "rewind": _analysis(_rewind_job),
-    "criticality": _analysis(_criticality_job), "soup": _analysis(_soup_job),
+    "criticality": _criticality_runner, "soup": _analysis(_soup_job),
 }

@@ -121,6 +121,38 @@ class Planner:
         return self.add(Job("source_score", "P source score", config, tuple(job.id for job in trajectory.values()),
                             cost=len(trajectory) * (source.data.n_test or 1000), identity=identity))
 
+    def source_criticality(self) -> Job | None:
+        """P's criticality on the source data, from its initial weights along its
+        pre-training (the run's checkpoints, or the brought ``source.checkpoints``) and the
+        direct path, where it applies (:func:`source_criticality_needs`); one job, whose
+        config has ``source`` (the data, and the brought trajectory's weights jobs)."""
+        spec, source, crit = self.spec, self.spec.one_source, self.spec.analyses.criticality
+        needs = source_criticality_needs(spec)
+        if needs is not None and crit.enabled and crit.source:
+            raise ValueError(f"analyses.criticality.source is true, but P's criticality on its source data cannot be "
+                             f"measured: {needs}")
+        if needs is not None:
+            return None
+        assert source.data is not None  # source_criticality_needs: P's criticality needs source data
+        p_job = self.source_model()
+        brought = {} if source.pretrains else {epoch: self.weights(weights).id
+                                               for epoch, weights in source.checkpoints.items()}
+        trajectory = [[epoch, job_id] for epoch, job_id in brought.items()]
+        recipe = source.recipe if source.recipe is not None else spec.finetune
+        models = {"P": self.model_ref(p_job)}
+        config: dict[str, Any] = {
+            "settings": crit.model_dump(mode="json"), "models": models,
+            "source": {"data": source.data.model_dump(mode="json"), "trajectory": trajectory,
+                       "eval_batch_size": recipe.eval_batch_size, "channels_last": recipe.channels_last}}
+        identity: dict[str, Any] = {"settings": decisive(crit), "models": models, "data": decisive(source.data),
+                                    "model": decisive(spec.model), "trajectory": trajectory}
+        if spec.modules is not None:
+            config["modules"] = identity["modules"] = modules_config(spec.modules)
+        config, identity = self._built(config, identity)
+        deps = tuple(sorted({p_job.id, *brought.values()}))
+        cost = criticality_cost(crit, source.data.n_test or 1000, variants=4 if source.pretrains else 2)
+        return self.add(Job("criticality", "criticality P (source data)", config, deps, cost=cost, identity=identity))
+
     def _check_trajectory(self) -> None:
         """Brought weights and a trajectory: its last checkpoint must be P itself."""
         source = self.spec.one_source
@@ -139,7 +171,10 @@ class Planner:
         image size for its unshuffled baseline) trains without augmentation, as the paper's
         shuffled runs must, so that every point of the sweep has one recipe; its meta has a
         ``permutation_seed`` (NaN for the runs outside the sweep). A P-T run with its first
-        ``freeze`` units frozen is a job of kind ``frozen`` with ``freeze`` in its meta."""
+        ``freeze`` units frozen is a job of kind ``frozen`` with ``freeze`` in its meta. The
+        runs of the three sweeps (shuffle, checkpoints, freeze) are tested at epoch 0 and
+        their last epoch only (``test_every``): the sweeps report final scores, and the
+        optimization speed comes from the training series."""
         spec = self.spec
         data = spec.target(target).data.model_copy(update={"block_size": block_size, "shuffle_seed": permutation_seed})
         recipe = (spec.finetune if kind == "P-T" else spec.scratch).model_dump()
@@ -147,8 +182,10 @@ class Planner:
             recipe["augment"] = False
         if freeze:
             recipe |= {"freeze": freeze, "modules": spec.modules}
-        config = TrainConfig(data=data, model=spec.model, seed=seed, **recipe)
         last = spec.one_source.final_epoch
+        if block_size is not None or freeze or (kind == "P-T" and from_epoch not in (None, last)):
+            recipe["test_every"] = max(1, recipe["epochs"])  # a sweep reports final scores: test at 0 and the end
+        config = TrainConfig(data=data, model=spec.model, seed=seed, **recipe)
         meta = {"role": kind, "target": target, "seed": seed, "block_size": block_size,
                 "permutation_seed": permutation_seed if block_size is not None else None,
                 "from_epoch": (last if from_epoch is None else from_epoch) if kind == "P-T" else None}
@@ -195,6 +232,7 @@ class Planner:
         self._check_trajectory()
         pretrain = self.source_model()
         self.source_score()
+        self.source_criticality()
         sweep = spec.shuffle
         freeze_units = self.freeze_units() if spec.freeze.units else ()
         for target in spec.targets:
@@ -293,9 +331,7 @@ class Planner:
             self.analysis("rewind", target, chosen, 2 * 7 * 2 * min(n_test, settings.rewind.max_examples or n_test))
         crit = settings.criticality
         if crit.enabled and (crit.targets is None or target in crit.targets):
-            evaluated = min(n_test, crit.max_examples or n_test)
-            alphas, sigmas = len(crit.alphas or DEFAULT_GRID), len(crit.sigmas or DEFAULT_GRID)
-            cost = 4 * (6 * alphas * 4 + alphas * sigmas) * crit.samples * evaluated
+            cost = criticality_cost(crit, n_test)
             for name, ref in chosen.items():  # one job per model, so that they run side by side
                 self.analysis("criticality", target, {name: ref}, cost, f" {name}")
 
@@ -316,6 +352,35 @@ class Planner:
         seeds = list(self.spec.seeds)
         pairs = [(Role(kind, a), Role(kind, b)) for kind in ("P-T", "RI-T") for a, b in zip(seeds, seeds[1:])]
         return pairs + [(Role("P-T", s), Role("RI-T", s)) for s in seeds]
+
+
+def criticality_cost(crit: Any, n_test: int, variants: int = 4) -> int:
+    """Images through the network of one model's criticality: per (path, start) variant,
+    the fast search of every module and the heatmap module's grid."""
+    evaluated = min(n_test, crit.max_examples or n_test)
+    alphas, sigmas = len(crit.alphas or DEFAULT_GRID), len(crit.sigmas or DEFAULT_GRID)
+    return variants * (6 * alphas * 4 + alphas * sigmas) * crit.samples * evaluated
+
+
+def source_criticality_needs(spec: StudySpec) -> str | None:
+    """Why a one-source study measures no criticality of P on its source data, in a few
+    words naming what it needs (None: it measures it). It needs source data and a
+    trajectory with its start: P pre-trained here (with ``analyses.criticality.source:
+    true``), or brought ``source.checkpoints`` from epoch 0 (on by default)."""
+    source, crit = spec.one_source, spec.analyses.criticality
+    if not crit.enabled:
+        return "analyses.criticality is disabled"
+    if crit.source is False:
+        return "analyses.criticality.source is false"
+    if source.data is None:
+        return ("it needs source.data (the data P was pre-trained on, labelled as P's outputs) and source.checkpoints "
+                "from epoch 0")
+    if source.pretrains:
+        return None if crit.source else "it is off by default for P pre-trained here; set analyses.criticality.source: true"
+    if 0 not in source.checkpoints or len(source.checkpoints) < 2:
+        return ("it needs P's trajectory from its start: source.checkpoints with epoch 0 (P's initial weights) and P's "
+                f"epoch; it has {sorted(source.checkpoints) or 'none'}")
+    return None
 
 
 def modules_config(modules: tuple[str, ...] | dict[str, tuple[str, ...] | str]) -> list:

@@ -2,7 +2,8 @@
 ``runs`` (one row per training run), ``curves`` (per-epoch metrics), ``feature_reuse``
 (Fig. 3), ``checkpoints`` (Fig. 7), ``freeze`` and ``freeze_plan`` (the freeze sweep and
 the recommendation it checks), ``source_score`` (brought weights scored on the source
-data), one table per analysis kind (each row tagged with its target and job id) and
+data), one table per analysis kind (each row tagged with its target and job id; the criticality
+tables also with ``data``, "source" on P's rows, :func:`with_criticality_data`) and
 ``findings`` (a verdict per claim of the paper, :func:`transferscope.analysis.findings`)."""
 
 from __future__ import annotations
@@ -100,9 +101,24 @@ def analysis_tables(store: Store, jobs: list[Job]) -> dict[str, pd.DataFrame]:
     return {name: pd.concat(frames, ignore_index=True) for name, frames in found.items()}
 
 
+CRITICALITY_TABLES = ("criticality", "criticality_grid")
+
+
+def with_criticality_data(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The criticality tables with a column ``data`` after ``target``: ``"target"`` for
+    a target's P-T and RI-T models (on its test data, ``target`` its label), ``"source"``
+    for P (on the source test data, along its pre-training; ``target`` empty)."""
+    for name in CRITICALITY_TABLES:
+        frame = tables.get(name)
+        if frame is not None and "data" not in frame.columns:
+            frame.insert(frame.columns.get_loc("target") + 1, "data", frame["target"].isna().map(
+                {True: "source", False: "target"}))
+    return tables
+
+
 def source_tables(spec: StudySpec, store: Store, jobs: list[Job]) -> dict[str, pd.DataFrame]:
     """The tables of a one-source study, the findings last (computed from the others)."""
-    tables = training_tables(spec, store, jobs) | analysis_tables(store, jobs)
+    tables = training_tables(spec, store, jobs) | with_criticality_data(analysis_tables(store, jobs))
     plans = freeze_plans(tables["rewind"], tables.get("criticality"), tolerance=spec.freeze.tolerance) \
         if "rewind" in tables else pd.DataFrame()
     if not plans.empty:  # the freeze recommendation of each target's P-T model

@@ -89,7 +89,12 @@ CriticalitySettings: Any = keyword_settings(
             "samples": Field(ge=1), "seed": Field(ge=0), "max_examples": Field(ge=1, description=_TEST_EXAMPLES)},
     defaults={"max_examples": 512},  # bounded cost on large data sets
     study={"heatmap_module": (str, Field("conv1", description="module whose (α, σ) grid is drawn")),
-           "targets": (tuple[str, ...] | None, Field(None, description="targets to analyse; None = all"))})
+           "targets": (tuple[str, ...] | None, Field(None, description="targets to analyse; None = all")),
+           "source": (bool | None, Field(None, description="also P on the source data, from its initial weights "
+                                         "along its pre-training trajectory: None = where brought weights come with "
+                                         "source.checkpoints from epoch 0 and source.data; true = also for P "
+                                         "pre-trained here (an error where it cannot be measured); false = never"))})
+CriticalitySettings.PRESENTATION = CriticalitySettings.PRESENTATION | {"source"}  # which models, not their numbers
 SpectrumSettings: Any = keyword_settings("SpectrumSettings", spectrum_summary, doc="Singular-value spectra of the weights.")
 SoupSettings: Any = keyword_settings(
     "SoupSettings", soup, set_by_job=("recipe", "held_out", "recalibration_loader", "modules", "split"),

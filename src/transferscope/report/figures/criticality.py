@@ -4,7 +4,9 @@ Frames: :func:`transferscope.analysis.rewinding.rewind` output (Fig. 5),
 :func:`transferscope.analysis.module_criticality.network_criticality` output (bars) and
 :func:`transferscope.analysis.module_criticality.criticality` grids (Fig. 6 heatmaps), each
 with a ``model`` column (``"<role>:<tag>"`` such as ``"P-T:s0"``, ``"RI-T:s1"``) and,
-in a study, a ``target`` column.
+in a study, a ``target`` column; the study's criticality tables also have ``data``
+(:func:`transferscope.study.results.with_criticality_data`), whose ``"source"`` rows are P
+on the source data, drawn beside each target's models as :data:`SOURCE_ROLE`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .names import role
 
 PANELS = (("direct", "final"), ("direct", "best"), ("optimization", "final"), ("optimization", "best"))
 START_LABEL = {"final": "from θ_F", "best": "from θ_opt"}
+SOURCE_ROLE = "P on source data"  # P's rows (data "source"): along its pre-training, on the source test data
 
 
 def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -121,16 +124,48 @@ def caption_rewind(frame: pd.DataFrame) -> str:
             "Here the mean drop in test score when rewinding each module is — " + "; ".join(parts) + ".")
 
 
+def on_source(frame: pd.DataFrame) -> pd.Series:
+    """Which rows are P's, measured on the source data (``data == "source"``)."""
+    return frame["data"].eq("source") if "data" in frame.columns else pd.Series(False, index=frame.index)
+
+
 def _criticality_rows(frame: pd.DataFrame, target: str | None) -> tuple[pd.DataFrame, str | None]:
+    """Rows of ``target``'s models and P's rows on the source data (role
+    :data:`SOURCE_ROLE`); P's alone (target None) when the frame has no other."""
     _require(frame, ["module", "criticality", "path", "start"], "criticality")
-    rows, target = _one_target(_with_roles(frame), target)
-    return rows, target
+    rows = _with_roles(frame)
+    source = on_source(rows)
+    p_rows = rows[source].assign(role=SOURCE_ROLE)
+    if source.all():
+        return p_rows, None
+    rows, target = _one_target(rows[~source], target)
+    return pd.concat([rows, p_rows], ignore_index=True), target
+
+
+def _role_bars(ax, part: pd.DataFrame, modules: list[str], x: np.ndarray, width: float, top: float, name: str,
+               color: str) -> None:
+    """One role's bars in a panel: mean μ_i per module with min-max whiskers, ∞ drawn at
+    ``top``, 0 said at the bottom (no bar on a log axis); the network total in the label."""
+    stats = part[part["module"] != NETWORK].groupby("module")["criticality"].agg(["mean", "min", "max"])
+    stats = stats.reindex(modules)
+    total = part.loc[part["module"] == NETWORK, "criticality"].mean()
+    shown = stats["mean"].where(np.isfinite(stats["mean"]), top)
+    ax.bar(x, shown, width, color=color, capsize=2, label=f"{name} (network {total:.3g})",
+           yerr=[(stats["mean"] - stats["min"]).where(np.isfinite(stats["mean"]), 0),
+                 (stats["max"] - stats["mean"]).where(np.isfinite(stats["max"]), 0)])
+    for xi, value in zip(x, stats["mean"]):
+        if not np.isfinite(value):
+            ax.text(xi, top, "∞", ha="center", va="bottom", color=color)
+        elif value == 0:
+            ax.text(xi, 0.01, "0", ha="center", va="bottom", color=color, transform=ax.get_xaxis_transform())
 
 
 def plot_criticality_bars(frame: pd.DataFrame, target: str | None = None) -> Figure:
     """Per-module criticality μ_i (Definition 3.2) by role, one panel per path (direct,
     optimization) and end point (θ_F, θ_opt); mean over models with min-max bars, log
-    scale; ∞ marks modules with no feasible grid point."""
+    scale; ∞ marks modules with no feasible grid point. A role has one colour in every
+    panel; a panel leaves out the models that have no such end point (θ_opt of a run
+    whose best epoch is 0, of brought P)."""
     rows, target = _criticality_rows(frame, target)
     panels = [panel for panel in PANELS if ((rows["path"] == panel[0]) & (rows["start"] == panel[1])).any()]
     modules = list(dict.fromkeys(rows.loc[rows["module"] != NETWORK, "module"]))
@@ -138,27 +173,15 @@ def plot_criticality_bars(frame: pd.DataFrame, target: str | None = None) -> Fig
     columns = 2 if len(panels) > 1 else 1
     figure = Figure(figsize=(5.5 * columns, 3.6 * math.ceil(len(panels) / columns)), layout="constrained")
     axes = figure.subplots(math.ceil(len(panels) / columns), columns, squeeze=False).ravel()
-    width = 0.8 / len(roles)
     for ax, (path, start) in zip(axes, panels):
         panel = rows[(rows["path"] == path) & (rows["start"] == start)]
         finite = panel.loc[np.isfinite(panel["criticality"]), "criticality"]
         top = float(finite.max()) * 3 if len(finite) else 1.0
-        for index, name in enumerate(roles):
-            part = panel[panel["role"] == name]
-            stats = part[part["module"] != NETWORK].groupby("module")["criticality"].agg(["mean", "min", "max"])
-            stats = stats.reindex(modules)
-            total = part.loc[part["module"] == NETWORK, "criticality"].mean()
-            x = np.arange(len(modules)) + (index - (len(roles) - 1) / 2) * width
-            shown = stats["mean"].where(np.isfinite(stats["mean"]), top)
-            bars = ax.bar(x, shown, width, yerr=[(stats["mean"] - stats["min"]).where(np.isfinite(stats["mean"]), 0),
-                                                (stats["max"] - stats["mean"]).where(np.isfinite(stats["max"]), 0)],
-                          capsize=2, label=f"{name} (network {total:.3g})")
-            for xi, value in zip(x, stats["mean"]):
-                color = bars.patches[0].get_facecolor()
-                if not np.isfinite(value):
-                    ax.text(xi, top, "∞", ha="center", va="bottom", color=color)
-                elif value == 0:  # no bar on a log axis: say it at the bottom
-                    ax.text(xi, 0.01, "0", ha="center", va="bottom", color=color, transform=ax.get_xaxis_transform())
+        present = [name for name in roles if (panel["role"] == name).any()]
+        width = 0.8 / len(present)
+        for index, name in enumerate(present):
+            x = np.arange(len(modules)) + (index - (len(present) - 1) / 2) * width
+            _role_bars(ax, panel[panel["role"] == name], modules, x, width, top, name, f"C{roles.index(name)}")
         ax.set_yscale("log")
         ax.set_xticks(np.arange(len(modules)), modules)
         ax.set_xlabel("module")
@@ -183,10 +206,13 @@ def caption_criticality(frame: pd.DataFrame, target: str | None = None) -> str:
                             f"most critical {modules.idxmax()}" + (f", {infinite} module(s) with no feasible point"
                                                                     if infinite else ""))
         parts.append(f"{path} path {START_LABEL[start]}: " + "; ".join(per_role))
+    source = (f" {SOURCE_ROLE}: P itself, on the source test data, from its initial weights to P along its "
+              "pre-training (the optimization path through its saved checkpoints) and the direct path."
+              if (rows["role"] == SOURCE_ROLE).any() else "")
     return ("Module criticality (Chatterji et al. 2020; Definition 3.2 of the paper) is small when a module can "
             "move back towards its initial value under noise without raising the loss; the paper (Fig. 6) found "
             "the lower modules of P-T models less critical and criticality larger in the higher layers. "
-            "Here: " + " | ".join(parts) + ".")
+            "Here: " + " | ".join(parts) + "." + source)
 
 
 def _cell_edges(values: np.ndarray) -> np.ndarray:
