@@ -145,6 +145,25 @@ def test_the_shuffle_sweep_runs_its_own_unshuffled_baseline_without_augmentation
     assert main and all(t["augment"] is True and m["permutation_seed"] is None for m, t in main)
 
 
+def test_sweep_runs_are_tested_at_the_end_only_and_main_runs_every_epoch():
+    """The demo's three sweeps (shuffle, checkpoints, freeze) report final scores: their runs
+    test at epoch 0 and the last (test_every = epochs); the main runs, whose curves, best
+    epoch and analyses need every epoch, keep the recipe's test_every."""
+    spec = load_study(preset_path("demo"))
+    trained = [job for job in build_plan(spec) if job.kind in ("finetune", "frozen")]
+    last = spec.one_source.final_epoch
+
+    def sweep(job) -> bool:
+        meta = job.config["meta"]
+        return (job.kind == "frozen" or meta["block_size"] is not None
+                or (meta["role"] == "P-T" and meta["from_epoch"] != last))
+
+    sweeps, main = [job for job in trained if sweep(job)], [job for job in trained if not sweep(job)]
+    assert len(main) == 2 * len(spec.targets) * len(spec.seeds) and len(sweeps) > len(main)
+    assert all(job.config["train"]["test_every"] == job.config["train"]["epochs"] for job in sweeps)
+    assert all(job.config["train"]["test_every"] == 1 for job in main)
+
+
 @pytest.mark.parametrize("name, minimum", [("paper-domainnet", 250), ("paper-chexpert", 90)])
 def test_paper_presets_plan_without_the_data(name, minimum):
     spec = load_study(ROOT / "examples" / f"{name}.yaml")

@@ -109,6 +109,24 @@ def test_best_checkpoint_is_the_best_test_epoch(reference_run):
     assert_same_weights(reference_run.checkpoint("final"), reference_run.checkpoint(4))
 
 
+def test_test_every_skips_test_epochs_and_changes_nothing_else(tmp_path, reference_run, toy_domain,
+                                                              toy_train_config):
+    """test_every=3 over 4 epochs evaluates the test split at epochs 0, 3 and 4 only: the
+    other rows' test columns are NaN, the evaluated ones and every other column equal the
+    run that tests each epoch, the weights are the same, and best is the best evaluated."""
+    run = train(toy_train_config(**RESUMABLE, test_every=3), tmp_path, toy_domain)
+    table, reference = run.metrics, reference_run.metrics
+    tested = table["epoch"].isin([0, 3, 4])
+    assert table.loc[~tested, ["test_loss", "test_accuracy"]].isna().all().all()
+    pd.testing.assert_frame_equal(table.loc[tested, DETERMINISTIC], reference.loc[tested, DETERMINISTIC])
+    others = [column for column in DETERMINISTIC if not column.startswith("test_")]
+    pd.testing.assert_frame_equal(table[others], reference[others])
+    assert_same_weights(run.checkpoint("final"), reference_run.checkpoint("final"))
+    best = int(table.loc[table["test_accuracy"].idxmax(), "epoch"])
+    assert run.best_epoch == best in (0, 3, 4)
+    assert_same_weights(run.checkpoint("best"), reference_run.checkpoint(best))
+
+
 # ---------------------------------------------------------------- optimisation settings
 
 

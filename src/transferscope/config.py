@@ -190,6 +190,8 @@ class TrainConfig(Settings):
                              "resized_crop; false = none; always none for shuffled data")
     seed: int = Field(0, description="seeds the init, the data order, augmentation and mixup")
     checkpoint_every: int = Field(1, ge=1, description="save weights every k epochs (epoch 0 and the last always)")
+    test_every: int = Field(1, ge=1, description="evaluate on the test split every k epochs (epoch 0 and the last "
+                            "always; the others' test columns are NaN, and best is the best of the evaluated)")
     eval_batch_size: int = Field(256, ge=1)
     clean_train_examples: int | None = Field(1000, ge=1, description="train examples for the eval-mode train accuracy")
     device: Device = Field("auto", description="auto, cpu, cuda, cuda:N, mps")

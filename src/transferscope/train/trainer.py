@@ -319,12 +319,15 @@ class Trainer:
         write_json(self.out_dir / "status.json", {"state": state, "digest": self.identity,
                                                   "augment": self.train_loader.augment, **extra})
 
-    def _evaluate(self, model: nn.Module) -> dict[str, float]:
+    def _evaluate(self, model: nn.Module, *, test: bool = True) -> dict[str, float]:
+        """The epoch's test loss and score (NaN where ``test`` is false: an epoch that
+        ``test_every`` skips) and its eval-mode score on the clean training subset."""
         # NaN outputs score NaN here; the training loop's loss check stops a diverged run
-        test = evaluate(model, self.test_batches, allow_nonfinite=True)
+        tested = evaluate(model, self.test_batches, allow_nonfinite=True) if test else None
         clean = evaluate(model, self.clean_train_batches, allow_nonfinite=True)
-        metric = score_metric(test)
-        return {"test_loss": test["loss"], f"test_{metric}": test[metric], f"train_clean_{metric}": clean[metric]}
+        metric = score_metric(clean)
+        return {"test_loss": tested["loss"] if tested else math.nan,
+                f"test_{metric}": tested[metric] if tested else math.nan, f"train_clean_{metric}": clean[metric]}
 
     # ----------------------------------------------------------------- the loop
     def run(self, on_epoch_end: Callable[[int], None] | None = None) -> TrainingRun:
@@ -357,7 +360,7 @@ class Trainer:
         with self._progress_bar(start) as (bar, task):
             for epoch in range(start, config.epochs + 1):
                 row = self._train_epoch(model, optimizer, epoch, bar, task)
-                row.update(self._evaluate(model))
+                row.update(self._evaluate(model, test=epoch % config.test_every == 0 or epoch == config.epochs))
                 row["lr"] = scheduler.get_last_lr()[0]
                 scheduler.step()
                 rows.append(row)
