@@ -113,3 +113,28 @@ def test_a_deep_copy_keeps_working_with_its_own_cache():
     evaluator = CachedPrefixEvaluator(work, _batches())
     assert evaluator.cache_inputs_of("fc", changing=module_state_keys(work)["fc"])
     assert evaluator.loss() == CachedPrefixEvaluator(model, _batches()).loss()
+
+
+def test_caching_takes_one_full_pass_whose_loss_sums_it_keeps_and_loss_sums_are_lazy():
+    """cache_inputs_of runs one full forward per batch (it also finds the prefix on the
+    first) and keeps that pass's loss sums, cacheable or not; loss_sums computes the
+    batches asked for, in the order asked, only when asked; the check can be limited
+    to the first batches."""
+    torch.manual_seed(0)
+    model = build_model("small_resnet", 4, width=8).eval()
+    batches = _batches(n=12, batch=4)
+    with torch.no_grad():
+        expected = [float(loss_fn(model(x), y, reduction="none").double().sum()) for x, y in batches]
+    evaluator = CachedPrefixEvaluator(model, batches)
+    stem, head = _count_calls(model.conv1), _count_calls(model.fc)
+    assert not evaluator.cache_inputs_of("conv1") and evaluator.full_loss_sums == expected
+    assert evaluator.cache_inputs_of("layer3", changing=module_state_keys(model)["layer3"])
+    assert evaluator.full_loss_sums == expected and len(stem) == len(head) == 6  # 3 batches, twice
+    assert evaluator.loss() == sum(expected) / 12 and len(stem) == 6  # the suffix only
+    head.clear()
+    sums = evaluator.loss_sums([2, 0])
+    assert not head
+    assert next(sums) == expected[2] and len(head) == 1
+    assert list(sums) == [expected[0]] and len(head) == 2
+    head.clear()
+    assert evaluator.suffix_matches_full_forward(n_batches=1) and len(head) == 2 and len(stem) == 7

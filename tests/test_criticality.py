@@ -306,10 +306,11 @@ def _assert_fast_equals_grid(fast, grid, n_grid_points, n_alphas):
     assert np.array_equal(fast[DRAWN].to_numpy()[complete], expected[DRAWN].to_numpy()[complete])
 
 
-def _random_losses(rng, shape, samples):
-    """Per-sample losses, relative to ε, of a random feasibility table (arbitrary rows,
-    some all feasible or all infeasible, sometimes the whole grid infeasible) with draws
-    that vary, so that early stopping happens; no mean within 5% of ε."""
+def _random_losses(rng, shape, samples, sizes):
+    """Per-example losses, relative to ε, of each batch (sizes ``sizes``) of each draw of
+    a random feasibility table (arbitrary rows, some all feasible or all infeasible,
+    sometimes the whole grid infeasible) with draws and batches that vary, so that early
+    stopping happens, within a draw too; no mean within 5% of ε."""
     feasible = rng.random(shape) < rng.choice([0.05, 0.3, 0.7, 0.95])
     rows = rng.random(shape[0])
     feasible[rows < 0.15] = True
@@ -317,34 +318,85 @@ def _random_losses(rng, shape, samples):
     if rng.random() < 0.2:
         feasible[:, :7] = False  # the extension below the grid decides
     means = np.where(feasible, rng.uniform(0.0, 0.95, shape), rng.uniform(1.05, 4.0, shape))
-    return means[..., None] * samples * rng.dirichlet(np.ones(samples), shape), feasible
+    draws = means[..., None] * samples * rng.dirichlet(np.ones(samples), shape)
+    spread = rng.uniform(0.2, 1.8, (*shape, samples, len(sizes)))
+    return draws[..., None] * spread * sum(sizes) / (spread * sizes).sum(-1, keepdims=True)
+
+
+def _fake_draws(monkeypatch, table):
+    """Replace the network by a table: draw k at grid point (a, s) gives each batch b
+    the per-example loss ε · table["losses"][a, s, k, b]; the batches each draw
+    evaluates are listed, in order, in table["evaluated"]."""
+    from transferscope.analysis import module_criticality
+
+    def draw(search, a, s, k):
+        sizes = [len(targets) for _, targets in search.evaluator.batches]
+        for b in search.batch_order:
+            table["evaluated"].append((a, s, k, b))
+            yield search.limit * table["losses"][a, s, k, b] * sizes[b]
+
+    monkeypatch.setattr(module_criticality._Search, "draw", draw)
 
 
 def test_fast_path_equals_the_grid_on_random_feasibility_tables(monkeypatch):
-    """A fake evaluation makes feasibility an arbitrary table (per-sample losses read
+    """A fake evaluation makes feasibility an arbitrary table (per-batch losses read
     from it): the fast path gives the grid's μ, minimiser and reported points on 100
     tables, non-monotone rows and the extension below the grid included."""
-    from transferscope.analysis import module_criticality
-
-    table = {}
-    monkeypatch.setattr(module_criticality._Search, "sample_loss",
-                        lambda search, a, s, k: search.limit * table["losses"][a, s, k])
+    table = {"evaluated": []}
+    _fake_draws(monkeypatch, table)
     final, initial = _mlp_pair()
     batches = _mlp_data()
     rng = np.random.default_rng(0)
     sigmas = np.arange(1, 8) / 10
-    non_monotone = extended = draws_fast = draws_grid = 0
+    non_monotone = extended = within_draw = draws_fast = draws_grid = 0
     for index in range(100):
         alphas = np.linspace(0, 1, 7) if index % 2 else np.arange(1, 8) / 7  # α = 0 has measure 0 at every σ
-        table["losses"], feasible = _random_losses(rng, (7, 10), 3)  # σ indices 7-9: the extension
+        table["losses"] = _random_losses(rng, (7, 10), 3, [24, 16])  # σ indices 7-9: the extension
         settings = dict(modules=["2"], alphas=alphas, sigmas=sigmas, samples=3, sigma_floor=sigmas[0] / 8)
         grid = criticality(final, initial, batches, **settings)
+        table["evaluated"].clear()
         fast = criticality(final, initial, batches, method="fast", **settings)
         _assert_fast_equals_grid(fast, grid, 49, 7)
         non_monotone += not _is_monotone(grid.iloc[:49])
         extended += len(grid) > 49
+        within_draw += len(table["evaluated"]) < 2 * fast["n_samples"].sum() + len(fast)  # a draw left unfinished
         draws_fast, draws_grid = draws_fast + fast["n_samples"].sum(), draws_grid + grid["n_samples"].sum()
-    assert non_monotone > 50 and extended > 10 and draws_fast < draws_grid / 2
+    assert non_monotone > 50 and extended > 10 and within_draw > 30 and draws_fast < draws_grid / 2
+
+
+def test_early_stop_within_a_draw_is_sound_and_starts_with_the_worst_batch(monkeypatch):
+    """Per-example losses (relative to ε) of each draw's two batches, the batch with the
+    higher loss at the end point ("hi") first. Q1 is infeasible and proven so after five
+    batches (its loss sums then exceed ε times the examples of all three draws); Q2
+    after its hi batch alone. P, the minimiser, has a first draw far above ε: a rule
+    that dropped a point on the losses seen so far (not on their sum against all draws
+    to come, which are ≥ 0) would drop it and report μ = 16 Δ (the next feasible point),
+    not the grid's Δ/4."""
+    final, initial = _mlp_pair()
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(3))
+    y = torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(4))
+    batches = [(x[:20], y[:20]), (x[20:], y[20:])]  # equal sizes: only the order of the batches matters
+    with torch.no_grad():
+        end_losses = [float(loss_fn(final(xb), yb)) for xb, yb in batches]
+    hi = int(np.argmax(end_losses))
+    losses = np.full((3, 2, 3, 2), 2.0)  # (α, σ, draw, batch); infeasible unless set
+    losses[0, 1] = 1.4  # Q1: measure Δ/16
+    losses[0, 0, :, hi], losses[0, 0, :, 1 - hi] = 7.0, 0.0  # Q2: Δ/4, before P in grid order
+    losses[1, 1] = [[2.5, 2.5], [0.2, 0.2], [0.2, 0.2]]  # P: Δ/4, mean 0.9667 ε
+    losses[2, 0] = 0.5  # feasible, measure 4 Δ
+    table = {"losses": losses, "evaluated": []}
+    _fake_draws(monkeypatch, table)
+    settings = dict(modules=["2"], alphas=[0.25, 0.5, 1.0], sigmas=[0.5, 1.0], samples=3)
+    grid = criticality(final, initial, batches, **settings)
+    table["evaluated"].clear()
+    fast = criticality(final, initial, batches, method="fast", **settings)
+    _assert_fast_equals_grid(fast, grid, 6, 3)
+    assert criticality_value(fast) == grid["delta_norm_sq"].iloc[0] / 4
+    assert list(zip(fast["alpha"], fast["sigma"], fast["n_samples"], fast["feasible"])) == [
+        (0.25, 0.5, 0, False), (0.25, 1.0, 2, False), (0.5, 1.0, 3, True)]
+    evaluated = [point[:2] for point in table["evaluated"]]
+    assert [evaluated.count(point) for point in [(0, 1), (0, 0), (1, 1)]] == [5, 1, 6]
+    assert table["evaluated"][5] == (0, 0, 0, hi) and len(evaluated) == 12
 
 
 @pytest.mark.parametrize(("module", "threshold"), [("0", 1.01), ("2", 1.05)])

@@ -25,7 +25,7 @@ cache (and :meth:`~CachedPrefixEvaluator.clear_cache` goes back to full forward 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Collection
+from typing import Any, Collection, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -75,6 +75,9 @@ class CachedPrefixEvaluator:
         Number of examples in ``batches``.
     cached_module : str or None
         Name of the module whose inputs are cached (None: full forward passes).
+    full_loss_sums : list of float
+        Loss sum of each batch (:meth:`loss_sums`) from the full forward pass that the
+        last :meth:`cache_inputs_of` ran, at the weights of that time (empty before).
     """
 
     def __init__(self, model: nn.Module, batches: Batches) -> None:
@@ -83,29 +86,29 @@ class CachedPrefixEvaluator:
         self.batches = [(x.to(device), y.to(device)) for x, y in batches]
         self.n_examples = sum(len(y) for _, y in self.batches)
         self.cached_module: str | None = None
+        self.full_loss_sums: list[float] = []
         self._inputs: list[Inputs] = []
         self._prefix: list[str] = []
 
     @torch.no_grad()
-    def full_logits(self) -> list[Tensor]:
-        """Logits of each batch from full forward passes (whatever is cached)."""
-        return [self.model(x) for x, _ in self.batches]
-
-    @torch.no_grad()
     def logits(self) -> list[Tensor]:
         """Logits of each batch: from the cached module's inputs on, when cached."""
-        return self._suffix_logits() if self.cached_module is not None else self.full_logits()
-
-    def mean_loss(self, logits: list[Tensor]) -> float:
-        """Mean per-example loss (:func:`transferscope.evaluation.loss_fn`) of ``logits``
-        against the targets of the batches, summed in float64."""
-        total = sum(float(loss_fn(out.float(), y, reduction="none").double().sum())
-                    for out, (_, y) in zip(logits, self.batches))
-        return total / self.n_examples
+        return [self._batch_logits(index) for index in range(len(self.batches))]
 
     def loss(self) -> float:
-        """Mean loss over the batches at the model's current weights."""
-        return self.mean_loss(self.logits())
+        """Mean per-example loss (:func:`transferscope.evaluation.loss_fn`) over the
+        batches at the model's current weights, summed in float64."""
+        return sum(self.loss_sums()) / self.n_examples
+
+    @torch.no_grad()
+    def loss_sums(self, order: Iterable[int] | None = None) -> Iterator[float]:
+        """Float64 sum of the per-example losses of each batch in ``order`` (indices
+        into :attr:`batches`; default: all, in order), one batch at a time as the
+        caller asks for it (from the cached module's inputs on, when cached), at the
+        weights of that moment; ``sum(self.loss_sums()) / self.n_examples`` is
+        :meth:`loss` to the bit."""
+        for index in range(len(self.batches)) if order is None else order:
+            yield _loss_sum(self._batch_logits(index), self.batches[index][1])
 
     @torch.no_grad()
     def cache_inputs_of(self, name: str, changing: Collection[str] = ()) -> bool:
@@ -126,19 +129,27 @@ class CachedPrefixEvaluator:
             True when the inputs are cached; False (full forward passes, nothing
             cached) when ``name`` does not run exactly once per forward pass, no
             module runs entirely before it, or one that does holds a changing key
-            (then the inputs of ``name`` are not fixed).
+            (then the inputs of ``name`` are not fixed). Either way the one full
+            forward pass it ran (recording the order of the modules on the first
+            batch, capturing the inputs of ``name``) leaves its loss sums in
+            :attr:`full_loss_sums`.
         """
         self.clear_cache()
-        prefix = self._modules_before(name, changing)
-        if not prefix:
-            return False
+        self.full_loss_sums = []
+        events: list[str] = []
         captured: list[Inputs] = []
-        handle = self.model.get_submodule(name).register_forward_pre_hook(
+        capture = self.model.get_submodule(name).register_forward_pre_hook(
             lambda _module, args, kwargs: captured.append(_clone_inputs(args, kwargs)), with_kwargs=True)
+        recorders = self._record_calls(events)
         try:
-            self.full_logits()
+            for x, y in self.batches:
+                self.full_loss_sums.append(_loss_sum(self.model(x), y))
+                _remove(recorders)  # the order of the modules in one forward pass is enough
         finally:
-            handle.remove()
+            _remove([capture, *recorders])
+        prefix = _modules_before(events, name, changing)
+        if not prefix or len(captured) != len(self.batches):
+            return False
         self.cached_module, self._inputs, self._prefix = name, captured, prefix
         return True
 
@@ -147,9 +158,10 @@ class CachedPrefixEvaluator:
         self.cached_module, self._inputs, self._prefix = None, [], []
 
     @torch.no_grad()
-    def suffix_matches_full_forward(self, tolerance: float = CHECK_TOLERANCE) -> bool:
+    def suffix_matches_full_forward(self, tolerance: float = CHECK_TOLERANCE, n_batches: int | None = None) -> bool:
         """Whether the cached evaluation gives the full forward's logits at the current
-        weights (``torch.allclose`` with ``rtol = atol = tolerance``, NaN equal to NaN).
+        weights (``torch.allclose`` with ``rtol = atol = tolerance``, NaN equal to NaN),
+        on the first ``n_batches`` batches (default: all).
 
         Raises
         ------
@@ -159,9 +171,10 @@ class CachedPrefixEvaluator:
         """
         if self.cached_module is None:
             return True
-        full = self.full_logits()
+        indices = range(len(self.batches) if n_batches is None else min(n_batches, len(self.batches)))
+        full = [self.model(self.batches[index][0]) for index in indices]
         try:
-            suffix = self._suffix_logits()
+            suffix = [self._batch_logits(index) for index in indices]
         except Exception as error:
             raise RuntimeError(
                 f"running {type(self.model).__name__} from module {self.cached_module!r} on its cached inputs failed "
@@ -170,21 +183,21 @@ class CachedPrefixEvaluator:
                 "passes instead (cache_prefix=False in the analyses)") from error
         return all(torch.allclose(a, b, rtol=tolerance, atol=tolerance, equal_nan=True) for a, b in zip(suffix, full))
 
-    def _suffix_logits(self) -> list[Tensor]:
-        """Logits with the prefix modules replaced by pass-throughs and the cached
-        module fed its captured inputs (fresh copies, so in-place ops stay harmless)."""
-        assert self.cached_module is not None
-        pending = iter(self._inputs)  # the cached module runs once per batch, in order
-
-        def feed(_module: nn.Module, _args: tuple, _kwargs: dict) -> Inputs:
-            return _clone_inputs(*next(pending))
-
-        handle = self.model.get_submodule(self.cached_module).register_forward_pre_hook(feed, with_kwargs=True)
+    def _batch_logits(self, index: int) -> Tensor:
+        """Logits of batch ``index``: with the prefix modules replaced by pass-throughs
+        and the cached module fed its captured inputs (fresh copies, so in-place ops stay
+        harmless) when cached, else from a full forward pass."""
+        x = self.batches[index][0]
+        if self.cached_module is None:
+            return self.model(x)
+        inputs = self._inputs[index]
+        handle = self.model.get_submodule(self.cached_module).register_forward_pre_hook(
+            lambda _module, _args, _kwargs: _clone_inputs(*inputs), with_kwargs=True)
         originals = {name: self.model.get_submodule(name) for name in self._prefix}
         try:
             for name in self._prefix:
                 self._set(name, _PassThrough())
-            return [self.model(x) for x, _ in self.batches]
+            return self.model(x)
         finally:
             handle.remove()
             for name, module in originals.items():
@@ -194,30 +207,40 @@ class CachedPrefixEvaluator:
         parent, _, child = name.rpartition(".")
         setattr(self.model.get_submodule(parent), child, module)
 
-    def _modules_before(self, name: str, changing: Collection[str]) -> list[str] | None:
-        """Outermost modules whose every call ends before ``name`` begins (from one
-        forward pass recorded with hooks); None when ``name`` does not run exactly once
-        or one of those modules holds a ``changing`` key."""
-        events: list[str] = []
-
+    def _record_calls(self, events: list[str]) -> list[Any]:
+        """Hooks that append each module's name to ``events`` as its call begins and ends."""
         def record(module_name: str, *_: Any) -> None:
             events.append(module_name)
 
         handles = []
-        try:
-            for module_name, module in self.model.named_modules():
-                if module_name:
-                    handles.append(module.register_forward_pre_hook(partial(record, module_name)))
-                    handles.append(module.register_forward_hook(partial(record, module_name)))
-            self.model(self.batches[0][0])
-        finally:
-            for handle in handles:
-                handle.remove()
-        if events.count(name) != 2:
-            return None
-        begin = events.index(name)
-        last_event = {module_name: index for index, module_name in enumerate(events)}
-        done = {module_name for module_name, index in last_event.items() if index < begin}
-        if any(key.startswith(module_name + ".") for module_name in done for key in changing):
-            return None
-        return [module_name for module_name in done if module_name.rpartition(".")[0] not in done]
+        for module_name, module in self.model.named_modules():
+            if module_name:
+                handles.append(module.register_forward_pre_hook(partial(record, module_name)))
+                handles.append(module.register_forward_hook(partial(record, module_name)))
+        return handles
+
+
+def _remove(handles: list[Any]) -> None:
+    """Remove the hooks of ``handles`` and forget them."""
+    for handle in handles:
+        handle.remove()
+    handles.clear()
+
+
+def _loss_sum(logits: Tensor, targets: Tensor) -> float:
+    """Sum of the per-example losses (:func:`transferscope.evaluation.loss_fn`), in float64."""
+    return float(loss_fn(logits.float(), targets, reduction="none").double().sum())
+
+
+def _modules_before(events: list[str], name: str, changing: Collection[str]) -> list[str] | None:
+    """Outermost modules whose every call ends before ``name`` begins, from the calls
+    recorded in one forward pass (``events``); None when ``name`` does not run exactly
+    once or one of those modules holds a ``changing`` key."""
+    if events.count(name) != 2:
+        return None
+    begin = events.index(name)
+    last_event = {module_name: index for index, module_name in enumerate(events)}
+    done = {module_name for module_name, index in last_event.items() if index < begin}
+    if any(key.startswith(module_name + ".") for module_name in done for key in changing):
+        return None
+    return [module_name for module_name in done if module_name.rpartition(".")[0] not in done]

@@ -58,8 +58,10 @@ k-th σ of the downward extension has σ index ``len(sigmas) + k − 1``.
 
 Cost: the modules that run before module i never change, so their output (the input
 of module i) is computed once and each evaluation runs module i and the rest of the
-network only (:class:`transferscope.cached_prefix.CachedPrefixEvaluator`; checked
-against the full forward at a perturbed point before use, full forward otherwise).
+network only (:class:`transferscope.cached_prefix.CachedPrefixEvaluator`: its inputs
+are captured in the full forward pass that gives L(Θ^F), and the cache is checked
+against the full forward on the first batch at a perturbed point before use, full
+forward passes otherwise).
 ``method="fast"`` (``"bisection"``, its earlier name, is an alias) returns the grid's
 μ_i exactly, on every input, with fewer points and draws and no assumption on how
 feasibility depends on σ: it evaluates the grid's points in ascending order of
@@ -71,10 +73,13 @@ feasible point beats μ_i. Its rows are therefore the grid's points of measure b
 feasible frontier where it decides μ_i (for every α, no σ with α²‖Δ‖²/σ² < μ_i is
 feasible; on the minimiser's row the frontier is the minimiser's σ). The whole frontier
 (the largest feasible σ of every α) and the heatmap need ``method="grid"``. At a point
-it stops drawing noise as soon as the mean is bound to exceed ε (losses are
-non-negative), so ``n_samples`` may be below ``samples`` for an infeasible point; its
-``feasible`` is the grid's all the same, and a point drawn in full has the grid's
-``loss_mean`` and ``loss_std``.
+it evaluates the draws batch by batch (the batches of highest mean loss at Θ^F first)
+and stops as soon as the loss sums so far exceed ε times the examples of all
+``samples`` draws: losses are ≥ 0, so the mean is then bound to exceed ε. So an
+infeasible point may report fewer complete draws (``n_samples`` below ``samples``;
+``loss_mean`` and ``loss_std`` over those, NaN for none); its ``feasible`` is the
+grid's all the same, and a point drawn in full has the grid's ``loss_mean`` and
+``loss_std`` (each draw's batch sums are added in batch order, as the grid does).
 """
 
 from __future__ import annotations
@@ -84,7 +89,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Literal, Mapping, Sequence, get_args
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence, get_args
 
 import numpy as np
 import pandas as pd
@@ -291,55 +296,87 @@ class _MovingModule:
             self.state[key].copy_(self.values[key] + sigma * self.scales[key] * draw)
 
 
-def _cache_prefix(module: _MovingModule, evaluator: CachedPrefixEvaluator, grid: _Grid) -> None:
-    """Run only the module and what follows it, on its cached inputs, when that
-    reproduces the full forward at a perturbed point (the first α, the largest σ);
-    warn and keep full forward passes otherwise."""
+def _end_point_loss_sums(module: _MovingModule, evaluator: CachedPrefixEvaluator, grid: _Grid, *,
+                         cache_prefix: bool) -> list[float]:
+    """Loss sum of each batch at the end point. With ``cache_prefix``, from the full
+    forward pass that caches the module's inputs; the cache is kept when the suffix
+    reproduces the full forward on the first batch at a perturbed point (the first α,
+    the largest σ), else a warning and full forward passes."""
+    if not cache_prefix:
+        return list(evaluator.loss_sums())
     if not evaluator.cache_inputs_of(module.entry, module.moving):
-        return
+        return evaluator.full_loss_sums
     largest = len(grid.sigmas) - 1
     module.move_to(float(grid.alphas[0]))
     module.add_noise(float(grid.sigmas[largest]), noise_generator(grid.seed, 0, largest, 0))
-    if not evaluator.suffix_matches_full_forward():
+    if not evaluator.suffix_matches_full_forward(n_batches=1):
         warnings.warn(f"running {type(module.model).__name__} from {module.name!r} on cached inputs does not "
                       "reproduce the full forward; evaluating with full forward passes instead", stacklevel=2)
         evaluator.clear_cache()
+    return evaluator.full_loss_sums
 
 
 class _Search:
     """Evaluates (α, σ) points of one module's grid, one row per point in ``rows``;
-    ``sigmas``: the grid's σ, then those of the downward extension."""
+    ``sigmas``: the grid's σ, then those of the downward extension; ``batch_order``:
+    the batches by descending mean loss at the end point, the order in which a draw
+    evaluates them (so that an infeasible point's losses pass the early-stop bound soon)."""
 
-    def __init__(self, module: _MovingModule, evaluator: CachedPrefixEvaluator, grid: _Grid, limit: float) -> None:
+    def __init__(self, module: _MovingModule, evaluator: CachedPrefixEvaluator, grid: _Grid, limit: float,
+                 end_point_loss_sums: Sequence[float]) -> None:
         self.module, self.evaluator, self.grid, self.limit = module, evaluator, grid, limit
         self.rows: list[dict[str, Any]] = []
         self.sigmas = [float(sigma) for sigma in grid.sigmas]
         self.alpha_index: int | None = None  # where the module is now
+        sizes = [len(targets) for _, targets in evaluator.batches]
+        self.batch_order = sorted(range(len(sizes)),
+                                  key=lambda index: -end_point_loss_sums[index] / max(sizes[index], 1))
 
     def measure(self, alpha_index: int, sigma_index: int) -> float:
         """α²‖θ_i^F − θ_i^0‖²/σ² of a point."""
         return float(self.grid.alphas[alpha_index]) ** 2 * self.module.delta_norm_sq / self.sigmas[sigma_index] ** 2
 
-    def sample_loss(self, alpha_index: int, sigma_index: int, sample: int) -> float:
-        """Loss at θ_i(α) plus noise draw ``sample`` of the point, the module at θ_i(α)."""
+    def draw(self, alpha_index: int, sigma_index: int, sample: int) -> Iterator[float]:
+        """Loss sums of the batches, in ``batch_order`` and one at a time as asked for, at
+        θ_i(α) plus noise draw ``sample`` of the point (the module at θ_i(α))."""
         generator = noise_generator(self.grid.seed, alpha_index, sigma_index, sample)
         self.module.add_noise(self.sigmas[sigma_index], generator)
-        return self.evaluator.loss()
+        return self.evaluator.loss_sums(self.batch_order)
+
+    def sample_loss(self, alpha_index: int, sigma_index: int, sample: int, drawn: float,
+                    budget: float) -> tuple[float | None, float]:
+        """Mean loss of draw ``sample`` (None when a batch is left out) and ``drawn``, the
+        point's loss sums so far, plus its batches'; it stops once that exceeds ``budget``."""
+        sums = {}
+        for index, value in zip(self.batch_order, self.draw(alpha_index, sigma_index, sample)):
+            sums[index] = value
+            drawn += value
+            if drawn > budget:
+                break
+        if len(sums) < len(self.batch_order):
+            return None, drawn
+        return sum(sums[index] for index in range(len(sums))) / self.evaluator.n_examples, drawn  # as loss()
 
     def is_feasible(self, alpha_index: int, sigma_index: int, *, stop_early: bool) -> bool:
         """Mean loss over the noise draws at (α, σ) ≤ ε; ``stop_early``: stop drawing once
-        the mean is bound to exceed ε."""
+        the loss sums drawn exceed ε times the examples of all draws (losses are ≥ 0,
+        so the mean is bound to exceed ε), possibly within a draw."""
         if alpha_index != self.alpha_index:
             self.module.move_to(float(self.grid.alphas[alpha_index]))
             self.alpha_index = alpha_index
-        losses = []
+        budget = (self.limit * self.grid.samples * self.evaluator.n_examples * (1 + EARLY_STOP_MARGIN)
+                  if stop_early else math.inf)
+        losses, drawn = [], 0.0
         for sample in range(self.grid.samples):
-            losses.append(self.sample_loss(alpha_index, sigma_index, sample))
-            if stop_early and sum(losses) > self.limit * self.grid.samples * (1 + EARLY_STOP_MARGIN):
-                break  # losses are >= 0: the mean over all samples exceeds the limit already
+            loss, drawn = self.sample_loss(alpha_index, sigma_index, sample, drawn, budget)
+            if loss is not None:
+                losses.append(loss)
+            if drawn > budget:
+                break
         feasible = len(losses) == self.grid.samples and float(np.mean(losses)) <= self.limit
         self.rows.append({"alpha": float(self.grid.alphas[alpha_index]), "sigma": self.sigmas[sigma_index],
-                          "loss_mean": float(np.mean(losses)), "loss_std": float(np.std(losses)),
+                          "loss_mean": float(np.mean(losses)) if losses else math.nan,
+                          "loss_std": float(np.std(losses)) if losses else math.nan,
                           "n_samples": len(losses), "feasible": feasible,
                           "measure": self.measure(alpha_index, sigma_index)})
         return feasible
@@ -376,11 +413,10 @@ def _module_grid(module: _MovingModule, batches: Batches, grid: _Grid, *, thresh
                  cache_prefix: bool, sigma_floor: float | None) -> pd.DataFrame:
     """The evaluated points of one module, with its base loss, ε and ‖Δ‖²."""
     evaluator = CachedPrefixEvaluator(module.model, batches)
-    base_loss = evaluator.loss()
+    end_point_loss_sums = _end_point_loss_sums(module, evaluator, grid, cache_prefix=cache_prefix)
+    base_loss = sum(end_point_loss_sums) / evaluator.n_examples  # as evaluator.loss()
     limit = threshold * base_loss if threshold_mode == "relative" else threshold
-    if cache_prefix:
-        _cache_prefix(module, evaluator, grid)
-    search = _Search(module, evaluator, grid, limit)
+    search = _Search(module, evaluator, grid, limit, end_point_loss_sums)
     if not search.grid_points() and sigma_floor is not None:
         search.extend_down(sigma_floor)
     frame = pd.DataFrame(search.rows)
@@ -482,7 +518,7 @@ def criticality(
     pandas.DataFrame
         One row per evaluated (module, alpha, sigma) in grid order (every grid point for
         ``method="grid"``, then those of the downward extension): ``loss_mean``,
-        ``loss_std`` (population std) over the ``n_samples`` draws, ``feasible``,
+        ``loss_std`` (population std) over the ``n_samples`` complete draws, ``feasible``,
         ``measure`` = α²‖θ_i^F − θ_i^0‖²/σ², the settings, ``n_examples``, ``bn``
         ("follow"), ``delta_norm_sq``, ``base_loss`` (at Θ^F), ``loss_limit`` (ε),
         ``sigma_floor`` (NaN for None) and ``sigma_searched_min`` (the grid's smallest
