@@ -16,15 +16,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
+from transferscope.cli import app
 from transferscope.config import DataConfig
-from transferscope.data import image_cache, load_domain
+from transferscope.data import image_cache, load_domain, preview
 from transferscope.data.files import FileImageDataset, ImageReadError, read_image
 from transferscope.data.hf_datasets import HFImageDataset, encoded_images
 from transferscope.data.image_cache import CachedImages, decoded_domain
 from transferscope.data.load import example_counts
+from transferscope.data.preview import model_inputs, save_preview
 from transferscope.study import StudySpec, build_plan
 
 SIZE = 8
@@ -315,3 +319,74 @@ def test_plan_counts_the_images_of_file_data(tmp_path, table):
             evaluated = n_test + min(n_train, 4)
             assert job.cost == 2 * (3 * n_train + evaluated) + evaluated > 0, job.label
 
+
+
+# ------------------------------------------------------------------ data preview of your data
+def data_configs(tmp_path: Path, table: pd.DataFrame, **changes) -> dict[str, DataConfig]:
+    """The fixture's images as folder, csv and hf data (the same 9 train / 6 test images for csv and hf)."""
+    saved = save_hf(table, tmp_path, tmp_path / "saved")
+    changes = {"image_size": SIZE, **changes}
+    return {"folder": DataConfig(kind="folder", root=str(tmp_path / "images"), **changes),
+            "csv": DataConfig(kind="csv", root=str(tmp_path / "pets.csv"), split_column="split", **changes),
+            "hf": DataConfig(kind="hf", root=str(saved), **changes)}
+
+
+def test_preview_shows_the_images_as_the_model_sees_them(tmp_path, table):
+    """Folder, csv and hf data: the first images at the network's size (a 64 px crop of
+    the 73 px decoded ones), with their targets; the training augmentation drawn as the
+    loader draws it, its normalisation undone."""
+    for kind, config in data_configs(tmp_path, table, image_size=64).items():
+        domain = load_domain(config)
+        stored, targets = items(domain.train)
+        plain, shown_targets, mode = model_inputs(domain, 4)
+        assert mode == "none" and torch.equal(shown_targets, targets[:4]), kind
+        assert plain.dtype == torch.uint8 and torch.equal(plain, stored[:4, :, 4:68, 4:68]), kind  # centre crop
+        augmented, _, mode = model_inputs(domain, 4, augment="auto", seed=3)
+        inputs, _ = next(iter(domain.loader("train", 4, augment="resized_crop", seed=3)))
+        mean, std = torch.tensor(domain.mean).view(1, 3, 1, 1), torch.tensor(domain.std).view(1, 3, 1, 1)
+        assert mode == "resized_crop" and augmented.shape == (4, 3, 64, 64) and not torch.equal(augmented, plain)
+        assert (augmented.double() / 255 - (inputs * std + mean).double()).abs().max() <= 0.5 / 255, kind
+
+
+def test_data_preview_command_takes_a_study_target_or_your_data(tmp_path, table, monkeypatch):
+    """`data preview --study S --target T` shows T's data with the finetune recipe's
+    augment (none for the test split); `--kind K --path P` shows any folder, csv or hf
+    data (augment auto); mistakes are one line with exit code 2, and nothing is written."""
+    configs = data_configs(tmp_path, table)
+    shown: list[tuple[str, str]] = []
+
+    def recording(domain, path, **options):
+        shown.append((domain.name, options["augment"]))
+        return save_preview(domain, path, **options)
+
+    monkeypatch.setattr(preview, "save_preview", recording)
+    targets = [{"label": kind, "data": config.model_dump(exclude_defaults=True)} for kind, config in configs.items()]
+    recipe = {"epochs": 1, "augment": "pad_crop"}
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({"source": {"data": {"name": "source"}, "recipe": recipe}, "targets": targets,
+                                     "finetune": recipe, "scratch": {"epochs": 1, "augment": "none"}}))
+    runner = CliRunner()
+    for args in (["--study", str(study), "--target", "hf"], ["--study", str(study), "--target", "hf", "--split", "test"],
+                 ["--kind", "csv", "--path", str(tmp_path / "pets.csv"), "--data", "split_column=split"],
+                 ["--kind", "folder", "--path", str(tmp_path / "images"), "--augment", "none", "--n", "4"]):
+        out = tmp_path / "grid.png"
+        out.unlink(missing_ok=True)
+        result = runner.invoke(app, ["data", "preview", *args, "--out", str(out)])
+        assert result.exit_code == 0 and out.read_bytes().startswith(b"\x89PNG"), result.output
+    assert shown == [("saved", "pad_crop"), ("saved", "none"), ("pets", "auto"), ("images", "none")]
+
+    for args, message in (
+            (["--kind", "folder", "--path", str(tmp_path / "nothere")], f"image folder {tmp_path / 'nothere'} not found"),
+            (["--kind", "zip", "--path", "x"], "'zip' is not one of 'folder', 'csv', 'hf'"),
+            (["--kind", "csv"], "--kind csv needs --path"),
+            (["--kind", "csv", "--path", str(tmp_path / "pets.csv"), "--data", "label_column=species"],
+             "has no column 'species'"),
+            (["--kind", "csv", "--path", "x.csv", "--data", "labl=1"], "--data: labl: unknown key; allowed keys:"),
+            (["real", "--kind", "csv"], "give one of: a synthetic domain"),
+            (["--study", str(study)], "has 3 targets (folder, csv, hf); choose one with --target"),
+            (["--study", str(study), "--target", "pets"], "has no target 'pets'; its targets: folder, csv, hf"),
+            (["--path", "x"], "--path and --data with --kind")):
+        result = runner.invoke(app, ["data", "preview", *args, "--out", str(tmp_path / "bad.png")])
+        error = " ".join(result.stderr.split())
+        assert result.exit_code == 2 and message in error and len(result.stderr.strip().splitlines()) == 1, error
+        assert not (tmp_path / "bad.png").exists()

@@ -266,19 +266,75 @@ def _read_mapping(path: Path) -> dict:
     return raw
 
 
+class DataKind(str, Enum):
+    folder = "folder"
+    csv = "csv"
+    hf = "hf"
+
+
 @data_app.command("preview")
-def data_preview(domain: str = typer.Argument(..., help="synthetic domain: source, real, clipart, sketch, xray"),
+def data_preview(domain: Optional[str] = typer.Argument(None, help="synthetic domain: source, real, clipart, sketch, "
+                                                                    "xray (or --study, or --kind and --path)"),
                  out: Path = typer.Option(..., help="PNG file to write"),
+                 study: Optional[Path] = typer.Option(None, help="study YAML: preview a target's data, training "
+                                                      "images augmented as its finetune recipe's augment"),
+                 target: Optional[str] = typer.Option(None, help="--study's target label (default: its only one)"),
+                 kind: Optional[DataKind] = typer.Option(None, help="your data, as a target's data.kind: folder, "
+                                                         "csv or hf (with --path)"),
+                 path: Optional[str] = typer.Option(None, help="--kind's data.root: image folder, CSV file, or hf "
+                                                    "save_to_disk folder or hub name"),
+                 data: list[str] = typer.Option([], "--data", help="more data settings of --kind, key=value "
+                                                "(e.g. --data label_column=species --data image_size=224)"),
+                 augment: Optional[str] = typer.Option(None, help="training augmentation to show: auto, "
+                                                       "resized_crop, pad_crop, none (default: the study's; auto "
+                                                       "for --kind; none for a synthetic domain)"),
                  n: int = typer.Option(64, help="number of examples"),
                  split: str = typer.Option("train", help="train or test"),
-                 image_size: int = typer.Option(32, help="image size in pixels"),
-                 seed: int = typer.Option(0, help="generator seed")) -> None:
-    """Write a grid of example images of a built-in domain."""
-    from .data.preview import save_preview
-    from .data.synthetic import synthetic_domain
+                 image_size: int = typer.Option(32, help="image size in pixels (synthetic domain, --kind)"),
+                 seed: int = typer.Option(0, help="generator seed (synthetic domain), subsample seed (--kind)")) -> None:
+    """Write a grid of example images, as the model sees them, of a built-in domain or of your data."""
+    from .data.preview import save_data_preview, save_preview
 
-    save_preview(synthetic_domain(domain, image_size=image_size, seed=seed), out, n=n, split=split)
+    if (target is not None and study is None) or ((path is not None or data) and kind is None):
+        raise ValueError("--target goes with --study, and --path and --data with --kind")
+    if [domain is not None, study is not None, kind is not None].count(True) != 1:
+        raise ValueError("give one of: a synthetic domain (data preview clipart --out grid.png), --study STUDY.yaml "
+                         "[--target LABEL], or --kind folder|csv|hf --path DATA")
+    if domain is not None:
+        from .data.synthetic import synthetic_domain
+
+        save_preview(synthetic_domain(domain, image_size=image_size, seed=seed), out, n=n, split=split,
+                     augment=augment or "none")
+    elif study is not None:
+        config, recipe_augment = _study_target_data(study, target)
+        save_data_preview(config, out, n=n, split=split, augment=augment or recipe_augment)
+    else:
+        from .config import DataConfig, apply_overrides, explain
+
+        assert kind is not None
+        if path is None:
+            raise ValueError(f"--kind {kind.value} needs --path: the data's root (its folder, CSV file or hf data set)")
+        settings = apply_overrides({"kind": kind.value, "root": path, "image_size": image_size, "seed": seed}, data)
+        try:
+            config = DataConfig.model_validate(settings)
+        except ValidationError as error:
+            raise ValueError(f"--data: {explain(error, DataConfig)}") from error
+        save_data_preview(config, out, n=n, split=split, augment=augment or "auto")
     console.print(f"wrote {out}")
+
+
+def _study_target_data(study: Path, target: Optional[str]):
+    """The data of a study's target ``target`` (its only one when None) and the
+    augmentation its P-T runs train with (the finetune recipe's ``augment``)."""
+    from .study import load_study
+
+    spec = load_study(study)
+    labels = [t.label for t in spec.targets]
+    if target is None and len(labels) > 1:
+        raise ValueError(f"{study} has {len(labels)} targets ({', '.join(labels)}); choose one with --target")
+    if target is not None and target not in labels:
+        raise ValueError(f"{study} has no target {target!r}; its targets: {', '.join(labels)}")
+    return spec.target(target or labels[0]).data, spec.finetune.augment
 
 
 if __name__ == "__main__":

@@ -1,30 +1,46 @@
 """A PNG grid of example images of a domain, each titled with its class (or, for
-multi-label domains, its positive labels), to check by eye what a domain holds."""
+multi-label domains, its positive labels), to check by eye what a domain holds: the
+images as the domain's loader gives them to the model (at its image size, after the
+augmentation and block shuffle asked for), mapped back to pixels."""
 
 from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
 from ..io import atomic_path
-from .domain import Domain
-from .tensors import ImageSet, split_size
+from .domain import Domain, block_shuffle_for
+from .load import load_domain
+from .shuffle import BlockShuffle
+from .tensors import split_size
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
 
 _CELL_INCHES = 1.2  # width of one cell of the grid
 _LINE_INCHES = 6 * 1.15 / 72  # one caption line at 6 pt
+_TITLE_LINE_INCHES = 10 * 1.2 / 72  # one title line at 10 pt
+_TITLE_CHARS_PER_INCH = 11  # of the 10 pt title
 
 
-def _examples(data, count: int) -> tuple[Tensor, Tensor]:
-    """The first ``count`` images (uint8 (N, C, H, W)) and targets of an ImageSet or a dataset of items."""
-    if isinstance(data, ImageSet):
-        return data.images[:count], data.targets[:count]
-    items = [data[i] for i in range(count)]
-    return torch.stack([torch.as_tensor(image) for image, _ in items]), torch.stack([torch.as_tensor(t) for _, t in items])
+def model_inputs(domain: Domain, count: int, split: str = "train", *, augment: str | bool = "none",
+                 block_shuffle: BlockShuffle | None = None, seed: int = 0) -> tuple[Tensor, Tensor, str]:
+    """The first ``count`` examples of ``split`` as the model sees them (the domain's
+    loader: cropped to its image size, augmented by ``augment`` with draws seeded by
+    ``seed``, block-shuffled), as uint8 pixels ``(N, 3, H, W)`` (the normalisation
+    undone), their targets, and the resolved augmentation mode."""
+    loader = domain.loader(split, count, seed=seed, augment=augment, block_shuffle=block_shuffle, limit=count)
+    inputs, targets = next(iter(loader))
+    mean, std = (torch.tensor(values).view(1, -1, 1, 1) for values in (domain.mean, domain.std))
+    pixels = (inputs * std + mean).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+    return pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels, targets, loader.augment
 
 
 def _caption(target: Tensor, classes: list[str]) -> str:
@@ -35,9 +51,12 @@ def _caption(target: Tensor, classes: list[str]) -> str:
     return classes[index] if index < len(classes) else f"class {index}"
 
 
-def save_preview(domain: Domain, path: str | os.PathLike, n: int = 64, split: str = "train") -> Path:
+def save_preview(domain: Domain, path: str | os.PathLike, n: int = 64, split: str = "train", *,
+                 augment: str | bool = "none", block_shuffle: BlockShuffle | None = None, seed: int = 0) -> Path:
     """Write a grid of the first ``n`` images of ``split`` (or all, if fewer) to ``path``
-    as a PNG, each titled with its class or label set; returns the path.
+    as a PNG, each titled with its class or label set; returns the path. The images are
+    those the model sees (:func:`model_inputs`: ``augment``, e.g. a training recipe's,
+    and ``block_shuffle`` applied).
 
     The grid is one mosaic image in one axes (fast for many images), captions above cells."""
     if n < 1:
@@ -46,9 +65,8 @@ def save_preview(domain: Domain, path: str | os.PathLike, n: int = 64, split: st
     count = min(n, split_size(data))
     if count == 0:
         raise ValueError(f"the {split} split of domain {domain.name!r} is empty; nothing to preview")
-    images, targets = _examples(data, count)
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
+    images, targets, augmented = model_inputs(domain, count, split, augment=augment, block_shuffle=block_shuffle,
+                                              seed=seed)
     captions = [_caption(t, domain.classes) for t in targets]
     columns = math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
@@ -59,8 +77,13 @@ def save_preview(domain: Domain, path: str | os.PathLike, n: int = 64, split: st
     caption_height = math.ceil(lines * _LINE_INCHES / _CELL_INCHES * cell_w) + 1  # in image pixels
     cell_h = caption_height + height + pad
     mosaic = torch.full((rows * cell_h, columns * cell_w, 3), 255, dtype=torch.uint8)
-    figure = Figure(figsize=(_CELL_INCHES * columns, _CELL_INCHES * rows * cell_h / cell_w + 0.5))
-    axes = figure.add_axes((0.0, 0.0, 1.0, 1.0 - 0.4 / figure.get_figheight()))
+    shown = "" if augmented == "none" else f", augment {augmented}"
+    shown += "" if block_shuffle is None else f", block-shuffled (block {block_shuffle.block_size})"
+    title = textwrap.fill(f"{domain.name} — {split} split: {count} of {split_size(data)} images{shown}",
+                          max(24, int(_CELL_INCHES * columns * _TITLE_CHARS_PER_INCH)))
+    heading = 0.4 + _TITLE_LINE_INCHES * title.count("\n")
+    figure = Figure(figsize=(_CELL_INCHES * columns, _CELL_INCHES * rows * cell_h / cell_w + heading + 0.1))
+    axes = figure.add_axes((0.0, 0.0, 1.0, 1.0 - heading / figure.get_figheight()))
     for index, (image, caption) in enumerate(zip(images, captions)):
         row, column = divmod(index, columns)
         top, left = row * cell_h + caption_height, column * cell_w + pad // 2
@@ -68,8 +91,19 @@ def save_preview(domain: Domain, path: str | os.PathLike, n: int = 64, split: st
         axes.text(left + width / 2, top - 0.5, caption, ha="center", va="bottom", fontsize=6, linespacing=1.0)
     axes.imshow(mosaic.numpy(), interpolation="nearest")
     axes.axis("off")
-    figure.suptitle(f"{domain.name} — {split} split: {count} of {split_size(data)} images", fontsize=10)
+    figure.suptitle(title, fontsize=10)
     path = Path(path)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
     return path
+
+
+def save_data_preview(config: DataConfig, path: str | os.PathLike, n: int = 64, split: str = "train", *,
+                      augment: str | bool = "auto", seed: int = 0) -> Path:
+    """:func:`save_preview` of the data a config describes (any kind: a study's target,
+    a training run's ``data``), as a run trains on them: the training split augmented by
+    ``augment`` (the recipe's; none for block-shuffled data, whose block shuffle is
+    applied), the test split as evaluated. Returns the path."""
+    shuffle = block_shuffle_for(config)
+    shown = augment if split == "train" and shuffle is None else "none"
+    return save_preview(load_domain(config), path, n=n, split=split, augment=shown, block_shuffle=shuffle, seed=seed)
