@@ -133,16 +133,23 @@ def _slow_read(path, size):
     return read_image(path, size)
 
 
+def _build_in_own_process_group(*arguments) -> None:
+    """:func:`_build_in_child` in a process group of its own, which its decoding workers
+    join, so that one signal kills the build whole (as a cluster kills a job step)."""
+    os.setpgid(0, 0)
+    _build_in_child(*arguments)
+
+
 def test_a_killed_build_publishes_nothing_and_the_next_build_cleans_up(tmp_path, files, monkeypatch):
     monkeypatch.setattr(files_module, "read_image", _slow_read)  # 12 images: 2.4 s to decode
     cache = tmp_path / "cache"
-    child = FORK.Process(target=_build_in_child, args=(files, cache, tmp_path / "out.npy"))
+    child = FORK.Process(target=_build_in_own_process_group, args=(files, cache, tmp_path / "out.npy"))
     child.start()
     target = cache_file(dataset(files), cache)
     deadline = time.monotonic() + 30
     while not list(cache.glob(f".{target.name}.*.tmp")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.kill(child.pid, signal.SIGKILL)
+    os.killpg(child.pid, signal.SIGKILL)  # the builder and its workers, none left running
     child.join()
     assert not target.exists() and len(list(cache.glob(f".{target.name}.*.tmp"))) == 1
     monkeypatch.setattr(files_module, "read_image", read_image)
