@@ -282,6 +282,9 @@ def test_hf_splits_are_decoded_once_into_the_cache_with_the_uncached_pixels(tmp_
     other = load_domain(config.model_copy(update={"n_train": 5}), cache_dir=str(tmp_path / "cache"))
     assert other.train.path != cached.train.path and other.test.path == cached.test.path  # other rows, same test
 
+    larger = load_domain(config.model_copy(update={"decode_size": 80}), cache_dir=str(tmp_path / "cache"))
+    assert larger.train.images.shape[-1] == 80 and larger.train.path != cached.train.path  # decode_size, as for files
+
     write_png(tmp_path / table.path[0], 99)  # a changed image, saved again in the same folder
     shutil.rmtree(saved)
     save_hf(table, tmp_path, saved)

@@ -89,9 +89,10 @@ class DataConfig(Settings):
     seed: int = Field(0, description="seed of the synthetic generator or of the real-data subsample")
     block_size: BlockSize | None = Field(None, description="block shuffle: block size in pixels or '*'; None = unshuffled")
     shuffle_seed: int = 0
-    decode_size: int | None = Field(None, ge=8, description="image files: the side they are decoded (and cached) "
-                                    "at, shorter side resized then centre crop; the loaders crop or resample them to "
-                                    "image_size. None = image_size below 64 pixels, else 8/7 of it (256 for 224)")
+    decode_size: int | None = Field(None, ge=8, description="image files and hf images: the side they are "
+                                    "decoded (and cached) at, shorter side resized then centre crop; the loaders crop "
+                                    "or resample them to image_size. None = image_size below 64 pixels, else 8/7 of "
+                                    "it (256 for 224)")
     image_column: str | None = Field(None, description="csv: column of image paths (None = 'path'); hf: column of "
                                      "images (None = 'image')")
     label_column: str | None = Field(None, description="csv, hf: column of class labels (None = 'label')")
@@ -124,9 +125,9 @@ class DataConfig(Settings):
 
     @model_validator(mode="after")
     def _decode_size(self) -> "DataConfig":
-        if self.decode_size is not None and self.kind in ("synthetic", "hf"):
-            raise ValueError(f"decode_size applies to image files (folder, csv, domainnet, chexpert), not to data kind "
-                             f"{self.kind!r}; remove decode_size")
+        if self.decode_size is not None and self.kind == "synthetic":
+            raise ValueError("decode_size applies to decoded images (folder, csv, hf, domainnet, chexpert), not to "
+                             "synthetic data; remove decode_size")
         if self.decode_size is not None and self.decode_size < self.image_size:
             raise ValueError(f"decode_size {self.decode_size} is smaller than image_size {self.image_size}: the "
                              "network sees image_size crops of the decoded images; raise decode_size or remove it")
