@@ -103,6 +103,9 @@ def test_csv_n_train_keeps_each_class_share_seeded(tmp_path):
     assert load_domain(config).train.paths == small.train.paths
     assert any(load_domain(config.model_copy(update={"seed": seed})).train.paths != small.train.paths
                for seed in (2, 3))
+    with pytest.raises(ValueError, match=r"n_test 99 asked for, but the test split of .*pets.csv has "
+                                         rf"{len(full.test)} examples; lower n_test"):  # never silently fewer
+        load_domain(config.model_copy(update={"n_test": 99}))
 
 
 def test_csv_folder_with_train_and_test_csv_and_integer_classes(tmp_path, table):

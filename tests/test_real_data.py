@@ -392,8 +392,11 @@ def test_folder_settings_reach_the_domain(tmp_path):
                                     num_classes=2))
     assert domain.classes == ["cat", "dog"]
     assert torch.bincount(domain.train.targets).tolist() == [2, 2] and torch.bincount(domain.test.targets).tolist() == [1, 1]
-    everything = load_domain(DataConfig(kind="folder", root=str(tmp_path / "set"), image_size=SIZE, n_train=100))
+    everything = load_domain(DataConfig(kind="folder", root=str(tmp_path / "set"), image_size=SIZE, n_train=12))
     assert len(everything.train) == 12 and everything.num_outputs == 3
+    with pytest.raises(ValueError, match=r"n_train 100 asked for, but the train split of .*set has 12 examples; "
+                                         r"lower n_train to at most 12"):  # not silently 12
+        load_domain(DataConfig(kind="folder", root=str(tmp_path / "set"), image_size=SIZE, n_train=100))
 
 
 @pytest.mark.parametrize("layout", ["split here", "train and test"])

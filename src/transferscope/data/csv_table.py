@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .domain import Domain
 from .files import IMAGENET_MEAN, IMAGENET_STD, FileImageDataset, seeded_order
-from .folder import split_per_class, stratified_subsample
+from .folder import check_subsample, split_per_class, stratified_subsample
 
 TEST_FRACTION = 0.2  # the test share of a table with no split of its own (the folder kind's default)
 
@@ -157,6 +157,8 @@ def labelled_splits(frame: pd.DataFrame, *, label_column: str | None, label_colu
     if not train or not test:
         raise ValueError(f"{source} has no {'test' if train else 'training'} row"
                          + (f" of the first {num_classes} classes" if num_classes is not None else ""))
+    check_subsample(n_train, len(train), "n_train", f"the training split of {source}")
+    check_subsample(n_test, len(test), "n_test", f"the test split of {source}")
     return targets, classes, stored_rows(train, targets, n_train, seed), stored_rows(test, targets, n_test, seed)
 
 

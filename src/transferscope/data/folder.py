@@ -56,6 +56,14 @@ def stratified_subsample(labels: Sequence[int], keep: int | None, seed: int) -> 
     return sorted(index for chosen, k in zip(members, take.tolist()) for index in chosen[:k])
 
 
+def check_subsample(keep: int | None, available: int, setting: str, where: str) -> None:
+    """``n_train`` / ``n_test`` may not ask for more examples than a split has: the run
+    would silently train or test on fewer than the study file says."""
+    if keep is not None and keep > available:
+        raise ValueError(f"{setting} {keep} asked for, but {where} has {available} examples; lower {setting} to at "
+                         f"most {available}, or leave it out to use them all")
+
+
 def first_classes(classes: list[str], class_to_idx: dict[str, int], num_classes: int | None,
                   root: Path) -> tuple[list[str], dict[str, int]]:
     """The first ``num_classes`` of the sorted ``classes`` and their indices (all when
@@ -116,10 +124,11 @@ def image_folder_domain(root: str | os.PathLike, image_size: int = 224, test_fra
             raise ValueError(f"test_fraction {test_fraction} leaves no {'test' if train else 'training'} image "
                              f"from the {len(samples)} images in {root}: {'raise' if train else 'lower'} it")
 
-    def dataset(samples: list[tuple[str, int]], keep: int | None) -> FileImageDataset:
+    def dataset(samples: list[tuple[str, int]], keep: int | None, split: str) -> FileImageDataset:
+        check_subsample(keep, len(samples), f"n_{split}", f"the {split} split of {root}")
         samples = [samples[i] for i in stratified_subsample([label for _, label in samples], keep, seed)]
         order = seeded_order(len(samples), seed).tolist()
         return FileImageDataset([samples[i][0] for i in order], [samples[i][1] for i in order], image_size, classes)
 
-    return Domain(name=name or root.name, train=dataset(train, n_train), test=dataset(test, n_test), classes=classes,
-                  multilabel=False, mean=list(mean), std=list(std))
+    return Domain(name=name or root.name, train=dataset(train, n_train, "train"), test=dataset(test, n_test, "test"),
+                  classes=classes, multilabel=False, mean=list(mean), std=list(std))
