@@ -211,8 +211,14 @@ def test_torchvision_weights_come_from_the_hub_cache(tmp_path, monkeypatch):
     assert set(loaded) == set(state) and all(torch.equal(loaded[key], state[key]) for key in state)
     assert weights_identity(RESNET18) == {"torchvision": "ResNet18_Weights.IMAGENET1K_V1", "url": url}
 
-    # in a study: P's weights job materialises them (the architecture checked) and P-T starts from it
-    spec = StudySpec.model_validate(study({"weights": RESNET18}, model={"arch": "resnet18"}))
+    # in a study: P's weights job materialises them
+    assert_weights_job_writes(tmp_path, RESNET18, "resnet18", state)
+
+
+def assert_weights_job_writes(tmp_path, weights: str, arch: str, state: dict) -> None:
+    """In a study, P's weights job materialises ``weights`` (the architecture checked) as
+    exactly ``state``."""
+    spec = StudySpec.model_validate(study({"weights": weights}, model={"arch": arch}))
     jobs = {job.kind: job for job in build_plan(spec)}
     store = Store(tmp_path / "study")
     store.register(jobs.values())
@@ -420,10 +426,4 @@ def test_timm_weights_come_from_the_hub_cache_where_the_offline_error_says(tmp_p
     loaded = load_pretrained(f"timm:{TIMM_WEIGHTS}")
     assert set(loaded) == set(state) and all(torch.equal(loaded[key], state[key]) for key in state)
 
-    spec = StudySpec.model_validate(study({"weights": f"timm:{TIMM_WEIGHTS}"}, model={"arch": "timm:test_resnet"}))
-    jobs = {job.kind: job for job in build_plan(spec)}
-    store = Store(tmp_path / "study")
-    store.register(jobs.values())
-    assert execute_job(store.root, jobs["weights"].id) == "done", store.error(jobs["weights"])
-    written = load_pretrained(str(store.job_dir(jobs["weights"]) / "weights.safetensors"))
-    assert all(torch.equal(written[key], state[key]) for key in state)
+    assert_weights_job_writes(tmp_path, f"timm:{TIMM_WEIGHTS}", "timm:test_resnet", state)
