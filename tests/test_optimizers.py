@@ -237,7 +237,7 @@ PINNED_JOB_IDS = {"P (source)": "pretrain-d8e5d391992d", "P-T real s0": "finetun
                   "RI-T real s0": "finetune-bb2fd4630ef2", "distance real": "distance-c62bc61f532c"}
 PINNED_RUN_IDENTITIES = {"default": "96c3346c29af", "changed": "7143cf68cb30"}
 DEFAULTS = {"optimizer": "sgd", "adamw_betas": [0.9, 0.999], "adamw_eps": 1e-8, "label_smoothing": 0.0,
-            "bn_momentum": None}
+            "bn_momentum": None, "test_every": 1}
 
 
 def plan_ids(tmp_path: Path, finetune: dict) -> dict[str, str]:
@@ -253,7 +253,7 @@ def test_default_settings_keep_job_ids_and_run_identities(tmp_path):
     assert run_identity(TrainConfig(**DEFAULTS)) == PINNED_RUN_IDENTITIES["default"]
     assert run_identity(TrainConfig(lr=0.05, epochs=2, mixup_alpha=0.2)) == PINNED_RUN_IDENTITIES["changed"]
     for key, value in {"optimizer": "adamw", "adamw_betas": (0.9, 0.95), "adamw_eps": 1e-6, "label_smoothing": 0.1,
-                       "bn_momentum": 0.01}.items():
+                       "bn_momentum": 0.01, "test_every": 2}.items():
         assert run_identity(TrainConfig(**{key: value})) != PINNED_RUN_IDENTITIES["default"], key
 
 

@@ -184,7 +184,8 @@ def build_run_model(config: TrainConfig, domain: Domain, model: nn.Module | None
 _LATER_MODEL_SETTINGS = ("kwargs", "head")
 _LATER_DATA_SETTINGS = ("decode_size", "image_column", "label_column", "label_columns", "split_column", "train_split",
                         "test_split")
-_LATER_TRAIN_SETTINGS = ("optimizer", "adamw_betas", "adamw_eps", "label_smoothing", "bn_momentum", "freeze", "modules")
+_LATER_TRAIN_SETTINGS = ("optimizer", "adamw_betas", "adamw_eps", "label_smoothing", "bn_momentum", "freeze", "modules",
+                         "test_every")
 
 
 def run_identity(config: TrainConfig, model: nn.Module | None = None,
