@@ -51,11 +51,17 @@ class ImageReadError(ValueError):
         return (type(self), (self.args[0],) if self.path is None else (self.path, self.reason))
 
 
-def decode_size_for(image_size: int) -> int:
-    """The side files are decoded to for ``image_size``-pixel training: ``image_size``
-    below :data:`~.tensors.LARGE_IMAGE` pixels, else ``round(image_size * 8 / 7)``
-    (ImageNet's 256 for 224)."""
-    return image_size if image_size < LARGE_IMAGE else round(image_size * 8 / 7)
+def decode_size_for(image_size: int, decode_size: int | None = None) -> int:
+    """The side images are decoded to for ``image_size``-pixel training: ``decode_size``
+    when given (at least ``image_size``: the loaders crop from the decoded images), else
+    ``image_size`` below :data:`~.tensors.LARGE_IMAGE` pixels and ``round(image_size * 8
+    / 7)`` above (ImageNet's 256 for 224)."""
+    if decode_size is None:
+        return image_size if image_size < LARGE_IMAGE else round(image_size * 8 / 7)
+    if decode_size < image_size:
+        raise ValueError(f"decode_size {decode_size} is smaller than image_size {image_size}: images are cropped "
+                         "to image_size from the decoded ones; raise decode_size or leave it unset")
+    return decode_size
 
 
 def read_image(path: str | os.PathLike | IO[bytes], image_size: int) -> Tensor:
@@ -96,10 +102,7 @@ class FileImageDataset(Dataset):
             raise ValueError(f"{len(paths)} image paths but {len(targets)} targets")
         if image_size < 1:
             raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
-        decode_size = decode_size_for(image_size) if decode_size is None else decode_size
-        if decode_size < image_size:
-            raise ValueError(f"decode_size {decode_size} is smaller than image_size {image_size}: images are cropped "
-                             "to image_size from the decoded ones; raise decode_size or leave it unset")
+        decode_size = decode_size_for(image_size, decode_size)
         self.paths = [str(path) for path in paths]
         self.targets = targets
         self.image_size = image_size

@@ -98,10 +98,7 @@ class HFImageDataset(Dataset):
             raise ValueError(f"{len(rows)} rows but {len(targets)} targets")
         self.images, self.rows, self.targets = images, list(rows), targets
         self.image_size, self.classes, self.source = image_size, list(classes), source
-        self.decode_size = decode_size_for(image_size) if decode_size is None else decode_size
-        if self.decode_size < image_size:
-            raise ValueError(f"decode_size {self.decode_size} is smaller than image_size {image_size}: images are "
-                             "cropped to image_size from the decoded ones; raise decode_size or leave it unset")
+        self.decode_size = decode_size_for(image_size, decode_size)
 
     def __len__(self) -> int:
         return len(self.rows)
