@@ -1,7 +1,8 @@
 """Module criticality: the naive full grid (a full forward pass at every grid point
 and noise draw) against the fast path (activation cache + the grid's points in
 ascending order of measure up to the first feasible one, each stopped as soon as its
-losses prove it infeasible; exact on every input), on the same model, data and
+losses, chunk by chunk of its examples, prove it infeasible; exact on every input),
+on the same model, data and
 settings, side by side in one run: after a warm-up pass, the two alternate (grid
 first for the first module, fast first for the next, ...), so that a shared machine's
 load falls on both alike.
@@ -15,7 +16,7 @@ measured from the epoch-0 weights to the trained ones on a fixed evaluation subs
 
 Columns: wall times (summed over ``--repeats``) and their ratio, μ from each path,
 the (α, σ) grid indices of the minimiser, the grid points, complete noise draws and
-batch forward passes (set-up included) of the fast path against the grid's, and the α
+forward passes of a batch or chunk (set-up included) of the fast path against the grid's, and the α
 rows of the full grid where feasibility is not monotone in σ (where bisection over σ,
 the earlier fast path, could miss the minimiser); the run fails if the two paths
 disagree on μ or its minimiser.

@@ -138,3 +138,28 @@ def test_caching_takes_one_full_pass_whose_loss_sums_it_keeps_and_loss_sums_are_
     assert list(sums) == [expected[0]] and len(head) == 2
     head.clear()
     assert evaluator.suffix_matches_full_forward(n_batches=1) and len(head) == 2 and len(stem) == 7
+
+
+def test_regrouped_evaluates_the_same_examples_in_other_batches_from_the_cached_inputs():
+    """A regrouped evaluator gives each example the loss the original gives it (to
+    rounding), with no new pass through the prefix when the inputs are cached; without
+    a cache it makes full forward passes."""
+    torch.manual_seed(0)
+    model = build_model("small_resnet", 4, width=8).eval()
+    evaluator = CachedPrefixEvaluator(model, _batches(n=12, batch=5))
+    groups = [torch.tensor([11, 0, 6]), torch.tensor([3, 9, 1, 10, 2]), torch.tensor([4, 5, 7, 8])]
+    plain = evaluator.regrouped(groups)
+    assert plain.cached_module is None and plain.n_examples == 12
+    assert evaluator.cache_inputs_of("layer2", changing=module_state_keys(model)["layer2"])
+    _perturb(model, module_state_keys(model)["layer2"])
+    per_example = torch.cat(list(evaluator.example_losses()))
+    stem = _count_calls(model.conv1)
+    regrouped = evaluator.regrouped(groups)
+    assert regrouped.cached_module == "layer2"
+    for group, losses in zip(groups, regrouped.example_losses()):
+        torch.testing.assert_close(losses, per_example[group], rtol=1e-5, atol=1e-6)
+    assert not stem  # the suffix only
+    for group, losses in zip(groups, plain.example_losses()):
+        torch.testing.assert_close(losses, per_example[group], rtol=1e-5, atol=1e-6)
+    assert len(stem) == 3
+    assert evaluator.full_loss_sums == [float(losses.sum()) for losses in evaluator.full_losses]

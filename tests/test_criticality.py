@@ -307,10 +307,10 @@ def _assert_fast_equals_grid(fast, grid, n_grid_points, n_alphas):
 
 
 def _random_losses(rng, shape, samples, sizes):
-    """Per-example losses, relative to ε, of each batch (sizes ``sizes``) of each draw of
-    a random feasibility table (arbitrary rows, some all feasible or all infeasible,
-    sometimes the whole grid infeasible) with draws and batches that vary, so that early
-    stopping happens, within a draw too; no mean within 5% of ε."""
+    """Per-example losses, relative to ε, of each example (batches of sizes ``sizes``) of
+    each draw of a random feasibility table (arbitrary rows, some all feasible or all
+    infeasible, sometimes the whole grid infeasible) with draws, batches and examples that
+    vary, so that early stopping happens at any chunk; no mean within 5% of ε."""
     feasible = rng.random(shape) < rng.choice([0.05, 0.3, 0.7, 0.95])
     rows = rng.random(shape[0])
     feasible[rows < 0.15] = True
@@ -319,23 +319,31 @@ def _random_losses(rng, shape, samples, sizes):
         feasible[:, :7] = False  # the extension below the grid decides
     means = np.where(feasible, rng.uniform(0.0, 0.95, shape), rng.uniform(1.05, 4.0, shape))
     draws = means[..., None] * samples * rng.dirichlet(np.ones(samples), shape)
-    spread = rng.uniform(0.2, 1.8, (*shape, samples, len(sizes)))
-    return draws[..., None] * spread * sum(sizes) / (spread * sizes).sum(-1, keepdims=True)
+    spread = rng.uniform(0.2, 1.8, (*shape, samples, sum(sizes)))
+    return draws[..., None] * spread / spread.mean(-1, keepdims=True)
 
 
 def _fake_draws(monkeypatch, table):
-    """Replace the network by a table: draw k at grid point (a, s) gives each batch b
-    the per-example loss ε · table["losses"][a, s, k, b]; the batches each draw
-    evaluates are listed, in order, in table["evaluated"]."""
+    """Replace the network by a table: draw k at grid point (a, s) gives example e the
+    loss ε · table["losses"][a, s, k, e]; what is evaluated is listed, in order, in
+    table["evaluated"]: (a, s, k, "batch", b) for the grid's batches, (a, s, k, "chunk",
+    c) for the fast path's chunks."""
     from transferscope.analysis import module_criticality
 
     def draw(search, a, s, k):
-        sizes = [len(targets) for _, targets in search.evaluator.batches]
+        bounds = np.cumsum([0] + [len(targets) for _, targets in search.evaluator.batches])
         for b in search.batch_order:
-            table["evaluated"].append((a, s, k, b))
-            yield search.limit * table["losses"][a, s, k, b] * sizes[b]
+            table["evaluated"].append((a, s, k, "batch", b))
+            yield search.limit * table["losses"][a, s, k, bounds[b]:bounds[b + 1]].sum()
+
+    def chunk_sums(search, a, s):
+        for c, chunk in enumerate(search.chunks):
+            for k in range(search.grid.samples):
+                table["evaluated"].append((a, s, k, "chunk", c))
+                yield search.limit * table["losses"][a, s, k, chunk.numpy()].sum()
 
     monkeypatch.setattr(module_criticality._Search, "draw", draw)
+    monkeypatch.setattr(module_criticality._Search, "chunk_sums", chunk_sums)
 
 
 def test_fast_path_equals_the_grid_on_random_feasibility_tables(monkeypatch):
@@ -348,7 +356,7 @@ def test_fast_path_equals_the_grid_on_random_feasibility_tables(monkeypatch):
     batches = _mlp_data()
     rng = np.random.default_rng(0)
     sigmas = np.arange(1, 8) / 10
-    non_monotone = extended = within_draw = draws_fast = draws_grid = 0
+    non_monotone = extended = proven_in_chunks = draws_fast = draws_grid = 0
     for index in range(100):
         alphas = np.linspace(0, 1, 7) if index % 2 else np.arange(1, 8) / 7  # α = 0 has measure 0 at every σ
         table["losses"] = _random_losses(rng, (7, 10), 3, [24, 16])  # σ indices 7-9: the extension
@@ -359,30 +367,32 @@ def test_fast_path_equals_the_grid_on_random_feasibility_tables(monkeypatch):
         _assert_fast_equals_grid(fast, grid, 49, 7)
         non_monotone += not _is_monotone(grid.iloc[:49])
         extended += len(grid) > 49
-        within_draw += len(table["evaluated"]) < 2 * fast["n_samples"].sum() + len(fast)  # a draw left unfinished
+        proven_in_chunks += (fast["n_samples"] == 0).sum()
         draws_fast, draws_grid = draws_fast + fast["n_samples"].sum(), draws_grid + grid["n_samples"].sum()
-    assert non_monotone > 50 and extended > 10 and within_draw > 30 and draws_fast < draws_grid / 2
+    assert non_monotone > 50 and extended > 10 and proven_in_chunks > 300 and draws_fast < draws_grid / 2
 
 
-def test_early_stop_within_a_draw_is_sound_and_starts_with_the_worst_batch(monkeypatch):
-    """Per-example losses (relative to ε) of each draw's two batches, the batch with the
-    higher loss at the end point ("hi") first. Q1 is infeasible and proven so after five
-    batches (its loss sums then exceed ε times the examples of all three draws); Q2
-    after its hi batch alone. P, the minimiser, has a first draw far above ε: a rule
-    that dropped a point on the losses seen so far (not on their sum against all draws
-    to come, which are ≥ 0) would drop it and report μ = 16 Δ (the next feasible point),
-    not the grid's Δ/4."""
+def test_early_stop_is_sound_and_starts_with_the_worst_chunk(monkeypatch):
+    """Per-example losses (relative to ε) of three draws; the fast path evaluates the
+    examples in 4 chunks of 10 by descending loss at the end point, each chunk at every
+    draw before the next. Q1 (1.4 ε everywhere) is proven infeasible after 9 chunks
+    (126 > 120 = ε times the examples of all draws); Q2 after its first chunk, which
+    holds the 10 examples of highest end-point loss, at 13 ε (the rest at 0). P, the
+    minimiser, has a first draw far above ε (2.5 ε) and a mean of 0.9667 ε: a rule that
+    dropped a point on the losses seen so far (not on their sum against all draws to
+    come, which are ≥ 0) would drop it and report μ = 16 Δ, not the grid's Δ/4; its
+    chunks leave it open, so the grid's batches decide it."""
     final, initial = _mlp_pair()
     x = torch.randn(40, 6, generator=torch.Generator().manual_seed(3))
     y = torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(4))
-    batches = [(x[:20], y[:20]), (x[20:], y[20:])]  # equal sizes: only the order of the batches matters
+    batches = [(x[:20], y[:20]), (x[20:], y[20:])]
     with torch.no_grad():
-        end_losses = [float(loss_fn(final(xb), yb)) for xb, yb in batches]
-    hi = int(np.argmax(end_losses))
-    losses = np.full((3, 2, 3, 2), 2.0)  # (α, σ, draw, batch); infeasible unless set
+        worst = torch.argsort(loss_fn(final(x), y, reduction="none"), descending=True)[:10].numpy()
+    losses = np.full((3, 2, 3, 40), 2.0)  # (α, σ, draw, example); infeasible unless set
     losses[0, 1] = 1.4  # Q1: measure Δ/16
-    losses[0, 0, :, hi], losses[0, 0, :, 1 - hi] = 7.0, 0.0  # Q2: Δ/4, before P in grid order
-    losses[1, 1] = [[2.5, 2.5], [0.2, 0.2], [0.2, 0.2]]  # P: Δ/4, mean 0.9667 ε
+    losses[0, 0] = 0.0
+    losses[0, 0][:, worst] = 13.0  # Q2: Δ/4, before P in grid order
+    losses[1, 1] = np.array([2.5, 0.2, 0.2])[:, None]  # P: Δ/4, mean 0.9667 ε
     losses[2, 0] = 0.5  # feasible, measure 4 Δ
     table = {"losses": losses, "evaluated": []}
     _fake_draws(monkeypatch, table)
@@ -393,10 +403,19 @@ def test_early_stop_within_a_draw_is_sound_and_starts_with_the_worst_batch(monke
     _assert_fast_equals_grid(fast, grid, 6, 3)
     assert criticality_value(fast) == grid["delta_norm_sq"].iloc[0] / 4
     assert list(zip(fast["alpha"], fast["sigma"], fast["n_samples"], fast["feasible"])) == [
-        (0.25, 0.5, 0, False), (0.25, 1.0, 2, False), (0.5, 1.0, 3, True)]
+        (0.25, 0.5, 0, False), (0.25, 1.0, 0, False), (0.5, 1.0, 3, True)]
     evaluated = [point[:2] for point in table["evaluated"]]
-    assert [evaluated.count(point) for point in [(0, 1), (0, 0), (1, 1)]] == [5, 1, 6]
-    assert table["evaluated"][5] == (0, 0, 0, hi) and len(evaluated) == 12
+    assert [evaluated.count(point) for point in [(0, 1), (0, 0), (1, 1)]] == [9, 1, 12 + 6]
+    assert table["evaluated"][:4] == [(0, 1, 0, "chunk", 0), (0, 1, 1, "chunk", 0), (0, 1, 2, "chunk", 0),
+                                      (0, 1, 0, "chunk", 1)]
+    assert table["evaluated"][-6:] == [(1, 1, k, "batch", b) for k in range(3) for b in _batch_order(final, batches)]
+
+
+def _batch_order(model, batches):
+    """The grid's batches by descending mean loss at the end point."""
+    with torch.no_grad():
+        means = [float(loss_fn(model(x), y)) for x, y in batches]
+    return sorted(range(len(batches)), key=lambda b: -means[b])
 
 
 @pytest.mark.parametrize(("module", "threshold"), [("0", 1.01), ("2", 1.05)])

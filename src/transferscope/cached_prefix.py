@@ -25,7 +25,7 @@ cache (and :meth:`~CachedPrefixEvaluator.clear_cache` goes back to full forward 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Collection, Iterable, Iterator
+from typing import Any, Collection, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -75,9 +75,10 @@ class CachedPrefixEvaluator:
         Number of examples in ``batches``.
     cached_module : str or None
         Name of the module whose inputs are cached (None: full forward passes).
-    full_loss_sums : list of float
-        Loss sum of each batch (:meth:`loss_sums`) from the full forward pass that the
-        last :meth:`cache_inputs_of` ran, at the weights of that time (empty before).
+    full_losses : list of Tensor
+        Per-example float64 losses of each batch (:meth:`example_losses`) from the full
+        forward pass that the last :meth:`cache_inputs_of` ran, at the weights of that
+        time (empty before); :attr:`full_loss_sums` are their sums.
     """
 
     def __init__(self, model: nn.Module, batches: Batches) -> None:
@@ -86,7 +87,7 @@ class CachedPrefixEvaluator:
         self.batches = [(x.to(device), y.to(device)) for x, y in batches]
         self.n_examples = sum(len(y) for _, y in self.batches)
         self.cached_module: str | None = None
-        self.full_loss_sums: list[float] = []
+        self.full_losses: list[Tensor] = []
         self._inputs: list[Inputs] = []
         self._prefix: list[str] = []
 
@@ -100,15 +101,44 @@ class CachedPrefixEvaluator:
         batches at the model's current weights, summed in float64."""
         return sum(self.loss_sums()) / self.n_examples
 
-    @torch.no_grad()
     def loss_sums(self, order: Iterable[int] | None = None) -> Iterator[float]:
         """Float64 sum of the per-example losses of each batch in ``order`` (indices
         into :attr:`batches`; default: all, in order), one batch at a time as the
         caller asks for it (from the cached module's inputs on, when cached), at the
         weights of that moment; ``sum(self.loss_sums()) / self.n_examples`` is
         :meth:`loss` to the bit."""
+        return (float(losses.sum()) for losses in self.example_losses(order))
+
+    @torch.no_grad()
+    def example_losses(self, order: Iterable[int] | None = None) -> Iterator[Tensor]:
+        """The per-example losses (:func:`transferscope.evaluation.loss_fn`, in float64)
+        of each batch in ``order``, as :meth:`loss_sums` computes them."""
         for index in range(len(self.batches)) if order is None else order:
-            yield _loss_sum(self._batch_logits(index), self.batches[index][1])
+            yield _example_losses(self._batch_logits(index), self.batches[index][1])
+
+    @property
+    def full_loss_sums(self) -> list[float]:
+        """Loss sum of each batch (:meth:`loss_sums`) from the full forward pass that the
+        last :meth:`cache_inputs_of` ran (empty before)."""
+        return [float(losses.sum()) for losses in self.full_losses]
+
+    def regrouped(self, groups: Sequence[Tensor]) -> CachedPrefixEvaluator:
+        """An evaluator of the same model on the same examples in other batches:
+        ``groups[j]`` lists the examples of batch j (indices into the examples of
+        :attr:`batches` in order). Cached inputs that are tensors with one row per
+        example go along, regrouped likewise (so it runs the same suffix with no new
+        full pass); otherwise it makes full forward passes."""
+        inputs = torch.cat([x for x, _ in self.batches]), torch.cat([y for _, y in self.batches])
+        other = CachedPrefixEvaluator(self.model, [(inputs[0][group], inputs[1][group]) for group in groups])
+        cached = [args for args, kwargs in self._inputs if not kwargs]
+        sizes = [len(y) for _, y in self.batches]
+        if self.cached_module is None or len(cached) != len(sizes) or not all(
+                isinstance(value, Tensor) and len(value) == size for args, size in zip(cached, sizes) for value in args):
+            return other
+        columns = [torch.cat(values) for values in zip(*cached)]
+        other.cached_module, other._prefix = self.cached_module, self._prefix
+        other._inputs = [(tuple(column[group] for column in columns), {}) for group in groups]
+        return other
 
     @torch.no_grad()
     def cache_inputs_of(self, name: str, changing: Collection[str] = ()) -> bool:
@@ -135,7 +165,7 @@ class CachedPrefixEvaluator:
             :attr:`full_loss_sums`.
         """
         self.clear_cache()
-        self.full_loss_sums = []
+        self.full_losses = []
         events: list[str] = []
         captured: list[Inputs] = []
         capture = self.model.get_submodule(name).register_forward_pre_hook(
@@ -143,7 +173,7 @@ class CachedPrefixEvaluator:
         recorders = self._record_calls(events)
         try:
             for x, y in self.batches:
-                self.full_loss_sums.append(_loss_sum(self.model(x), y))
+                self.full_losses.append(_example_losses(self.model(x), y))
                 _remove(recorders)  # the order of the modules in one forward pass is enough
         finally:
             _remove([capture, *recorders])
@@ -227,9 +257,9 @@ def _remove(handles: list[Any]) -> None:
     handles.clear()
 
 
-def _loss_sum(logits: Tensor, targets: Tensor) -> float:
-    """Sum of the per-example losses (:func:`transferscope.evaluation.loss_fn`), in float64."""
-    return float(loss_fn(logits.float(), targets, reduction="none").double().sum())
+def _example_losses(logits: Tensor, targets: Tensor) -> Tensor:
+    """The per-example losses (:func:`transferscope.evaluation.loss_fn`), in float64."""
+    return loss_fn(logits.float(), targets, reduction="none").double()
 
 
 def _modules_before(events: list[str], name: str, changing: Collection[str]) -> list[str] | None:

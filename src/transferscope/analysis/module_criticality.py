@@ -72,14 +72,28 @@ feasible point beats μ_i. Its rows are therefore the grid's points of measure b
 μ_i, plus the minimiser (and points tied with it that come first in grid order): the
 feasible frontier where it decides μ_i (for every α, no σ with α²‖Δ‖²/σ² < μ_i is
 feasible; on the minimiser's row the frontier is the minimiser's σ). The whole frontier
-(the largest feasible σ of every α) and the heatmap need ``method="grid"``. At a point
-it evaluates the draws batch by batch (the batches of highest mean loss at Θ^F first)
-and stops as soon as the loss sums so far exceed ε times the examples of all
-``samples`` draws: losses are ≥ 0, so the mean is then bound to exceed ε. So an
-infeasible point may report fewer complete draws (``n_samples`` below ``samples``;
-``loss_mean`` and ``loss_std`` over those, NaN for none); its ``feasible`` is the
-grid's all the same, and a point drawn in full has the grid's ``loss_mean`` and
-``loss_std`` (each draw's batch sums are added in batch order, as the grid does).
+(the largest feasible σ of every α) and the heatmap need ``method="grid"``.
+
+At a point the fast path first tries to prove it infeasible cheaply. The examples are
+regrouped into :data:`EARLY_STOP_CHUNKS` chunks by descending loss at Θ^F (at most a
+batch each; the cached inputs regrouped alike, :meth:`CachedPrefixEvaluator.regrouped`),
+and it evaluates the first chunk at every draw, then the second, …, stopping as soon as
+the loss sums so far exceed ε times the examples of all ``samples`` draws: losses are
+≥ 0, so the mean is then bound to exceed ε. Such a point reports ``n_samples`` 0 and NaN
+losses. The sums of other batches of the same examples may round differently, so this
+bound is taken with a margin (:data:`CHUNK_MARGIN`, ε(1 + 1e-4) + 1e-6 per example; on
+CPU the per-example losses were bit-identical in chunks and in the grid's batches on
+``benchmarks/bench_criticality.py``). A point its chunks do not rule out is evaluated as
+the grid does it, in the grid's batches, draw by draw (the batches of highest mean loss
+at Θ^F first), stopping once the loss sums exceed the same bound without margin (the
+sums are the grid's): its ``feasible`` is the grid's, and a point drawn in full has the
+grid's ``loss_mean`` and ``loss_std`` (each draw's batch sums are added in batch order,
+as the grid does); one stopped there reports its complete draws (``n_samples`` below
+``samples``; NaN losses for none). The chunks are what make the fast path fast: most of
+an infeasible point's loss sits in its high-loss examples, so a fraction of the
+examples proves it, and smaller batches run faster per example on a CPU; keeping them
+apart from the grid's batches keeps every reported number the grid's. They cost
+``samples`` copies of the module's parameters (one noisy copy per draw).
 """
 
 from __future__ import annotations
@@ -113,6 +127,8 @@ THRESHOLD_MODES: tuple[str, ...] = get_args(ThresholdMode)
 METHODS = ("grid", "fast")
 METHOD_ALIASES = {"bisection": "fast"}  # the fast path's earlier name
 EARLY_STOP_MARGIN = 1e-9  # relative: a point is dropped early only when rounding cannot make its mean feasible
+EARLY_STOP_CHUNKS = 4  # the fast path first evaluates a point on the examples in this many chunks
+CHUNK_MARGIN = (1e-4, 1e-6)  # ε(1 + 1e-4) + 1e-6 bounds the mean of the chunked losses of a feasible point
 BN_MODE = "follow"  # running statistics move with the module along the path (module docstring)
 POINT_COLUMNS = ["module", "alpha", "sigma", "loss_mean", "loss_std", "n_samples", "feasible", "measure"]
 SETTING_COLUMNS = ["path", "start", "noise", "threshold", "threshold_mode", "samples", "seed", "method", "split",
@@ -288,24 +304,31 @@ class _MovingModule:
         for key in self.moving:
             self.state[key].copy_(self.values[key])
 
+    def noisy_parameters(self, sigma: float, generator: torch.Generator) -> State:
+        """θ_i(α) + σ·scale·u for the module's parameters, u ~ N(0, I) from ``generator``."""
+        return {key: self.values[key] + sigma * self.scales[key] * torch.randn(
+                    self.state[key].shape, generator=generator).to(self.state[key].device, self.state[key].dtype)
+                for key in self.params}
+
+    def set_parameters(self, values: State) -> None:
+        for key, value in values.items():
+            self.state[key].copy_(value)
+
     def add_noise(self, sigma: float, generator: torch.Generator) -> None:
         """Set the module's parameters to θ_i(α) + σ·scale·u, u ~ N(0, I) from ``generator``."""
-        for key in self.params:
-            draw = torch.randn(self.state[key].shape, generator=generator).to(self.state[key].device,
-                                                                              self.state[key].dtype)
-            self.state[key].copy_(self.values[key] + sigma * self.scales[key] * draw)
+        self.set_parameters(self.noisy_parameters(sigma, generator))
 
 
-def _end_point_loss_sums(module: _MovingModule, evaluator: CachedPrefixEvaluator, grid: _Grid, *,
-                         cache_prefix: bool) -> list[float]:
-    """Loss sum of each batch at the end point. With ``cache_prefix``, from the full
+def _end_point_losses(module: _MovingModule, evaluator: CachedPrefixEvaluator, grid: _Grid, *,
+                      cache_prefix: bool) -> list[Tensor]:
+    """Per-example losses of each batch at the end point. With ``cache_prefix``, from the full
     forward pass that caches the module's inputs; the cache is kept when the suffix
     reproduces the full forward on the first batch at a perturbed point (the first α,
     the largest σ), else a warning and full forward passes."""
     if not cache_prefix:
-        return list(evaluator.loss_sums())
+        return list(evaluator.example_losses())
     if not evaluator.cache_inputs_of(module.entry, module.moving):
-        return evaluator.full_loss_sums
+        return evaluator.full_losses
     largest = len(grid.sigmas) - 1
     module.move_to(float(grid.alphas[0]))
     module.add_noise(float(grid.sigmas[largest]), noise_generator(grid.seed, 0, largest, 0))
@@ -313,24 +336,36 @@ def _end_point_loss_sums(module: _MovingModule, evaluator: CachedPrefixEvaluator
         warnings.warn(f"running {type(module.model).__name__} from {module.name!r} on cached inputs does not "
                       "reproduce the full forward; evaluating with full forward passes instead", stacklevel=2)
         evaluator.clear_cache()
-    return evaluator.full_loss_sums
+    return evaluator.full_losses
+
+
+def _chunks_by_loss(losses: Sequence[Tensor], largest_batch: int) -> list[Tensor]:
+    """The examples (indices into the batches in order) by descending loss at the end
+    point, in :data:`EARLY_STOP_CHUNKS` chunks of at most ``largest_batch``."""
+    order = torch.argsort(torch.cat(list(losses)), descending=True, stable=True)
+    size = min(largest_batch, math.ceil(len(order) / EARLY_STOP_CHUNKS))
+    return list(order.split(size))
 
 
 class _Search:
     """Evaluates (α, σ) points of one module's grid, one row per point in ``rows``;
     ``sigmas``: the grid's σ, then those of the downward extension; ``batch_order``:
     the batches by descending mean loss at the end point, the order in which a draw
-    evaluates them (so that an infeasible point's losses pass the early-stop bound soon)."""
+    evaluates them (so that an infeasible point's losses pass the early-stop bound soon);
+    ``chunks`` (``method="fast"``): the examples regrouped by descending loss at the end
+    point (:func:`_chunks_by_loss`), evaluated by ``chunk_evaluator``."""
 
     def __init__(self, module: _MovingModule, evaluator: CachedPrefixEvaluator, grid: _Grid, limit: float,
-                 end_point_loss_sums: Sequence[float]) -> None:
+                 end_point_losses: Sequence[Tensor]) -> None:
         self.module, self.evaluator, self.grid, self.limit = module, evaluator, grid, limit
         self.rows: list[dict[str, Any]] = []
         self.sigmas = [float(sigma) for sigma in grid.sigmas]
         self.alpha_index: int | None = None  # where the module is now
-        sizes = [len(targets) for _, targets in evaluator.batches]
+        sizes = [len(losses) for losses in end_point_losses]
         self.batch_order = sorted(range(len(sizes)),
-                                  key=lambda index: -end_point_loss_sums[index] / max(sizes[index], 1))
+                                  key=lambda index: -float(end_point_losses[index].sum()) / max(sizes[index], 1))
+        self.chunks = _chunks_by_loss(end_point_losses, max(sizes)) if grid.method == "fast" else []
+        self.chunk_evaluator = evaluator.regrouped(self.chunks) if self.chunks else None
 
     def measure(self, alpha_index: int, sigma_index: int) -> float:
         """α²‖θ_i^F − θ_i^0‖²/σ² of a point."""
@@ -342,6 +377,31 @@ class _Search:
         generator = noise_generator(self.grid.seed, alpha_index, sigma_index, sample)
         self.module.add_noise(self.sigmas[sigma_index], generator)
         return self.evaluator.loss_sums(self.batch_order)
+
+    def chunk_sums(self, alpha_index: int, sigma_index: int) -> Iterator[float]:
+        """Loss sums of the ``chunks`` at the point's noise draws, one at a time as asked
+        for: the first chunk at every draw, then the second, … (the module at θ_i(α))."""
+        draws = [self.module.noisy_parameters(self.sigmas[sigma_index],
+                                              noise_generator(self.grid.seed, alpha_index, sigma_index, sample))
+                 for sample in range(self.grid.samples)]
+        assert self.chunk_evaluator is not None  # made for method="fast", the only caller
+        for chunk in range(len(self.chunks)):
+            for parameters in draws:
+                self.module.set_parameters(parameters)
+                yield from self.chunk_evaluator.loss_sums([chunk])
+
+    def proven_infeasible(self, alpha_index: int, sigma_index: int) -> bool:
+        """Whether the point's loss sums over the ``chunks`` exceed ε times the examples of
+        all draws by more than rounding could explain (:data:`CHUNK_MARGIN`), stopping at
+        the first chunk that shows it (losses are ≥ 0)."""
+        relative, per_example = CHUNK_MARGIN
+        budget = (self.limit * (1 + relative) + per_example) * self.grid.samples * self.evaluator.n_examples
+        drawn = 0.0
+        for value in self.chunk_sums(alpha_index, sigma_index):
+            drawn += value
+            if drawn > budget:
+                return True
+        return False
 
     def sample_loss(self, alpha_index: int, sigma_index: int, sample: int, drawn: float,
                     budget: float) -> tuple[float | None, float]:
@@ -364,6 +424,11 @@ class _Search:
         if alpha_index != self.alpha_index:
             self.module.move_to(float(self.grid.alphas[alpha_index]))
             self.alpha_index = alpha_index
+        if stop_early and self.proven_infeasible(alpha_index, sigma_index):
+            self.rows.append({"alpha": float(self.grid.alphas[alpha_index]), "sigma": self.sigmas[sigma_index],
+                              "loss_mean": math.nan, "loss_std": math.nan, "n_samples": 0, "feasible": False,
+                              "measure": self.measure(alpha_index, sigma_index)})
+            return False
         budget = (self.limit * self.grid.samples * self.evaluator.n_examples * (1 + EARLY_STOP_MARGIN)
                   if stop_early else math.inf)
         losses, drawn = [], 0.0
@@ -413,10 +478,10 @@ def _module_grid(module: _MovingModule, batches: Batches, grid: _Grid, *, thresh
                  cache_prefix: bool, sigma_floor: float | None) -> pd.DataFrame:
     """The evaluated points of one module, with its base loss, ε and ‖Δ‖²."""
     evaluator = CachedPrefixEvaluator(module.model, batches)
-    end_point_loss_sums = _end_point_loss_sums(module, evaluator, grid, cache_prefix=cache_prefix)
-    base_loss = sum(end_point_loss_sums) / evaluator.n_examples  # as evaluator.loss()
+    end_point_losses = _end_point_losses(module, evaluator, grid, cache_prefix=cache_prefix)
+    base_loss = sum(float(losses.sum()) for losses in end_point_losses) / evaluator.n_examples  # as evaluator.loss()
     limit = threshold * base_loss if threshold_mode == "relative" else threshold
-    search = _Search(module, evaluator, grid, limit, end_point_loss_sums)
+    search = _Search(module, evaluator, grid, limit, end_point_losses)
     if not search.grid_points() and sigma_floor is not None:
         search.extend_down(sigma_floor)
     frame = pd.DataFrame(search.rows)
