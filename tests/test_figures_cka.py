@@ -109,7 +109,8 @@ def test_plot_table1_on_a_study_frame(study_frame):
     axes = figure.axes[0]
     assert axes.get_xlabel() == "module" and "CKA" in axes.get_ylabel() and axes.get_title()
     assert [tick.get_text() for tick in axes.get_xticklabels()] == list(modules(build_model("small_resnet", 4)))
-    assert [text.get_text() for text in axes.get_legend().get_texts()] == [
+    (legend,) = figure.legends  # below the axes: it hides no bar
+    assert [text.get_text() for text in legend.get_texts()] == [
         "P-T&P (2 pairs)", "P-T&P-T (1 pair)", "P-T&RI-T (4 pairs)", "RI-T&RI-T (1 pair)"]
     table = table1_frame(study_frame)
     assert table.loc["P-T&P-T"].mean() > table.loc["RI-T&RI-T"].mean() + 0.1  # perturbed copies share features

@@ -8,6 +8,7 @@ types (:mod:`.names`).
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -60,15 +61,19 @@ def table2_frame(frame: pd.DataFrame, module: str = NETWORK) -> pd.DataFrame:
 
 
 def plot_module_distances(frame: pd.DataFrame) -> Figure:
-    """Per-module L2 distance for each pair type, one panel per target domain: bars are the
-    mean over the pairs of a type, whiskers their min-max range."""
+    """Per-module L2 distance for each pair type, one panel per target domain (two panels
+    a row, so that the figure is read at page width): bars are the mean over the pairs of
+    a type, whiskers their min-max range."""
     rows = _with_pairs(frame)
     rows = rows[rows["module"] != NETWORK]
     modules = list(dict.fromkeys(rows["module"]))
     pairs = _ordered(rows["pair"].unique())
     targets = list(dict.fromkeys(rows["target"]))
-    figure = Figure(figsize=(max(6.0, 1.2 * len(modules) * len(targets)), 4.0), layout="constrained")
-    axes = np.atleast_1d(figure.subplots(1, len(targets), sharey=True))
+    columns = min(len(targets), 2)
+    panel_rows = math.ceil(len(targets) / columns)
+    figure = Figure(figsize=(columns * max(5.0, 0.9 * len(modules) + 1.0), 3.4 * panel_rows + 0.8),
+                    layout="constrained")
+    axes = figure.subplots(panel_rows, columns, sharey=True, squeeze=False).ravel()
     width = 0.8 / max(len(pairs), 1)
     for ax, target in zip(axes, targets):
         stats = (rows[rows["target"] == target].groupby(["pair", "module"])["distance"]
@@ -84,8 +89,12 @@ def plot_module_distances(frame: pd.DataFrame) -> Figure:
         ax.set_yscale("log")
         ax.set_title(f"target: {target}")
         ax.set_xlabel("module")
-    axes[0].set_ylabel("L2 parameter distance (log scale)")
-    figure.legend(*axes[0].get_legend_handles_labels(), title="pair (mean, min-max)", loc="outside right upper")
+    for ax in axes[::columns]:
+        ax.set_ylabel("L2 parameter distance (log scale)")
+    for ax in axes[len(targets):]:
+        ax.set_visible(False)
+    figure.legend(*axes[0].get_legend_handles_labels(), title="pair (mean, min-max)", loc="outside lower center",
+                  ncols=len(pairs))
     figure.suptitle("Parameter distance per module (Table 2)")
     return figure
 
