@@ -39,8 +39,20 @@ def _pairs(frame) -> list[tuple[str, str]]:
     return list(dict.fromkeys(zip(frame["model_a"], frame["model_b"])))
 
 
-def _need(section, tables: dict, *names: str) -> bool:
-    """True when every table is present; otherwise mark the section as missing. The
+def _not_asked(spec, name: str) -> str:
+    """Why ``spec`` makes no table ``name`` and how to ask for it (its block-shuffle sweep
+    is empty, or its analysis is off); "" when the spec asks for it."""
+    if name == "feature_reuse" and not spec.shuffle.block_sizes:
+        return ("This study does not run the block-shuffle sweep (set `shuffle.block_sizes` in the study, e.g. "
+                "`shuffle: {block_sizes: [8, 4, 1]}`, to run it).")
+    if name in type(spec.analyses).model_fields and not getattr(spec.analyses, name).enabled:
+        return f"This study does not run the {name} analysis (set `analyses.{name}.enabled: true` to run it)."
+    return ""
+
+
+def _need(section, tables: dict, spec, *names: str) -> bool:
+    """True when every table is present; otherwise mark the section as missing: the
+    analyses ``spec`` does not ask for, or else the tables with no results yet. The
     training tables count only once a fine-tuning run is done."""
     def present(name: str) -> bool:
         frame = tables.get(name)
@@ -50,8 +62,10 @@ def _need(section, tables: dict, *names: str) -> bool:
 
     absent = [name for name in names if not present(name)]
     if absent:
-        section.missing = (f"No results yet for {', '.join(absent)}: the jobs that produce them have not "
-                           "completed (see `transferscope status`), or the study does not ask for them.")
+        not_asked = [reason for reason in (_not_asked(spec, name) for name in absent) if reason]
+        section.missing = " ".join(not_asked) or (
+            f"No results yet for {', '.join(absent)}: the jobs that produce them have not completed (see "
+            "`transferscope status`).")
     return not absent
 
 
@@ -66,9 +80,9 @@ def _quoting(caption: str, tables: dict, *claim_functions) -> str:
     return f"{caption} {findings_figures.verdict_sentence(_verdicts(tables, *claim_functions))}".strip()
 
 
-def findings_at_a_glance(section, tables, **_) -> None:
+def findings_at_a_glance(section, tables, spec, **_) -> None:
     """One verdict per claim of the paper that this study tests, with its uncertainty."""
-    if not _need(section, tables, "findings"):
+    if not _need(section, tables, spec, "findings"):
         return
     section.tables.append(("Verdict per claim and target", findings_figures.findings_display(tables["findings"])))
     section.caption = (f"Each claim of the paper that this study can test, and whether it holds here: "
@@ -107,7 +121,7 @@ def source_model(section, tables, spec, store, jobs) -> None:
 
 
 def learning_curves(section, tables, spec, **_) -> None:
-    if not _need(section, tables, "curves", "runs"):
+    if not _need(section, tables, spec, "curves", "runs"):
         return
     last = spec.one_source.final_epoch
     section.figures.append(("curves", training_figures.plot_learning_curves(tables["curves"], last)))
@@ -118,7 +132,7 @@ def learning_curves(section, tables, spec, **_) -> None:
 
 
 def feature_reuse(section, tables, spec, **_) -> None:
-    if not _need(section, tables, "feature_reuse"):
+    if not _need(section, tables, spec, "feature_reuse"):
         return
     table = tables["feature_reuse"]
     for target in sorted(table["target"].unique()):
@@ -140,7 +154,7 @@ def pretraining_checkpoints(section, tables, spec, **_) -> None:
                            "brought weights, also give their trajectory source.checkpoints {epoch: weights} and "
                            "source.data, for each checkpoint's source score).")
         return
-    if not _need(section, tables, "checkpoints"):
+    if not _need(section, tables, spec, "checkpoints"):
         return
     table = tables["checkpoints"]
     section.figures.append(("checkpoints", checkpoint_figures.plot_checkpoints(table)))
@@ -181,7 +195,7 @@ def _test_images(data, indices):
 
 
 def mistakes(section, tables, spec, **_) -> None:
-    if not _need(section, tables, "mistakes"):
+    if not _need(section, tables, spec, "mistakes"):
         return
     frame = tables["mistakes"]
     section.figures.append(("bars", mistake_figures.plot_mistakes(frame)))
@@ -206,8 +220,8 @@ def mistakes(section, tables, spec, **_) -> None:
     section.tables.append(("Mistakes per pair", frame[[c for c in columns if c in frame]]))
 
 
-def feature_similarity(section, tables, **_) -> None:
-    if not _need(section, tables, "cka"):
+def feature_similarity(section, tables, spec, **_) -> None:
+    if not _need(section, tables, spec, "cka"):
         return
     frame = tables["cka"]
     section.tables.append(("CKA per module (Table 1 layout; mean over seed pairs)", cka_figures.table1_frame(frame)))
@@ -228,8 +242,8 @@ def feature_similarity(section, tables, **_) -> None:
     section.caption = cka_figures.caption_cka(frame, _verdicts(tables, claims.pt_pairs_most_similar))
 
 
-def distances(section, tables, **_) -> None:
-    if not _need(section, tables, "distance"):
+def distances(section, tables, spec, **_) -> None:
+    if not _need(section, tables, spec, "distance"):
         return
     frame = tables["distance"]
     section.tables.append(("Whole-network L2 distance (Table 2 layout; mean over seed pairs)",
@@ -238,8 +252,8 @@ def distances(section, tables, **_) -> None:
     section.caption = distance_figures.caption_distance(frame, _verdicts(tables, claims.pt_models_closer))
 
 
-def spectra(section, tables, **_) -> None:
-    if not _need(section, tables, "spectrum"):
+def spectra(section, tables, spec, **_) -> None:
+    if not _need(section, tables, spec, "spectrum"):
         return
     frame = tables["spectrum"]
     target = sorted(frame["target"].unique())[0]
@@ -263,8 +277,8 @@ def _with_pair_types(frame):
                         pair_type=[pair_type(a, b) for a, b in zip(frame["model_a"], frame["model_b"])])
 
 
-def interpolation(section, tables, **_) -> None:
-    if not _need(section, tables, "interpolation"):
+def interpolation(section, tables, spec, **_) -> None:
+    if not _need(section, tables, spec, "interpolation"):
         return
     frame = _with_pair_types(tables["interpolation"])
     section.figures.append(("curves", landscape_figures.plot_interpolation(frame)))
@@ -273,8 +287,12 @@ def interpolation(section, tables, **_) -> None:
         frame, _verdicts(tables, claims.no_barrier_between_pt, claims.barrier_between_rit))
 
 
-def basins(section, tables, **_) -> None:
-    if not _need(section, tables, "basin"):
+def basins(section, tables, spec, **_) -> None:
+    if spec.analyses.basin.enabled and len(spec.seeds) < 2:
+        section.missing = ("A basin holds two fine-tuned models of one kind (P-T and P-T, RI-T and RI-T), and this "
+                           "study has one seed: set seeds to two or more (e.g. [0, 1]).")
+        return
+    if not _need(section, tables, spec, "basin"):
         return
     frame = _with_pair_types(tables["basin"])
     section.tables.append(("(ε, δ)-basins (Definition 3.1)", landscape_figures.basin_table(frame)))
@@ -286,7 +304,7 @@ def soups(section, tables, spec, **_) -> None:
         section.missing = ("A soup averages the fine-tuned models of several seeds, and this study has one: set "
                            "seeds to two or more (e.g. [0, 1]).")
         return
-    if not _need(section, tables, "soup"):
+    if not _need(section, tables, spec, "soup"):
         return
     frame = tables["soup"]
     section.figures.append(("members", soup_figures.plot_soups(frame)))
@@ -295,8 +313,8 @@ def soups(section, tables, spec, **_) -> None:
     section.caption = soup_figures.caption_soups(frame, _verdicts(tables, claims.pt_soups_average))
 
 
-def rewinding(section, tables, **_) -> None:
-    if not _need(section, tables, "rewind"):
+def rewinding(section, tables, spec, **_) -> None:
+    if not _need(section, tables, spec, "rewind"):
         return
     frame = tables["rewind"]
     section.figures.append(("modules", criticality_figures.plot_rewind(frame)))
@@ -311,7 +329,7 @@ def module_criticality(section, tables, spec, **_) -> None:
     needs = source_criticality_needs(spec)
     note = f" P's criticality on its source data is not measured: {needs}." \
         if needs is not None and spec.analyses.criticality.enabled else ""
-    if not _need(section, tables, "criticality"):
+    if not _need(section, tables, spec, "criticality"):
         section.missing += note
         return
     frame = tables["criticality"]
@@ -333,10 +351,10 @@ def module_criticality(section, tables, spec, **_) -> None:
     section.tables.append(("Module criticality μ_i (Definition 3.2)", frame[[c for c in columns if c in frame]]))
 
 
-def compared_sources(section, tables, **_) -> None:
+def compared_sources(section, tables, spec, **_) -> None:
     """Several sources: which gives the best final score and optimization speed per
     target, and how much of each its P-T models reuse (CKA and L2 of P and P-T)."""
-    if not _need(section, tables, "sources"):
+    if not _need(section, tables, spec, "sources"):
         return
     comparison = tables["sources"]
     section.figures.append(("scores", source_figures.plot_source_scores(comparison)))
