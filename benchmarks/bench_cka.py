@@ -15,7 +15,9 @@ from the minimum and the median over the repeats. The Gram matrices cost n·d
 multiply-adds per example and hooked module (n the batch, d the module's output size);
 the forward pass costs about C_in·k² per output value of every convolution, so the
 extra work is largest, relative to the forward passes, for narrow networks on small
-images: the script prints both FLOP counts.
+images: the script prints both FLOP counts. "bare forward" runs the models as given
+(NCHW); on CPU transferscope runs them in channels_last memory, whose convolutions are
+faster, so it can take less time than the bare forward passes.
 """
 
 from __future__ import annotations

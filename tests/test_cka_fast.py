@@ -102,3 +102,51 @@ def test_batches_are_shown_with_a_progress_bar(monkeypatch):
     assert shown == [("CKA", 2)]
     monkeypatch.undo()
     assert frame.equals(compare_representations(models, batches, modules=["2", "3"]))
+
+
+def test_cpu_forward_passes_run_channels_last_and_give_every_tensor_back():
+    """On CPU the models run in channels_last memory (inputs and convolution kernels),
+    and each parameter gets its own tensor back after; CKA is the float64 reference's
+    from the models' NCHW features (the Gram matrix does not depend on the order of the
+    features, so channels_last features are read in memory order, with no copy)."""
+    from transferscope.models import build_model
+
+    torch.manual_seed(0)
+    models = {name: build_model("small_resnet", 4, width=8).eval() for name in "ab"}
+    x = torch.randn(24, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    batches = [(x[:12], None), (x[12:], None)]
+    convs = {name: next(module for module in model.modules() if isinstance(module, nn.Conv2d))
+             for name, model in models.items()}
+    kernels = {name: (conv.weight, conv.weight.data_ptr()) for name, conv in convs.items()}
+    seen = []
+    models["a"].layer1.register_forward_pre_hook(lambda _m, args: seen.append(
+        args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous()))
+    frame = compare_representations(models, batches, modules=["conv1", "layer1", "layer3"])
+    assert seen == [True, True]
+    for name, conv in convs.items():
+        weight, pointer = kernels[name]
+        assert conv.weight is weight and weight.data_ptr() == pointer and weight.is_contiguous()
+    features = {}
+    handles = [getattr(model, layer).register_forward_hook(
+        lambda _m, _i, out, key=(name, layer): features.setdefault(key, []).append(out.flatten(1).double().numpy()))
+        for name, model in models.items() for layer in ("conv1", "layer1", "layer3")]
+    with torch.no_grad():
+        for inputs, _ in batches:
+            models["a"](inputs), models["b"](inputs)
+    for handle in handles:
+        handle.remove()
+    for row in frame.itertuples():
+        grams = [[centred_gram(f) for f in features[(model, layer)]]
+                 for model, layer in ((row.model_a, row.module_a), (row.model_b, row.module_b))]
+        cross = sum(hsic_1(K, L) for K, L in zip(*grams))
+        selves = [sum(hsic_1(K, K) for K in per_batch) for per_batch in grams]
+        assert abs(row.cka - cross / np.sqrt(selves[0] * selves[1])) < 1e-6
+
+
+def test_the_gram_matrix_of_channels_last_features_is_that_of_their_nchw_copy():
+    x = torch.relu(torch.randn(10, 6, 5, 4, generator=torch.Generator().manual_seed(2))) + 3
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    assert not channels_last.is_contiguous()
+    torch.testing.assert_close(gram_matrix(channels_last), gram_matrix(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(gram_matrix(channels_last).numpy(), centred_gram(x.double().numpy()), rtol=1e-5,
+                               atol=1e-5)
