@@ -24,6 +24,8 @@ cache (and :meth:`~CachedPrefixEvaluator.clear_cache` goes back to full forward 
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence as SequenceABC
 from functools import partial
 from typing import Any, Collection, Iterable, Iterator, Sequence
 
@@ -125,19 +127,28 @@ class CachedPrefixEvaluator:
     def regrouped(self, groups: Sequence[Tensor]) -> CachedPrefixEvaluator:
         """An evaluator of the same model on the same examples in other batches:
         ``groups[j]`` lists the examples of batch j (indices into the examples of
-        :attr:`batches` in order). Cached inputs that are tensors with one row per
-        example go along, regrouped likewise (so it runs the same suffix with no new
-        full pass); otherwise it makes full forward passes."""
-        inputs = torch.cat([x for x, _ in self.batches]), torch.cat([y for _, y in self.batches])
-        other = CachedPrefixEvaluator(self.model, [(inputs[0][group], inputs[1][group]) for group in groups])
-        cached = [args for args, kwargs in self._inputs if not kwargs]
+        :attr:`batches` in order; within a batch they come in the order of this
+        evaluator's batches). Its batches, and the cached inputs when they are tensors
+        with one row per example, are gathered from this evaluator's at each call, so it
+        holds no copy of them and runs the same suffix with no new full pass; other
+        cached inputs leave it with full forward passes."""
         sizes = [len(y) for _, y in self.batches]
-        if self.cached_module is None or len(cached) != len(sizes) or not all(
-                isinstance(value, Tensor) and len(value) == size for args, size in zip(cached, sizes) for value in args):
-            return other
-        columns = [torch.cat(values) for values in zip(*cached)]
-        other.cached_module, other._prefix = self.cached_module, self._prefix
-        other._inputs = [(tuple(column[group] for column in columns), {}) for group in groups]
+        starts = torch.tensor([0] + sizes).cumsum(0)
+        parts = []
+        for group in groups:
+            group = group.sort().values
+            batch_of = torch.bucketize(group, starts[1:], right=True)
+            parts.append([(int(b), group[batch_of == b] - starts[b]) for b in batch_of.unique()])
+        other = copy.copy(self)
+        other.batches = _Gathered(parts, self.batches)  # type: ignore[assignment]
+        other.full_losses = []
+        cached = self.cached_module is not None and all(
+            not kwargs and all(isinstance(value, Tensor) and len(value) == size for value in args)
+            for (args, kwargs), size in zip(self._inputs, sizes))
+        other._inputs = (_Gathered(parts, [args for args, _ in self._inputs], kwargs={})  # type: ignore[assignment]
+                         if cached else [])
+        if not cached:
+            other.clear_cache()
         return other
 
     @torch.no_grad()
@@ -248,6 +259,26 @@ class CachedPrefixEvaluator:
                 handles.append(module.register_forward_pre_hook(partial(record, module_name)))
                 handles.append(module.register_forward_hook(partial(record, module_name)))
         return handles
+
+
+class _Gathered(SequenceABC):
+    """Item j: the rows ``parts[j]`` (pairs of item index and rows) of ``items`` (tuples
+    of tensors with one row per example), each tensor's rows concatenated, made when
+    asked for; with ``kwargs``, the pair (that tuple, ``kwargs``)."""
+
+    def __init__(self, parts: list[list[tuple[int, Tensor]]], items: Sequence[tuple], kwargs: dict | None = None):
+        self.parts, self.items, self.kwargs = parts, items, kwargs
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[position] for position in range(len(self))[index]]
+        values = tuple(torch.cat([self.items[item][position][rows.to(self.items[item][position].device)]
+                                  for item, rows in self.parts[index]])
+                       for position in range(len(self.items[0])))
+        return values if self.kwargs is None else (values, self.kwargs)
 
 
 def _remove(handles: list[Any]) -> None:
