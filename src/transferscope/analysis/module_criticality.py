@@ -76,7 +76,8 @@ feasible; on the minimiser's row the frontier is the minimiser's σ). The whole 
 
 At a point the fast path first tries to prove it infeasible cheaply. The examples are
 regrouped into :data:`EARLY_STOP_CHUNKS` chunks by descending loss at Θ^F (at most a
-batch each; the cached inputs regrouped alike, :meth:`CachedPrefixEvaluator.regrouped`),
+batch each, gathered from the batches and their cached inputs at each call,
+:meth:`CachedPrefixEvaluator.regrouped`),
 and it evaluates the first chunk at every draw, then the second, …, stopping as soon as
 the loss sums so far exceed ε times the examples of all ``samples`` draws: losses are
 ≥ 0, so the mean is then bound to exceed ε. Such a point reports ``n_samples`` 0 and NaN
@@ -92,7 +93,7 @@ as the grid does); one stopped there reports its complete draws (``n_samples`` b
 ``samples``; NaN losses for none). The chunks are what make the fast path fast: most of
 an infeasible point's loss sits in its high-loss examples, so a fraction of the
 examples proves it, and smaller batches run faster per example on a CPU; keeping them
-apart from the grid's batches keeps every reported number the grid's. They cost
+apart from the grid's batches keeps every reported number the grid's. A point holds
 ``samples`` copies of the module's parameters (one noisy copy per draw).
 """
 
