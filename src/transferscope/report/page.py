@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from .. import __version__
 from ..analysis.claims import INCONCLUSIVE
 from ..io import write_json, write_text
-from ..study.plan import Job, source_plans
+from ..study.plan import Job, plans_kept, source_plans
 from ..study.results import collect_results
 from ..study.runner import open_study
 from ..study.spec import StudySpec
@@ -63,6 +63,7 @@ class Section:
     figures: list[tuple[str, Figure]] = field(default_factory=list)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     missing: str = ""
+    not_run: bool = False  # missing because the study does not ask for it (sections._not_asked)
     failures: list[Failure] = field(default_factory=list)
     rendered_figures: list[dict] = field(default_factory=list)
     rendered_tables: list[dict] = field(default_factory=list)
@@ -116,8 +117,13 @@ def build_report(root: str | Path, force: bool = True) -> Path:
 
     ``digest.txt`` is removed first and written last, so a build that is killed midway
     is redone by the next one. A section or figure that cannot be drawn says why on the
-    page; the rest of the report is still written."""
-    root = Path(root)
+    page; the rest of the report is still written. The study is planned once
+    (:func:`~transferscope.study.plan.plans_kept`)."""
+    with plans_kept():
+        return _build_report(Path(root), force)
+
+
+def _build_report(root: Path, force: bool) -> Path:
     spec, store, jobs = open_study(root)
     folder = root / "report"
     html_path = folder / "index.html"
@@ -235,9 +241,10 @@ def _markdown_table(frame: pd.DataFrame) -> str:
 def write_report(root: str | Path, force: bool = True) -> Path:
     """:func:`build_report` holding the study folder's lock (as ``transferscope run`` and
     ``transferscope report`` do), so that no run changes the folder meanwhile."""
-    _, store, _ = open_study(root)
-    with store.lock():
-        return build_report(root, force=force)
+    with plans_kept():
+        _, store, _ = open_study(root)
+        with store.lock():
+            return build_report(root, force=force)
 
 
 def _markdown(sections: list[Section], context: dict) -> str:

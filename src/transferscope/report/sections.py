@@ -41,19 +41,30 @@ def _pairs(frame) -> list[tuple[str, str]]:
 
 def _not_asked(spec, name: str) -> str:
     """Why ``spec`` makes no table ``name`` and how to ask for it (its block-shuffle sweep
-    is empty, or its analysis is off); "" when the spec asks for it."""
+    or checkpoint sweep is empty, its analysis is off, or it has one seed where the
+    analysis pairs seeds); "" when the spec asks for it."""
     if name == "feature_reuse" and not spec.shuffle.block_sizes:
         return ("This study does not run the block-shuffle sweep (set `shuffle.block_sizes` in the study, e.g. "
                 "`shuffle: {block_sizes: [8, 4, 1]}`, to run it).")
+    if name == "checkpoints" and not spec.checkpoints.epochs:
+        return ("This study fine-tunes from no pre-training checkpoint: set checkpoints.epochs (with brought weights, "
+                "also give their trajectory source.checkpoints {epoch: weights} and source.data, for each "
+                "checkpoint's source score).")
+    if name == "soup" and len(spec.seeds) < 2:
+        return ("A soup averages the fine-tuned models of several seeds, and this study has one: set seeds to two or "
+                "more (e.g. [0, 1]).")
     if name in type(spec.analyses).model_fields and not getattr(spec.analyses, name).enabled:
         return f"This study does not run the {name} analysis (set `analyses.{name}.enabled: true` to run it)."
+    if name == "basin" and len(spec.seeds) < 2:
+        return ("A basin holds two fine-tuned models of one kind (P-T and P-T, RI-T and RI-T), and this study has one "
+                "seed: set seeds to two or more (e.g. [0, 1]).")
     return ""
 
 
 def _need(section, tables: dict, spec, *names: str) -> bool:
     """True when every table is present; otherwise mark the section as missing: the
-    analyses ``spec`` does not ask for, or else the tables with no results yet. The
-    training tables count only once a fine-tuning run is done."""
+    analyses ``spec`` does not ask for (``section.not_run``), or else the tables with no
+    results yet. The training tables count only once a fine-tuning run is done."""
     def present(name: str) -> bool:
         frame = tables.get(name)
         if frame is None or frame.empty:
@@ -63,6 +74,7 @@ def _need(section, tables: dict, spec, *names: str) -> bool:
     absent = [name for name in names if not present(name)]
     if absent:
         not_asked = [reason for reason in (_not_asked(spec, name) for name in absent) if reason]
+        section.not_run = bool(not_asked)
         section.missing = " ".join(not_asked) or (
             f"No results yet for {', '.join(absent)}: the jobs that produce them have not completed (see "
             "`transferscope status`).")
@@ -149,11 +161,6 @@ def feature_reuse(section, tables, spec, **_) -> None:
 
 
 def pretraining_checkpoints(section, tables, spec, **_) -> None:
-    if not spec.checkpoints.epochs:
-        section.missing = ("This study fine-tunes from no pre-training checkpoint: set checkpoints.epochs (with "
-                           "brought weights, also give their trajectory source.checkpoints {epoch: weights} and "
-                           "source.data, for each checkpoint's source score).")
-        return
     if not _need(section, tables, spec, "checkpoints"):
         return
     table = tables["checkpoints"]
@@ -288,10 +295,6 @@ def interpolation(section, tables, spec, **_) -> None:
 
 
 def basins(section, tables, spec, **_) -> None:
-    if spec.analyses.basin.enabled and len(spec.seeds) < 2:
-        section.missing = ("A basin holds two fine-tuned models of one kind (P-T and P-T, RI-T and RI-T), and this "
-                           "study has one seed: set seeds to two or more (e.g. [0, 1]).")
-        return
     if not _need(section, tables, spec, "basin"):
         return
     frame = _with_pair_types(tables["basin"])
@@ -300,10 +303,6 @@ def basins(section, tables, spec, **_) -> None:
 
 
 def soups(section, tables, spec, **_) -> None:
-    if len(spec.seeds) < 2:
-        section.missing = ("A soup averages the fine-tuned models of several seeds, and this study has one: set "
-                           "seeds to two or more (e.g. [0, 1]).")
-        return
     if not _need(section, tables, spec, "soup"):
         return
     frame = tables["soup"]
