@@ -13,9 +13,11 @@ fails the plan, before any job runs."""
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -23,6 +25,7 @@ from ..analysis.claims import FLOOR_MODEL
 from ..analysis.module_criticality import DEFAULT_GRID
 from ..config import TrainConfig
 from ..data.load import example_counts
+from ..io import content_hash
 from ..models.partition import Partition
 from ..models.pretrained import weights_identity
 from ..models.registry import arch_source, build_configured, check_buildable
@@ -414,8 +417,38 @@ def build_plan(spec: StudySpec) -> list[Job]:
     return list(merged.values())
 
 
-def source_plans(spec: StudySpec) -> list[tuple[str | None, StudySpec, list[Job]]]:
-    """Each source's one-source study and its jobs (shared jobs in every source's list)."""
+SourcePlans = list[tuple[str | None, StudySpec, list[Job]]]
+_kept_plans: ContextVar[dict[str, SourcePlans] | None] = ContextVar("kept_plans", default=None)
+
+
+@contextmanager
+def plans_kept() -> Iterator[None]:
+    """Within the block, :func:`source_plans` plans a study (a spec of given content) once
+    and gives the same plans back after (a report reads them several times). Nested
+    blocks share the outermost one's plans."""
+    if _kept_plans.get() is not None:
+        yield
+        return
+    token = _kept_plans.set({})
+    try:
+        yield
+    finally:
+        _kept_plans.reset(token)
+
+
+def source_plans(spec: StudySpec) -> SourcePlans:
+    """Each source's one-source study and its jobs (shared jobs in every source's list);
+    planned once per study inside :func:`plans_kept`."""
+    kept = _kept_plans.get()
+    if kept is None:
+        return _plan_sources(spec)
+    key = content_hash(spec.model_dump(mode="json"), length=64)
+    if key not in kept:
+        kept[key] = _plan_sources(spec)
+    return kept[key]
+
+
+def _plan_sources(spec: StudySpec) -> SourcePlans:
     return [(label, single, Planner(single).build()) for label, single in spec.per_source()]
 
 
