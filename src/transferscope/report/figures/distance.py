@@ -29,7 +29,12 @@ def _with_pairs(frame: pd.DataFrame, order: Sequence[tuple[str, str]] = TABLE2_P
     if missing:
         raise ValueError(f"the distance frame lacks columns {sorted(missing)}; add model_a, model_b and target "
                          "to each param_distance() frame before concatenating")
-    settings = frame[[c for c in SETTINGS if c in frame.columns]].drop_duplicates()
+    present = [c for c in SETTINGS if c in frame.columns]
+    if not present:
+        raise ValueError(f"the distance frame lacks the settings columns {list(SETTINGS)}, which say what each "
+                         "distance counts; make it from param_distance() frames (transferscope.analysis.distance), "
+                         "which carry them, as the distance job's results/distance table does")
+    settings = frame[present].drop_duplicates()
     if len(settings) > 1:
         raise ValueError(f"the frame mixes {len(settings)} settings of {', '.join(settings.columns)}; "
                          "select one before making the table (distances with and without the head differ)")
