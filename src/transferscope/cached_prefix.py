@@ -264,10 +264,12 @@ class CachedPrefixEvaluator:
 class _Gathered(SequenceABC):
     """Item j: the rows ``parts[j]`` (pairs of item index and rows) of ``items`` (tuples
     of tensors with one row per example), each tensor's rows concatenated, made when
-    asked for; with ``kwargs``, the pair (that tuple, ``kwargs``)."""
+    asked for (the last one kept: a batch's inputs and targets are asked for in turn);
+    with ``kwargs``, the pair (that tuple, ``kwargs``)."""
 
     def __init__(self, parts: list[list[tuple[int, Tensor]]], items: Sequence[tuple], kwargs: dict | None = None):
         self.parts, self.items, self.kwargs = parts, items, kwargs
+        self.last: tuple[int, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.parts)
@@ -275,10 +277,12 @@ class _Gathered(SequenceABC):
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
             return [self[position] for position in range(len(self))[index]]
-        values = tuple(torch.cat([self.items[item][position][rows.to(self.items[item][position].device)]
-                                  for item, rows in self.parts[index]])
-                       for position in range(len(self.items[0])))
-        return values if self.kwargs is None else (values, self.kwargs)
+        if self.last is None or self.last[0] != index:
+            values = tuple(torch.cat([self.items[item][position][rows.to(self.items[item][position].device)]
+                                      for item, rows in self.parts[index]])
+                           for position in range(len(self.items[0])))
+            self.last = index, values if self.kwargs is None else (values, self.kwargs)
+        return self.last[1]
 
 
 def _remove(handles: list[Any]) -> None:
