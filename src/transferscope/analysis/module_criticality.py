@@ -420,17 +420,26 @@ class _Search:
         return sum(sums[index] for index in range(len(sums))) / self.evaluator.n_examples, drawn  # as loss()
 
     def is_feasible(self, alpha_index: int, sigma_index: int, *, stop_early: bool) -> bool:
-        """Mean loss over the noise draws at (α, σ) ≤ ε; ``stop_early``: stop drawing once
-        the loss sums drawn exceed ε times the examples of all draws (losses are ≥ 0,
-        so the mean is bound to exceed ε), possibly within a draw."""
+        """Mean loss over the noise draws at (α, σ) ≤ ε, recorded as a row of ``rows``;
+        ``stop_early`` (module docstring): stop once the losses prove the point infeasible,
+        on the ``chunks`` or within the grid's batches."""
         if alpha_index != self.alpha_index:
             self.module.move_to(float(self.grid.alphas[alpha_index]))
             self.alpha_index = alpha_index
-        if stop_early and self.proven_infeasible(alpha_index, sigma_index):
-            self.rows.append({"alpha": float(self.grid.alphas[alpha_index]), "sigma": self.sigmas[sigma_index],
-                              "loss_mean": math.nan, "loss_std": math.nan, "n_samples": 0, "feasible": False,
-                              "measure": self.measure(alpha_index, sigma_index)})
-            return False
+        losses = [] if stop_early and self.proven_infeasible(alpha_index, sigma_index) else self.draw_losses(
+            alpha_index, sigma_index, stop_early=stop_early)
+        feasible = len(losses) == self.grid.samples and float(np.mean(losses)) <= self.limit
+        self.rows.append({"alpha": float(self.grid.alphas[alpha_index]), "sigma": self.sigmas[sigma_index],
+                          "loss_mean": float(np.mean(losses)) if losses else math.nan,
+                          "loss_std": float(np.std(losses)) if losses else math.nan,
+                          "n_samples": len(losses), "feasible": feasible,
+                          "measure": self.measure(alpha_index, sigma_index)})
+        return feasible
+
+    def draw_losses(self, alpha_index: int, sigma_index: int, *, stop_early: bool) -> list[float]:
+        """Mean loss of each complete draw at (α, σ), in the grid's batches; ``stop_early``:
+        stop drawing once the loss sums drawn exceed ε times the examples of all draws
+        (losses are ≥ 0, so the mean is bound to exceed ε), possibly within a draw."""
         budget = (self.limit * self.grid.samples * self.evaluator.n_examples * (1 + EARLY_STOP_MARGIN)
                   if stop_early else math.inf)
         losses, drawn = [], 0.0
@@ -440,13 +449,7 @@ class _Search:
                 losses.append(loss)
             if drawn > budget:
                 break
-        feasible = len(losses) == self.grid.samples and float(np.mean(losses)) <= self.limit
-        self.rows.append({"alpha": float(self.grid.alphas[alpha_index]), "sigma": self.sigmas[sigma_index],
-                          "loss_mean": float(np.mean(losses)) if losses else math.nan,
-                          "loss_std": float(np.std(losses)) if losses else math.nan,
-                          "n_samples": len(losses), "feasible": feasible,
-                          "measure": self.measure(alpha_index, sigma_index)})
-        return feasible
+        return losses
 
     def search(self, points: Sequence[tuple[int, int]]) -> bool:
         """Whether one of ``points`` ((α index, σ index), in grid order) is feasible:
