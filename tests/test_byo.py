@@ -152,8 +152,8 @@ def test_trajectory_study_runs_and_reports_every_section(trajectory_study):
     sections = dict(part.split("\n", 1) for part in summary.split("\n## ")[1:])
     assert not any(body.strip().startswith("No results yet") for body in sections.values())
     not_asked = sorted(title for title, body in sections.items() if body.strip().startswith("This study does not run"))
-    assert not_asked == ["Feature reuse: block shuffling (Fig. 3)", "Module criticality (Fig. 6)",
-                         "Rewinding modules (Fig. 5)"]
+    assert not_asked == ["Feature reuse: block shuffling (Fig. 3)", "Freeze plans checked by runs",
+                         "Module criticality (Fig. 6)", "Rewinding modules (Fig. 5)"]
     assert "this study has one seed" in sections["Basins in the loss landscape (Definition 3.1)"]
     for title in ("The source model P", "Fig. 2", "Sec. 3.2", "Table 1", "Table 2", "Fig. 4", "Fig. 7", "spectra"):
         assert any(title in heading for heading in sections) and title in html, title
@@ -169,7 +169,7 @@ def test_weights_without_data_or_sweeps_report_what_they_need(tmp_path):
     build_report(tmp_path / "study")
     summary = (tmp_path / "study" / "report" / "summary.md").read_text()
     assert "no source data are given (source.data)" in summary
-    assert "fine-tunes from no pre-training checkpoint: set checkpoints.epochs" in summary
+    assert "fine-tunes from no pre-training checkpoint: set `checkpoints.epochs`" in summary
     assert "source.checkpoints" in summary
     html = (tmp_path / "study" / "report" / "index.html").read_text()
     assert 'class="error"' not in html and "Fig. 2" in html and "Table 2" in html

@@ -300,10 +300,10 @@ def test_a_study_with_a_freeze_sweep_reports_it(tmp_path):
     assert "Freezing the leading modules that rewinding recommends keeps the best final score" in set(
         tables["findings"]["claim"])
     section = Section("freeze", "Freeze plans checked by runs")
-    sections.freezing(section, tables)
+    sections.freezing(section, tables, spec=spec)
     assert [name for name, _ in section.figures] == ["freeze"] and len(section.tables) == 2 and not section.missing
     assert f"rewinding recommends freezing k = {plans['freeze'].iloc[0]}" in section.caption
     assert ("freeze", "Freeze plans checked by runs", sections.freezing) in sections.SECTIONS
     empty = Section("freeze", "Freeze plans checked by runs")
-    sections.freezing(empty, {})
-    assert "the recommendation needs the rewind analysis" in empty.missing
+    sections.freezing(empty, {}, spec=spec)
+    assert "recommendation comes from the rewind analysis" in empty.missing and not empty.not_run  # asked for

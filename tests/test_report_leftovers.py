@@ -1,5 +1,5 @@
-"""Report leftovers: the contents list tells an analysis the study does not run from one
-without results yet, a distance frame without its settings columns is refused by name,
+"""Report leftovers: the contents list tells an analysis (or sweep) the study does not run
+from one without results yet, a distance frame without its settings columns is refused by name,
 and one report render plans the study once."""
 
 from __future__ import annotations
@@ -41,9 +41,11 @@ def test_contents_say_not_run_for_an_analysis_not_asked_and_no_results_for_one_a
     for source in ("early", "late"):
         assert tags[f"mistakes-{source}"] == "not run"  # analyses.mistakes.enabled: false
         assert tags[f"checkpoints-{source}"] == "not run"  # checkpoints.epochs empty
+        assert tags[f"freeze-{source}"] == "not run"  # no freeze: sweep
         assert tags[f"distance-{source}"] == "no results"  # asked for, its jobs not run
     assert "This study does not run the mistakes analysis" in html
     assert "No results yet for distance" in html
+    assert "This study does not run the freeze sweep (set <code>freeze: auto</code>" in html
 
 
 def test_one_render_plans_each_source_once(rendered):

@@ -274,7 +274,7 @@ def test_soup_claim_needs_both_groups_and_is_a_findings_row():
 def test_the_report_section_draws_members_and_soups_or_says_why_not():
     one_seed = Section("soups", "soups")
     soups_section(one_seed, {}, spec=StudySpec.model_validate(tiny_spec(seeds=[0])))
-    assert "this study has one: set seeds to two or more" in one_seed.missing
+    assert "this study has one: set `seeds` to two or more" in one_seed.missing
     drawn = Section("soups", "soups")
     soups_section(drawn, {"soup": soup_table(KEEPS, LOSES)}, spec=StudySpec.model_validate(tiny_spec()))
     assert not drawn.missing and [name for name, _ in drawn.figures] == ["members"]

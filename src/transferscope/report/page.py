@@ -26,6 +26,7 @@ from typing import Callable
 import jinja2
 import matplotlib
 import pandas as pd
+from markupsafe import Markup, escape
 from matplotlib.figure import Figure
 
 from .. import __version__
@@ -165,22 +166,43 @@ def _build_report(root: Path, force: bool) -> Path:
     for stale in figures_dir.glob("*.*"):
         if stale.name not in written:
             stale.unlink()  # a figure of an earlier report that this one no longer draws, or a killed write
-    context = {
-        "study": spec, "version": __version__, "sections": sections,
-        "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "counts": ", ".join(f"{n} jobs {state}" for state, n in states.items()),
-        "source": ", ".join(s.label for s in spec.sources) if spec.sources else spec.one_source.origin,
-        "targets": ", ".join(t.label for t in spec.targets),
-        "model": f"{spec.model.arch} (width {spec.model.width})" if spec.model.arch == "small_resnet" else spec.model.arch,
-    }
-    environment = jinja2.Environment(loader=jinja2.PackageLoader("transferscope.report", "templates"),
-                                     autoescape=jinja2.select_autoescape(["html", "j2"]))
+    context = page_context(spec, sections, ", ".join(f"{n} jobs {state}" for state, n in states.items()))
     with stages.stage("page"):
-        write_text(html_path, environment.get_template("index.html.j2").render(**context))
+        write_text(html_path, render_page(context))
         write_text(folder / "summary.md", _markdown(sections, context))
     write_json(root / REPORT_TIMES, {"seconds": stages.elapsed(), "stages": stages.snapshot(), "sections": times})
     write_text(folder / "digest.txt", digest)
     return html_path
+
+
+def page_context(spec: StudySpec, sections: list[Section], counts: str) -> dict:
+    """What the page and the summary show of a study: its ``sections`` (built) and the
+    ``counts`` of its jobs per state ("12 jobs done")."""
+    return {
+        "study": spec, "version": __version__, "sections": sections, "counts": counts,
+        "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "source": ", ".join(s.label for s in spec.sources) if spec.sources else spec.one_source.origin,
+        "targets": ", ".join(t.label for t in spec.targets),
+        "model": f"{spec.model.arch} (width {spec.model.width})" if spec.model.arch == "small_resnet" else spec.model.arch,
+    }
+
+
+_CODE_SPAN = re.compile(r"`([^`]+)`")
+
+
+def code_spans(text: str) -> Markup:
+    """``text`` as HTML: escaped, its Markdown code spans (`` `analyses.cka.enabled` ``)
+    shown as ``<code>`` (a section's message says what to set in Markdown, which
+    ``summary.md`` shows as is)."""
+    return Markup(_CODE_SPAN.sub(r"<code>\1</code>", str(escape(text))))
+
+
+def render_page(context: dict) -> str:
+    """The HTML page of :func:`page_context`."""
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("transferscope.report", "templates"),
+                                     autoescape=jinja2.select_autoescape(["html", "j2"]))
+    environment.filters["code_spans"] = code_spans
+    return environment.get_template("index.html.j2").render(**context)
 
 
 def section_plan(spec: StudySpec, tables: dict, jobs: list[Job]) -> list[tuple]:

@@ -40,24 +40,27 @@ def _pairs(frame) -> list[tuple[str, str]]:
 
 
 def _not_asked(spec, name: str) -> str:
-    """Why ``spec`` makes no table ``name`` and how to ask for it (its block-shuffle sweep
-    or checkpoint sweep is empty, its analysis is off, or it has one seed where the
-    analysis pairs seeds); "" when the spec asks for it."""
+    """Why ``spec`` makes no table ``name`` and how to ask for it (its analysis is off, its
+    block-shuffle, checkpoint or freeze sweep is empty, or it has one seed where the
+    analysis pairs seeds), settings in backticks (shown as code); "" when the spec asks for
+    it. An analysis that is off says so first, whatever else it lacks."""
+    if name in type(spec.analyses).model_fields and not getattr(spec.analyses, name).enabled:
+        return f"This study does not run the {name} analysis (set `analyses.{name}.enabled: true` to run it)."
     if name == "feature_reuse" and not spec.shuffle.block_sizes:
         return ("This study does not run the block-shuffle sweep (set `shuffle.block_sizes` in the study, e.g. "
                 "`shuffle: {block_sizes: [8, 4, 1]}`, to run it).")
     if name == "checkpoints" and not spec.checkpoints.epochs:
-        return ("This study fine-tunes from no pre-training checkpoint: set checkpoints.epochs (with brought weights, "
-                "also give their trajectory source.checkpoints {epoch: weights} and source.data, for each "
-                "checkpoint's source score).")
-    if name == "soup" and len(spec.seeds) < 2:
-        return ("A soup averages the fine-tuned models of several seeds, and this study has one: set seeds to two or "
-                "more (e.g. [0, 1]).")
-    if name in type(spec.analyses).model_fields and not getattr(spec.analyses, name).enabled:
-        return f"This study does not run the {name} analysis (set `analyses.{name}.enabled: true` to run it)."
-    if name == "basin" and len(spec.seeds) < 2:
-        return ("A basin holds two fine-tuned models of one kind (P-T and P-T, RI-T and RI-T), and this study has one "
-                "seed: set seeds to two or more (e.g. [0, 1]).")
+        return ("This study fine-tunes from no pre-training checkpoint: set `checkpoints.epochs` (with brought "
+                "weights, also give their trajectory `source.checkpoints` {epoch: weights} and `source.data`, for "
+                "each checkpoint's source score).")
+    if name == "freeze" and not spec.freeze.units:
+        return ("This study does not run the freeze sweep (set `freeze: auto`, or a list of k such as "
+                "`freeze: [0, 1, 2]`, to fine-tune P-T with its first k units frozen at P's weights).")
+    if name in ("soup", "basin") and len(spec.seeds) < 2:
+        holds = ("A soup averages the fine-tuned models of several seeds, and this study has one" if name == "soup"
+                 else "A basin holds two fine-tuned models of one kind (P-T and P-T, RI-T and RI-T), and this study "
+                 "has one seed")
+        return f"{holds}: set `seeds` to two or more (e.g. `seeds: [0, 1]`)."
     return ""
 
 
@@ -171,15 +174,16 @@ def pretraining_checkpoints(section, tables, spec, **_) -> None:
 
 
 
-def freezing(section, tables, **_) -> None:
+def freezing(section, tables, spec, **_) -> None:
     """The freeze recommendation from rewinding, and the P-T runs with the first k units
-    frozen that check it."""
+    frozen that check it; "not run" when there is neither and the study asks for no
+    freeze sweep."""
     plans, runs = tables.get("freeze_plan"), tables.get("freeze")
     has_plans, has_runs = plans is not None and not plans.empty, runs is not None and not runs.empty
     if not has_plans and not has_runs:
-        section.missing = ("No freeze plan: the recommendation needs the rewind analysis of a P-T model "
-                           "(analyses.rewind), and `freeze: auto` (or a list of k) adds the P-T runs with the first k "
-                           "units frozen that check it; or their jobs have not completed (see `transferscope status`).")
+        _need(section, tables, spec, "freeze")
+        section.missing += (" The freeze recommendation comes from the rewind analysis of a P-T model "
+                            "(`analyses.rewind`).")
         return
     if has_runs:
         section.figures.append(("freeze", freeze_figures.plot_freeze(runs, plans)))
@@ -269,7 +273,20 @@ def spectra(section, tables, spec, **_) -> None:
     section.figures.append(("spectra", spectrum_figures.plot_spectra(frames)))
     section.caption = spectrum_figures.caption_spectrum(frames) + f" (target {target})"
     if "spectrum_summary" in tables:
-        section.tables.append(("Spectrum summary per weight matrix", tables["spectrum_summary"]))
+        section.tables.append(("Spectrum summary per weight matrix", _summary_shown(tables["spectrum_summary"])))
+
+
+SPECTRUM_KEYS = ("target", "model", "module", "parameter", "shape")
+SPECTRUM_DERIVED = ("rows", "cols", "n_singular")
+"""The summary columns that its ``shape`` already says (left out so that the table fits
+the page; ``results/spectrum_summary`` keeps them)."""
+
+
+def _summary_shown(summary: pd.DataFrame) -> pd.DataFrame:
+    """The spectrum summary as the page shows it: the columns that name a weight matrix
+    first, then its measures, without those its shape says (:data:`SPECTRUM_DERIVED`)."""
+    keys = [column for column in SPECTRUM_KEYS if column in summary]
+    return summary[keys + [column for column in summary if column not in (*keys, *SPECTRUM_DERIVED)]]
 
 
 def _with_pair_types(frame):

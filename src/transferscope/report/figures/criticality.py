@@ -22,6 +22,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
 from ...models import NETWORK
+from .layout import legend_below, panel_grid
 from .names import role
 
 PANELS = (("direct", "final"), ("direct", "best"), ("optimization", "final"), ("optimization", "best"))
@@ -75,30 +76,32 @@ def _series_label(name: str, bn: str, several_bn: bool) -> str:
 def plot_rewind(frame: pd.DataFrame) -> Figure:
     """Fig. 5: test performance after rewinding each module to its initial value (the
     pre-trained weights for P-T, the random init for RI-T), mean over models of a role
-    with min-max bars; dashed lines mark the unchanged models."""
+    with min-max bars; dashed lines mark the unchanged models. One panel per target, two
+    a row, one colour per role (and BN mode) in every panel, the legend below."""
     _require(frame, ["module", "split", "bn", "score", "base_score", "metric"], "rewind")
     rows = _with_roles(_test_rows(frame))
     targets = list(dict.fromkeys(rows["target"])) if "target" in rows.columns else [None]
     modules = list(dict.fromkeys(rows["module"]))
     several_bn = rows["bn"].nunique() > 1
-    figure = Figure(figsize=(5.0 * len(targets), 3.8), layout="constrained")
-    axes = figure.subplots(1, len(targets), squeeze=False)[0]
+    series = list(dict.fromkeys(zip(rows["role"], rows["bn"])))
+    figure, axes = panel_grid(len(targets), 5.0, 3.4)
     for ax, target in zip(axes, targets):
         part = rows if target is None else rows[rows["target"] == target]
         metric = _metric(part)  # targets differ in metric
         scale, unit = (100.0, " (%)") if metric == "accuracy" else (1.0, "")
         for (name, bn), group in part.groupby(["role", "bn"], sort=False):
             stats = group.groupby("module")["score"].agg(["mean", "min", "max"]).reindex(modules) * scale
-            x = np.arange(len(modules))
-            line = ax.errorbar(x, stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-                               marker="o", capsize=3, label=_series_label(name, bn, several_bn) + " rewound")
-            ax.axhline(group["base_score"].mean() * scale, color=line[0].get_color(), linestyle="--",
+            colour = f"C{series.index((name, bn))}"
+            ax.errorbar(np.arange(len(modules)), stats["mean"], color=colour, marker="o", capsize=3,
+                        yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+                        label=_series_label(name, bn, several_bn) + " rewound")
+            ax.axhline(group["base_score"].mean() * scale, color=colour, linestyle="--",
                        label=_series_label(name, bn, several_bn) + " unchanged")
         ax.set_xticks(np.arange(len(modules)), modules)
         ax.set_xlabel("module rewound to its initial value")
         ax.set_ylabel(f"test {'accuracy' if metric == 'accuracy' else 'mean AUC'}{unit}")
         ax.set_title("Module rewinding" + (f" — {target}" if target is not None else ""))
-        ax.legend(fontsize="small")
+    legend_below(figure, axes)
     return figure
 
 
@@ -143,14 +146,14 @@ def _criticality_rows(frame: pd.DataFrame, target: str | None) -> tuple[pd.DataF
 
 
 def _role_bars(ax, part: pd.DataFrame, modules: list[str], x: np.ndarray, width: float, top: float, name: str,
-               color: str) -> None:
+               color: str) -> float:
     """One role's bars in a panel: mean μ_i per module with min-max whiskers, ∞ drawn at
-    ``top``, 0 said at the bottom (no bar on a log axis); the network total in the label."""
+    ``top``, 0 said at the bottom (no bar on a log axis). Returns the role's mean network
+    criticality."""
     stats = part[part["module"] != NETWORK].groupby("module")["criticality"].agg(["mean", "min", "max"])
     stats = stats.reindex(modules)
-    total = part.loc[part["module"] == NETWORK, "criticality"].mean()
     shown = stats["mean"].where(np.isfinite(stats["mean"]), top)
-    ax.bar(x, shown, width, color=color, capsize=2, label=f"{name} (network {total:.3g})",
+    ax.bar(x, shown, width, color=color, capsize=2, label=name,
            yerr=[(stats["mean"] - stats["min"]).where(np.isfinite(stats["mean"]), 0),
                  (stats["max"] - stats["mean"]).where(np.isfinite(stats["max"]), 0)])
     for xi, value in zip(x, stats["mean"]):
@@ -158,6 +161,7 @@ def _role_bars(ax, part: pd.DataFrame, modules: list[str], x: np.ndarray, width:
             ax.text(xi, top, "∞", ha="center", va="bottom", color=color)
         elif value == 0:
             ax.text(xi, 0.01, "0", ha="center", va="bottom", color=color, transform=ax.get_xaxis_transform())
+    return float(part.loc[part["module"] == NETWORK, "criticality"].mean())
 
 
 def plot_criticality_bars(frame: pd.DataFrame, target: str | None = None) -> Figure:
@@ -165,31 +169,30 @@ def plot_criticality_bars(frame: pd.DataFrame, target: str | None = None) -> Fig
     optimization) and end point (θ_F, θ_opt); mean over models with min-max bars, log
     scale; ∞ marks modules with no feasible grid point. A role has one colour in every
     panel; a panel leaves out the models that have no such end point (θ_opt of a run
-    whose best epoch is 0, of brought P)."""
+    whose best epoch is 0, of brought P). Panels two a row, the network criticality of
+    each role under its panel; the legend below them, where it hides no bar."""
     rows, target = _criticality_rows(frame, target)
     panels = [panel for panel in PANELS if ((rows["path"] == panel[0]) & (rows["start"] == panel[1])).any()]
     modules = list(dict.fromkeys(rows.loc[rows["module"] != NETWORK, "module"]))
     roles = list(dict.fromkeys(rows["role"]))
-    columns = 2 if len(panels) > 1 else 1
-    figure = Figure(figsize=(5.5 * columns, 3.6 * math.ceil(len(panels) / columns)), layout="constrained")
-    axes = figure.subplots(math.ceil(len(panels) / columns), columns, squeeze=False).ravel()
+    figure, axes = panel_grid(len(panels), 5.5, 3.6)
     for ax, (path, start) in zip(axes, panels):
         panel = rows[(rows["path"] == path) & (rows["start"] == start)]
         finite = panel.loc[np.isfinite(panel["criticality"]), "criticality"]
         top = float(finite.max()) * 3 if len(finite) else 1.0
         present = [name for name in roles if (panel["role"] == name).any()]
         width = 0.8 / len(present)
+        totals = []
         for index, name in enumerate(present):
             x = np.arange(len(modules)) + (index - (len(present) - 1) / 2) * width
-            _role_bars(ax, panel[panel["role"] == name], modules, x, width, top, name, f"C{roles.index(name)}")
+            total = _role_bars(ax, panel[panel["role"] == name], modules, x, width, top, name, f"C{roles.index(name)}")
+            totals.append(f"{name} {total:.3g}")
         ax.set_yscale("log")
         ax.set_xticks(np.arange(len(modules)), modules)
-        ax.set_xlabel("module")
+        ax.set_xlabel(f"module (network μ: {', '.join(totals)})")
         ax.set_ylabel("criticality μ = min α²‖θ_F−θ_0‖²/σ²")
         ax.set_title(f"{path} path, {START_LABEL[start]}" + (f" — {target}" if target is not None else ""))
-        ax.legend(fontsize="small")
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
+    legend_below(figure, axes, title="role (bars: mean over models, whiskers: min-max)")
     return figure
 
 
@@ -262,9 +265,7 @@ def plot_criticality_heatmaps(grid_frames: pd.DataFrame | Sequence[pd.DataFrame]
     positive = grid.loc[grid["loss_mean"] > 0, "loss_mean"]
     low, high = float(positive.min()), float(positive.max())
     norm = LogNorm(low, high) if high > 10 * low else Normalize(low, high)  # noise can blow the loss up
-    columns = 2 if len(panels) > 1 else 1
-    figure = Figure(figsize=(5.0 * columns, 4.0 * math.ceil(len(panels) / columns)), layout="constrained")
-    axes = figure.subplots(math.ceil(len(panels) / columns), columns, squeeze=False).ravel()
+    figure, axes = panel_grid(len(panels), 5.0, 4.0)
     for ax, (path, start) in zip(axes, panels):
         panel = grid[(grid["path"] == path) & (grid["start"] == start)]
         loss = panel.pivot(index="alpha", columns="sigma", values="loss_mean")
@@ -285,8 +286,6 @@ def plot_criticality_heatmaps(grid_frames: pd.DataFrame | Sequence[pd.DataFrame]
         ax.set_xlabel("noise σ" + (" (relative)" if panel["noise"].iloc[0] != "absolute" else ""))
         ax.set_ylabel("α (0 = initial, 1 = end point)")
         ax.set_title(f"{module or modules[0]}: {path} path, {START_LABEL[start]}, μ = {value:.3g}")
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
-    figure.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=list(axes[:len(panels)]),
+    figure.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=list(axes),
                     label="mean loss over noise draws")
     return figure

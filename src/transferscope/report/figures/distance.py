@@ -8,7 +8,6 @@ types (:mod:`.names`).
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -17,6 +16,7 @@ from matplotlib.figure import Figure
 
 from ...models import NETWORK
 from .findings import verdict_sentence
+from .layout import first_column, legend_below, panel_grid
 from .names import pair_type
 
 TABLE2_PAIRS = (("P-T", "P-T"), ("RI-T", "RI-T"), ("P-T", "P"), ("RI-T", "P"))
@@ -74,11 +74,7 @@ def plot_module_distances(frame: pd.DataFrame) -> Figure:
     modules = list(dict.fromkeys(rows["module"]))
     pairs = _ordered(rows["pair"].unique())
     targets = list(dict.fromkeys(rows["target"]))
-    columns = min(len(targets), 2)
-    panel_rows = math.ceil(len(targets) / columns)
-    figure = Figure(figsize=(columns * max(5.0, 0.9 * len(modules) + 1.0), 3.4 * panel_rows + 0.8),
-                    layout="constrained")
-    axes = figure.subplots(panel_rows, columns, sharey=True, squeeze=False).ravel()
+    figure, axes = panel_grid(len(targets), max(5.0, 0.9 * len(modules) + 1.0), 3.4, sharey=True)
     width = 0.8 / max(len(pairs), 1)
     for ax, target in zip(axes, targets):
         stats = (rows[rows["target"] == target].groupby(["pair", "module"])["distance"]
@@ -94,12 +90,9 @@ def plot_module_distances(frame: pd.DataFrame) -> Figure:
         ax.set_yscale("log")
         ax.set_title(f"target: {target}")
         ax.set_xlabel("module")
-    for ax in axes[::columns]:
+    for ax in first_column(axes):
         ax.set_ylabel("L2 parameter distance (log scale)")
-    for ax in axes[len(targets):]:
-        ax.set_visible(False)
-    figure.legend(*axes[0].get_legend_handles_labels(), title="pair (mean, min-max)", loc="outside lower center",
-                  ncols=len(pairs))
+    legend_below(figure, axes, title="pair (mean, min-max)", ncols=len(pairs))
     figure.suptitle("Parameter distance per module (Table 2)")
     return figure
 

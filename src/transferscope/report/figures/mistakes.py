@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from .findings import verdict_sentence
+from .layout import first_column, legend_below, panel_grid
 from .names import pair_type
 
 MISTAKE_PAIRS = (("P-T", "P-T"), ("P-T", "RI-T"), ("RI-T", "RI-T"))
@@ -48,12 +49,12 @@ def _confidence(frame: pd.DataFrame) -> str:
 
 
 def plot_mistakes(frame: pd.DataFrame) -> Figure:
-    """Common vs uncommon mistakes (percent of units) per pair type, one panel per target;
-    whiskers: the bootstrap interval (the envelope over pairs when a type has several)."""
+    """Common vs uncommon mistakes (percent of units) per pair type, one panel per target
+    (two a row, the legend below); whiskers: the bootstrap interval (the envelope over
+    pairs when a type has several)."""
     stats = _by_pair_type(frame)
     targets = list(dict.fromkeys(stats["target"])) if "target" in stats.columns else [None]
-    figure = Figure(figsize=(max(5.0, 4.5 * len(targets)), 4.0), layout="constrained")
-    axes = np.atleast_1d(figure.subplots(1, len(targets), sharey=True))
+    figure, axes = panel_grid(len(targets), 5.0, 3.6, sharey=True)
     for ax, target in zip(axes, targets):
         part = stats if target is None else stats[stats["target"] == target]
         x = np.arange(len(part))
@@ -65,10 +66,10 @@ def plot_mistakes(frame: pd.DataFrame) -> Figure:
         ax.set_xlabel("model pair")
         if target is not None:
             ax.set_title(f"target: {target}")
-    axes[0].set_ylabel("mistakes (% of units)")
+    for ax in first_column(axes):
+        ax.set_ylabel("mistakes (% of units)")
     unit = f" per {frame['unit'].iloc[0]}" if "unit" in frame.columns else ""
-    figure.legend(*axes[0].get_legend_handles_labels(), title=f"whiskers: bootstrap {_confidence(frame)} interval",
-                  loc="outside lower center", ncols=2)
+    legend_below(figure, axes, title=f"whiskers: bootstrap {_confidence(frame)} interval")
     figure.suptitle(f"Common and uncommon mistakes{unit} (Sec. 3.2)")
     return figure
 
