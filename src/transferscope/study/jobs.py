@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..allocator import reuse_freed_memory
 from ..config import DataConfig, ModelConfig, TrainConfig
 from ..data import Domain, load_domain
 from ..evaluation import cache_batches, evaluate, score_metric
@@ -34,7 +35,9 @@ def execute_job(root: str | Path, job_id: str, progress: bool = False) -> str:
     outcome in its folder and return its state ("done" or "failed"). Its wall and CPU
     time, in all and per stage (:mod:`transferscope.timing`), go into done.json. Errors never
     propagate (not even when failed.json cannot be written): a failed job does not stop
-    the others."""
+    the others. The job's process keeps the memory it frees for reuse
+    (:func:`transferscope.allocator.reuse_freed_memory`)."""
+    reuse_freed_memory()
     store = Store(root)
     try:
         with recording() as stages:
