@@ -10,14 +10,13 @@ module_b``); a model against itself is left out.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from ...analysis.claims import FLOOR_MODEL
 from .findings import verdict_sentence
+from .layout import LEGEND_HEIGHT, legend_below
 from .names import role
 
 PAPER_PAIRS = ("P-T&P", "P-T&P-T", "P-T&RI-T", "RI-T&RI-T")
@@ -25,7 +24,6 @@ _PAIR_OF_ROLES = {frozenset({"P-T", "P"}): "P-T&P", frozenset({"P-T"}): "P-T&P-T
                   frozenset({"P-T", "RI-T"}): "P-T&RI-T", frozenset({"RI-T"}): "RI-T&RI-T"}
 _SETTINGS = ("estimator", "kernel", "debiased", "batch_size", "bandwidth", "bandwidth_rule")
 _REQUIRED = ("model_a", "model_b", "module_a", "module_b", "cka")
-_LEGEND_ENTRY_INCHES = 2.0  # width of one legend entry such as "P-T&RI-T (16 pairs)"
 PAPER_FINDING = ("The paper (Table 1, CheXpert, ResNet-50) found P-T&P-T the most similar pair, falling with depth "
                  "(0.67/0.82/0.61/0.41/0.16 for conv1/layer1-4), and P-T&RI-T and RI-T&RI-T near 0 (below 0.01 but "
                  "0.04-0.08 at layer4)")
@@ -108,9 +106,7 @@ def plot_table1(frame: pd.DataFrame) -> Figure:
     counts = spread["count"].groupby(level="pair").max()
     modules = list(table.columns)
     width = 1.4 * len(modules) + 2.5
-    columns = min(len(table), max(1, int(width // _LEGEND_ENTRY_INCHES)))
-    legend_rows = math.ceil(len(table) / columns)
-    figure = Figure(figsize=(width, 4.0 + 0.3 + 0.25 * legend_rows), layout="constrained")  # + the legend below
+    figure = Figure(figsize=(width, 4.0 + LEGEND_HEIGHT), layout="constrained")
     axes = figure.add_subplot()
     bar_width = 0.8 / len(table)
     x = np.arange(len(modules))
@@ -124,7 +120,7 @@ def plot_table1(frame: pd.DataFrame) -> Figure:
     axes.set_xlabel("module")
     axes.set_ylabel(f"CKA ({_setting_text(rows)})")
     axes.set_title("Feature similarity per module (Table 1): mean over seed pairs, whiskers min-max")
-    figure.legend(title="pair", loc="outside lower center", ncols=columns, fontsize="small")  # below: hides no bar
+    legend_below(figure, [axes], title="pair", fontsize="small")
     return figure
 
 
