@@ -1,6 +1,6 @@
 """Report leftovers: the contents list tells an analysis (or sweep) the study does not run
 from one without results yet, a distance frame without its settings columns is refused by name,
-and one report render plans the study once."""
+and one report render, like one run, plans the study once."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from transferscope.report import write_report
 from transferscope.report.figures.distance import SETTINGS, table2_frame
 from transferscope.study import StudySpec
 from transferscope.study import plan as plan_module
-from transferscope.study.runner import save_spec
+from transferscope.study.runner import run_study, save_spec
 
 CONTENTS_ENTRY = re.compile(r'<li><a href="#([^"]+)">[^<]*</a>(?: <span class="status">\(([^)]*)\)</span>)?</li>')
 
@@ -60,3 +60,17 @@ def test_a_distance_frame_without_settings_columns_is_refused_by_name():
         table2_frame(frame)
     assert all(column in str(error.value) for column in SETTINGS)
     assert "param_distance()" in str(error.value)
+
+
+class _RunsNothing:
+    def run(self, root, jobs, report) -> None:
+        pass
+
+
+def test_one_run_plans_each_source_once(tmp_path, monkeypatch):
+    spec = StudySpec.model_validate(two_sources(tmp_path))
+    calls = []
+    build = plan_module.Planner.build
+    monkeypatch.setattr(plan_module.Planner, "build", lambda planner: calls.append(planner) or build(planner))
+    run_study(spec, tmp_path / "study", _RunsNothing())
+    assert len(calls) == len(spec.sources)  # the plan, then the check for identical models, share it

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..io import write_text
-from .plan import Job, build_plan
+from .plan import Job, build_plan, plans_kept
 from .sanity import identical_models
 from .spec import StudySpec, load_study
 from .store import STATES, Store
@@ -39,11 +39,11 @@ def open_study(root: str | Path) -> tuple[StudySpec, Store, list[Job]]:
 def run_study(spec: StudySpec, root: str | Path, executor, console: Console | None = None) -> dict[str, int]:
     """Execute every incomplete job of ``spec`` into ``root``; returns job counts by state.
     Holds the study folder's lock throughout (:class:`~.store.StudyBusy` if another
-    process holds it)."""
+    process holds it). Each source is planned once (:func:`~.plan.plans_kept`)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     store = Store(root)
-    with store.lock():
+    with store.lock(), plans_kept():
         store.remove_stale_temporaries()
         return _run_locked(spec, store, executor, console or Console())
 
