@@ -20,6 +20,7 @@ from transferscope.models import build_model
 from transferscope.report.figures.cka import plot_table1
 from transferscope.report.figures.criticality import plot_criticality_bars, plot_rewind
 from transferscope.report.figures.distance import plot_module_distances
+from transferscope.report.figures.freeze import plot_freeze
 from transferscope.report.figures.mistakes import plot_mistakes
 from transferscope.report.page import Section, _build_section, page_context, render_page
 from transferscope.report.render import save_figure
@@ -65,6 +66,16 @@ def mistakes_frame(targets=TARGETS) -> pd.DataFrame:
                           "uncommon_fraction": 0.6 - 0.1 * index, "common_ci_low": 0.05, "common_ci_high": 0.4,
                           "uncommon_ci_low": 0.1, "uncommon_ci_high": 0.7, "confidence": 0.95, "unit": "example"}
                          for target in targets for index, (a, b) in enumerate(itertools.combinations(MODELS[1:], 2))])
+
+
+def freeze_frame(targets=("real",)) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The freeze sweep's table (k = 0, 1, 2, as in the demo: the best score at k = 1,
+    training time falling with k) and a rewinding recommendation of k = 5 per target."""
+    table = pd.DataFrame([{"target": target, "freeze": k, "metric": "accuracy", "final_score_mean": score,
+                           "final_score_std": 0.0, "final_score_count": 1, "train_seconds_mean": seconds}
+                          for target in targets for k, score, seconds in ((0, 0.856, 16.3), (1, 0.864, 11.4),
+                                                                          (2, 0.860, 6.7))])
+    return table, pd.DataFrame({"target": list(targets), "freeze": 5})
 
 
 def rewind_frame(targets=TARGETS) -> pd.DataFrame:
@@ -131,10 +142,18 @@ def two_bn_modes(frame: pd.DataFrame) -> pd.DataFrame:
     lambda: plot_table1(cka_frame()), lambda: plot_module_distances(distance_frame()),
     lambda: plot_module_distances(distance_frame(("real",))), lambda: plot_criticality_bars(criticality_frame()),
     lambda: plot_mistakes(mistakes_frame()), lambda: plot_mistakes(mistakes_frame(("real",))),
-    lambda: plot_rewind(rewind_frame()), lambda: plot_rewind(two_bn_modes(rewind_frame(("real",))))],
-    ids=["cka", "distance", "distance-1", "criticality", "mistakes", "mistakes-1", "rewind", "rewind-1-two-bn"])
+    lambda: plot_rewind(rewind_frame()), lambda: plot_rewind(two_bn_modes(rewind_frame(("real",)))),
+    lambda: plot_freeze(*freeze_frame()), lambda: plot_freeze(*freeze_frame(("real", "clipart", "sketch")))],
+    ids=["cka", "distance", "distance-1", "criticality", "mistakes", "mistakes-1", "rewind", "rewind-1-two-bn",
+         "freeze", "freeze-3"])
 def test_the_legend_hides_no_data_and_fits_the_figure(draw):
     assert _covered(draw()) == []
+
+
+def test_the_freeze_figure_ticks_the_recommended_k_beside_the_run_ones():
+    figure = plot_freeze(*freeze_frame(("real", "clipart", "sketch")))
+    shown = [ax for ax in figure.axes if ax.get_visible() and ax.get_xlabel()]
+    assert len(shown) == 3 and all(list(ax.get_xticks()) == [0, 1, 2, 5] for ax in shown)
 
 
 def test_a_long_legend_makes_the_figure_taller_not_its_panel_shorter():

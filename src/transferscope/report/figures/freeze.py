@@ -9,6 +9,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .findings import verdict_sentence
+from .layout import legend_below, panel_grid
 
 
 def recommendations(plans: pd.DataFrame | None) -> dict[str, int]:
@@ -20,11 +21,11 @@ def recommendations(plans: pd.DataFrame | None) -> dict[str, int]:
 
 def plot_freeze(table: pd.DataFrame, plans: pd.DataFrame | None = None) -> Figure:
     """Final score (mean, error bar ± one std over seeds) and training time (mean) against
-    k, one panel per target; the recommended k marked."""
+    k, one panel per target; the recommended k marked (and ticked); one legend below."""
     targets = sorted(table["target"].unique())
     recommended = recommendations(plans)
-    figure = Figure(figsize=(4.2 * len(targets), 3.4), layout="constrained")
-    axes = figure.subplots(1, len(targets), squeeze=False)[0]
+    figure, axes = panel_grid(len(targets), 4.2, 3.4)
+    legend_axes = []
     for ax, target in zip(axes, targets):
         frame = table[table["target"] == target].sort_values("freeze")
         k = frame["freeze"].to_numpy()
@@ -32,7 +33,7 @@ def plot_freeze(table: pd.DataFrame, plans: pd.DataFrame | None = None) -> Figur
                     capsize=2, color="tab:blue", label=f"final score (n={int(frame['final_score_count'].max())})")
         ax.set_xlabel("leading units frozen (k)")
         ax.set_ylabel(frame["metric"].iloc[0])
-        ax.set_xticks(k)
+        ax.set_xticks(sorted({*k.tolist(), *([recommended[target]] if target in recommended else [])}))
         ax.set_title(target)
         ax.grid(alpha=0.3)
         time_ax = ax.twinx()
@@ -42,8 +43,8 @@ def plot_freeze(table: pd.DataFrame, plans: pd.DataFrame | None = None) -> Figur
         if target in recommended:
             ax.axvline(recommended[target], color="tab:green", linestyle=":",
                        label=f"recommended k = {recommended[target]}")
-        handles = [h for axis in (ax, time_ax) for h in axis.get_legend_handles_labels()[0]]
-        ax.legend(handles=handles, fontsize=7, loc="best")
+        legend_axes += [ax, time_ax]
+    legend_below(figure, legend_axes, fontsize="small")
     figure.suptitle("P-T with the first k units frozen at P's weights")
     return figure
 
