@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
@@ -22,6 +23,8 @@ from transferscope.report.figures.criticality import plot_criticality_bars, plot
 from transferscope.report.figures.distance import plot_module_distances
 from transferscope.report.figures.freeze import plot_freeze
 from transferscope.report.figures.mistakes import plot_mistakes
+from transferscope.report.figures.soups import plot_soups
+from transferscope.report.figures.spectrum import plot_spectra
 from transferscope.report.page import Section, _build_section, page_context, render_page
 from transferscope.report.render import save_figure
 from transferscope.report.sections import (
@@ -106,6 +109,28 @@ def criticality_frame() -> pd.DataFrame:
                          for module, value in zip([*MODULES, "network"], values)])
 
 
+def soup_frame(targets=TARGETS) -> pd.DataFrame:
+    """Two members and their uniform soup per group and target, as in the demo: the P-T
+    soup scores as its members, the RI-T soup far below them; xray is scored by AUC."""
+    rows = []
+    for target in targets:
+        for group, members, soup_score in (("P-T", (0.864, 0.862), 0.862), ("RI-T", (0.222, 0.266), 0.124)):
+            gain = soup_score - np.mean(members)
+            rows += [{"model": f"{group}:s{seed}", "score": score, "gain": np.nan, "gain_ci_low": np.nan,
+                      "gain_ci_high": np.nan} for seed, score in enumerate(members)]
+            rows.append({"model": "soup:uniform", "score": soup_score, "gain": gain, "gain_ci_low": gain - 0.04,
+                         "gain_ci_high": gain + 0.04})
+            for row in rows[-3:]:
+                row.update(group=group, target=target, metric="auc" if target == "xray" else "accuracy")
+    return pd.DataFrame(rows)
+
+
+def spectrum_frames() -> dict[str, pd.DataFrame]:
+    """The spectra of three width-16 ResNets (the demo's six modules), keyed by model."""
+    torch.manual_seed(0)
+    return {name: spectrum(build_model("small_resnet", 10, width=16)) for name in ("P", "P-T:s0", "RI-T:s0")}
+
+
 def _covered(figure) -> list[str]:
     """The data (by axes title) that a legend of ``figure`` overlaps once drawn: the part
     of a bar inside its axes (a log axis clips bars from 0), and the points along a line
@@ -143,9 +168,10 @@ def two_bn_modes(frame: pd.DataFrame) -> pd.DataFrame:
     lambda: plot_module_distances(distance_frame(("real",))), lambda: plot_criticality_bars(criticality_frame()),
     lambda: plot_mistakes(mistakes_frame()), lambda: plot_mistakes(mistakes_frame(("real",))),
     lambda: plot_rewind(rewind_frame()), lambda: plot_rewind(two_bn_modes(rewind_frame(("real",)))),
-    lambda: plot_freeze(*freeze_frame()), lambda: plot_freeze(*freeze_frame(("real", "clipart", "sketch")))],
+    lambda: plot_freeze(*freeze_frame()), lambda: plot_freeze(*freeze_frame(("real", "clipart", "sketch"))),
+    lambda: plot_spectra(spectrum_frames())],
     ids=["cka", "distance", "distance-1", "criticality", "mistakes", "mistakes-1", "rewind", "rewind-1-two-bn",
-         "freeze", "freeze-3"])
+         "freeze", "freeze-3", "spectrum"])
 def test_the_legend_hides_no_data_and_fits_the_figure(draw):
     assert _covered(draw()) == []
 
@@ -188,14 +214,39 @@ def test_distance_text_is_legible_at_page_width(tmp_path, targets):
 
 @pytest.mark.parametrize("targets", [("real",), ("real", "clipart", "sketch"), TARGETS], ids=["1", "3", "4"])
 @pytest.mark.parametrize("draw, expected", [(lambda t: plot_mistakes(mistakes_frame(t)), {"P-T/RI-T\n(4 pairs)"}),
-                                            (lambda t: plot_rewind(rewind_frame(t)), {"RI-T rewound", "fc"})],
-                         ids=["mistakes", "rewind"])
+                                            (lambda t: plot_rewind(rewind_frame(t)), {"RI-T rewound", "fc"}),
+                                            (lambda t: plot_soups(soup_frame(t)), {"members (seeds)", "RI-T"})],
+                         ids=["mistakes", "rewind", "soups"])
 def test_panels_per_target_are_legible_at_page_width(tmp_path, targets, draw, expected):
     figure = draw(targets)
     small, texts = _small_text(figure, tmp_path)
     assert expected <= texts and any(text.endswith(targets[-1]) for text in texts)  # the last target's panel
     assert small == {}
     assert sum(ax.get_visible() for ax in figure.axes) == len(targets)
+
+
+def _legend_under_the_panels(figure) -> bool:
+    """Whether ``figure`` has one legend, a figure legend wholly below its shown panels."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    shown = [ax for ax in figure.axes if ax.get_visible()]
+    (legend,) = [*figure.legends, *(ax.get_legend() for ax in shown if ax.get_legend() is not None)]
+    box = legend.get_window_extent(canvas.get_renderer())
+    return legend in figure.legends and all(box.y1 <= ax.get_tightbbox().y0 for ax in shown)
+
+
+@pytest.mark.parametrize("draw", [lambda: plot_soups(soup_frame()), lambda: plot_soups(soup_frame(("real",))),
+                                  lambda: plot_spectra(spectrum_frames())], ids=["soups", "soups-1", "spectrum"])
+def test_one_legend_lies_under_the_panels(draw):
+    assert _legend_under_the_panels(draw())
+
+
+def test_the_spectra_keep_three_modules_a_row_legible_at_page_width(tmp_path):
+    figure = plot_spectra(spectrum_frames())
+    small, texts = _small_text(figure, tmp_path)
+    assert small == {}
+    assert {"conv1", "fc", "model", "RI-T:s0", "σ_i / σ_1 (log scale)"} <= texts
+    assert figure.get_figwidth() == pytest.approx(12.0)  # three 4-inch panels a row
 
 
 def test_criticality_panels_state_the_network_value_of_each_role(tmp_path):

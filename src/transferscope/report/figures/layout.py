@@ -25,12 +25,13 @@ CHARACTER_EMS = 0.6
 """Mean width of a label's character, in ems of its font (a little more than the default font's)."""
 
 
-def panel_grid(n_panels: int, panel_width: float, panel_height: float, **subplots) -> tuple[Figure, np.ndarray]:
+def panel_grid(n_panels: int, panel_width: float, panel_height: float, per_row: int = PANELS_PER_ROW,
+               **subplots) -> tuple[Figure, np.ndarray]:
     """A constrained-layout figure of ``n_panels`` axes of about ``panel_width`` x
-    ``panel_height`` inches, at most :data:`PANELS_PER_ROW` a row, with room for a title
-    and a legend below; returns the figure and its ``n_panels`` axes (the unused ones of
-    the last row are hidden). ``subplots`` go to :meth:`Figure.subplots` (``sharey``)."""
-    columns = min(n_panels, PANELS_PER_ROW)
+    ``panel_height`` inches, at most ``per_row`` a row, with room for a title and a legend
+    below; returns the figure and its ``n_panels`` axes (the unused ones of the last row
+    are hidden). ``subplots`` go to :meth:`Figure.subplots` (``sharey``)."""
+    columns = min(n_panels, per_row)
     rows = math.ceil(n_panels / columns)
     figure = Figure(figsize=(columns * panel_width, rows * panel_height + LEGEND_HEIGHT), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False, **subplots).ravel()

@@ -9,30 +9,30 @@ from matplotlib.figure import Figure
 
 from ...analysis.soups import SOUP_PREFIX
 from .findings import verdict_sentence
+from .layout import first_column, legend_below, panel_grid
 
 
 def _is_soup(models: pd.Series) -> np.ndarray:
     return models.astype(str).str.startswith(SOUP_PREFIX).to_numpy()
 
 
-def _plot_group(ax, x: int, rows: pd.DataFrame, first: bool) -> None:
+def _plot_group(ax, x: int, rows: pd.DataFrame) -> None:
     """Members as dots around their mean (dashed), each soup as a diamond whose bar is
     its gain's interval placed on its score."""
     members, soups = rows[~_is_soup(rows["model"])], rows[_is_soup(rows["model"])]
     ax.scatter(np.full(len(members), x - 0.15), members["score"], color="0.45", s=18, zorder=3,
-               label="members (seeds)" if first else None)
-    ax.hlines(members["score"].mean(), x - 0.3, x + 0.3, color="0.45", linestyle="--",
-              label="mean of the members" if first else None)
+               label="members (seeds)")
+    ax.hlines(members["score"].mean(), x - 0.3, x + 0.3, color="0.45", linestyle="--", label="mean of the members")
     for offset, (_, row) in enumerate(soups.iterrows()):
         below, above = row["gain"] - row["gain_ci_low"], row["gain_ci_high"] - row["gain"]
         ax.errorbar(x + 0.15 + 0.1 * offset, row["score"], yerr=np.clip([[below], [above]], 0, None), fmt="D",
-                    color=f"C{offset}", capsize=3, zorder=4, label=row["model"] if first else None)
+                    color=f"C{offset}", capsize=3, zorder=4, label=row["model"])
 
 
 def plot_soups(frame: pd.DataFrame) -> Figure:
-    """Member scores and their soups' scores, one panel per target, one column per group
-    (``group``: the members' kind); a soup's bar is the bootstrap interval of its gain
-    over the members' mean, placed on its score.
+    """Member scores and their soups' scores, one panel per target (two a row, the legend
+    below), one column per group (``group``: the members' kind); a soup's bar is the
+    bootstrap interval of its gain over the members' mean, placed on its score.
 
     Parameters
     ----------
@@ -44,19 +44,19 @@ def plot_soups(frame: pd.DataFrame) -> Figure:
     matplotlib.figure.Figure
     """
     targets = sorted(frame["target"].unique())
-    figure = Figure(figsize=(1.2 + 2.6 * len(targets), 3.4), layout="constrained")
-    axes = figure.subplots(1, len(targets), squeeze=False, sharey=True)[0]
+    figure, axes = panel_grid(len(targets), 5.0, 3.4, sharey=True)
     for ax, target in zip(axes, targets):
         part = frame[frame["target"] == target]
         groups = list(dict.fromkeys(part["group"]))
         for x, group in enumerate(groups):
-            _plot_group(ax, x, part[part["group"] == group], first=ax is axes[0] and x == 0)
+            _plot_group(ax, x, part[part["group"] == group])
         ax.set_xticks(range(len(groups)), groups)
         ax.set_xlim(-0.6, len(groups) - 0.4)
         ax.set_title(target)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel(" / ".join(dict.fromkeys(frame["metric"])))
-    axes[0].legend(fontsize=7)
+    for ax in first_column(axes):
+        ax.set_ylabel(" / ".join(dict.fromkeys(frame["metric"])))
+    legend_below(figure, axes)
     figure.suptitle("Fine-tuned models and their weight average (model soup)")
     return figure
 

@@ -11,6 +11,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ...analysis.spectra import spectrum_summary
+from .layout import legend_below, panel_grid
+
+MODULES_PER_ROW = 3
+"""Panels a row: three of a ResNet's six modules still read at page width (their text
+shown at 8.7 pt or more)."""
 
 
 def _check(frames: Mapping[str, pd.DataFrame]) -> None:
@@ -23,14 +28,12 @@ def _check(frames: Mapping[str, pd.DataFrame]) -> None:
 
 
 def plot_spectra(frames: Mapping[str, pd.DataFrame]) -> Figure:
-    """One panel per module: σ_i / σ_1 against i for every weight matrix of the module,
-    one colour per model, log scale."""
+    """One panel per module (:data:`MODULES_PER_ROW` a row): σ_i / σ_1 against i for
+    every weight matrix of the module, one colour per model, log scale; the models'
+    legend below the panels."""
     _check(frames)
     modules = list(dict.fromkeys(m for frame in frames.values() for m in frame["module"]))
-    columns = min(3, len(modules))
-    rows = -(-len(modules) // columns)
-    figure = Figure(figsize=(4.0 * columns, 3.2 * rows), layout="constrained")
-    axes = np.array(figure.subplots(rows, columns, squeeze=False)).ravel()
+    figure, axes = panel_grid(len(modules), 4.0, 3.2, per_row=MODULES_PER_ROW)
     colours = {name: f"C{i}" for i, name in enumerate(frames)}
     for ax, module in zip(axes, modules):
         for name, frame in frames.items():
@@ -47,9 +50,7 @@ def plot_spectra(frames: Mapping[str, pd.DataFrame]) -> Figure:
         ax.set_title(module)
         ax.set_xlabel("singular value index i")
         ax.set_ylabel("σ_i / σ_1 (log scale)")
-    for ax in axes[len(modules):]:
-        ax.set_visible(False)
-    figure.legend(*axes[0].get_legend_handles_labels(), title="model", loc="outside right upper")
+    legend_below(figure, axes, title="model")
     figure.suptitle("Normalized singular values of each weight matrix, per module")
     return figure
 
