@@ -3,7 +3,8 @@ and noise draw) against the fast path (activation cache + the grid's points in
 ascending order of measure up to the first feasible one, each stopped as soon as its
 losses, chunk by chunk of its examples, prove it infeasible; exact on every input),
 on the same model, data and
-settings, side by side in one run: after a warm-up pass, the two alternate (grid
+settings, side by side in one run (in a process that keeps freed memory for reuse, as
+a study's jobs do, :mod:`transferscope.allocator`; ``--default-allocator``: not): after a warm-up pass, the two alternate (grid
 first for the first module, fast first for the next, ...), so that a shared machine's
 load falls on both alike.
 
@@ -31,6 +32,7 @@ import time
 import numpy as np
 import torch
 
+from transferscope.allocator import reuse_freed_memory
 from transferscope.analysis.module_criticality import criticality, criticality_value
 from transferscope.evaluation import loss_fn
 from transferscope.models import build_model
@@ -85,8 +87,14 @@ def main() -> None:
     parser.add_argument("--modules", nargs="+", default=["layer1", "layer4"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps timings stable on a shared CPU)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each path per module, alternating")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's malloc thresholds as they are (not as a study's jobs set them): some "
+                             "batches' memory is then mapped afresh at each call, by a threshold that depends on the "
+                             "history of the process, and times move by 10-25%% between runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.default_allocator:
+        reuse_freed_memory()  # as a study's job process does
 
     torch.manual_seed(0)
     initial = build_model("small_resnet", args.classes, width=args.width).eval()
@@ -99,7 +107,8 @@ def main() -> None:
     settings = dict(alphas=alphas, sigmas=sigmas, samples=args.samples, noise="frobenius", threshold=1.01)
     print(f"small_resnet width {args.width}, {args.image_size}x{args.image_size} images, {args.examples} evaluation "
           f"examples, {args.grid}x{args.grid} grid (sigma in (0, {args.sigma_max}]), {args.samples} samples, "
-          f"{torch.get_num_threads()} thread(s)")
+          f"{torch.get_num_threads()} thread(s), "
+          f"{'default malloc' if args.default_allocator else 'freed memory reused (as in a study job)'}")
     passes: list[int] = []
     final.fc.register_forward_hook(lambda *_: passes.append(1))  # one call per batch forward pass, full or suffix
     with torch.no_grad():

@@ -163,3 +163,70 @@ def test_regrouped_evaluates_the_same_examples_in_other_batches_from_the_cached_
         torch.testing.assert_close(losses, per_example[group], rtol=1e-5, atol=1e-6)
     assert len(stem) == 3
     assert evaluator.full_loss_sums == [float(losses.sum()) for losses in evaluator.full_losses]
+
+
+def test_the_cached_inputs_are_held_once_and_a_regrouped_evaluator_gathers_them_in_their_memory_format():
+    """Caching packs every batch's inputs into one tensor (each batch a view of it); a
+    regrouped evaluator shares that tensor (no second copy) and gathers its batches'
+    rows at each call, channels_last kept, with the original's per-example losses."""
+    torch.manual_seed(0)
+    model = build_model("small_resnet", 4, width=8).eval().to(memory_format=torch.channels_last)
+    batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in _batches(n=12, batch=5)]
+    evaluator = CachedPrefixEvaluator(model, batches)
+    assert evaluator.cache_inputs_of("layer2", changing=module_state_keys(model)["layer2"])
+    cached = [args[0] for args, _ in evaluator._inputs]
+    assert [len(value) for value in cached] == [5, 5, 2]
+    assert len({value.untyped_storage().data_ptr() for value in cached}) == 1  # one tensor, three views
+    per_example = torch.cat(list(evaluator.example_losses()))
+    groups = [torch.tensor([11, 0, 6]), torch.tensor([3, 9, 1, 10, 2]), torch.tensor([4, 5, 7, 8])]
+    regrouped = evaluator.regrouped(groups)
+    assert regrouped._inputs == [] and regrouped._columns is evaluator._columns
+    formats = []
+    model.layer2.register_forward_pre_hook(
+        lambda _module, args: formats.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    for group, losses in zip(groups, regrouped.example_losses()):
+        torch.testing.assert_close(losses, per_example[group], rtol=1e-5, atol=1e-6)
+    assert formats == [True, True, True]
+
+
+class _Pooled(nn.Module):
+    """conv, then ``head`` on the pooled features, called with a keyword argument when ``keyword``."""
+
+    def __init__(self, keyword: bool) -> None:
+        super().__init__()
+        self.conv, self.keyword = nn.Conv2d(3, 4, 3), keyword
+        self.head = _Head()
+
+    def forward(self, x):
+        features = self.conv(x)
+        return self.head(features, scale=2.0) if self.keyword else self.head(features)
+
+
+class _Head(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, features, scale=1.0):
+        return self.fc(features.mean((2, 3)) * scale)
+
+
+@pytest.mark.parametrize("keyword", [False, True])
+def test_inputs_that_do_not_pack_into_one_tensor_are_kept_per_call(keyword):
+    """A batch of another image size (other feature shape), or a keyword argument: the
+    inputs are kept call by call (the first call's as a view), and the suffix still gives
+    the full forward's logits; a regrouped evaluator of keyword calls makes full passes."""
+    torch.manual_seed(0)
+    model = _Pooled(keyword).eval()
+    sizes = (8, 8) if keyword else (8, 6)
+    batches = [(torch.randn(4, 3, size, size), torch.randint(0, 3, (4,))) for size in sizes]
+    evaluator = CachedPrefixEvaluator(model, batches)
+    assert evaluator.cache_inputs_of("head", changing=["head.fc.weight", "head.fc.bias"])
+    assert [args[0].shape[-1] for args, _ in evaluator._inputs] == [size - 2 for size in sizes]
+    _perturb(model, ["head.fc.weight"])
+    with torch.no_grad():
+        full = [model(x) for x, _ in batches]
+    for logits, expected in zip(evaluator.logits(), full):
+        torch.testing.assert_close(logits, expected)
+    if keyword:
+        assert evaluator.regrouped([torch.tensor([7, 0, 3]), torch.tensor([1, 2, 4, 5, 6])]).cached_module is None

@@ -90,6 +90,8 @@ class CachedPrefixEvaluator:
         self.full_losses: list[Tensor] = []
         self._inputs: list[Inputs] = []
         self._prefix: list[str] = []
+        self._columns: list[Tensor] | None = None  # the cached inputs, one tensor per argument, a row per example
+        self._groups: list[Tensor] | None = None  # regrouped: the rows of _columns in each batch
 
     @torch.no_grad()
     def logits(self) -> list[Tensor]:
@@ -125,19 +127,17 @@ class CachedPrefixEvaluator:
     def regrouped(self, groups: Sequence[Tensor]) -> CachedPrefixEvaluator:
         """An evaluator of the same model on the same examples in other batches:
         ``groups[j]`` lists the examples of batch j (indices into the examples of
-        :attr:`batches` in order). Cached inputs that are tensors with one row per
-        example go along, regrouped likewise (so it runs the same suffix with no new
-        full pass); otherwise it makes full forward passes."""
+        :attr:`batches` in order). It holds its own copy of the batches; the cached
+        inputs, when they are tensors with one row per example, it shares with this
+        evaluator and gathers for each call (in place of the copy every call makes), so it
+        runs the same suffix with no new full pass and no second copy of them; otherwise
+        it makes full forward passes."""
         inputs = torch.cat([x for x, _ in self.batches]), torch.cat([y for _, y in self.batches])
         other = CachedPrefixEvaluator(self.model, [(inputs[0][group], inputs[1][group]) for group in groups])
-        cached = [args for args, kwargs in self._inputs if not kwargs]
-        sizes = [len(y) for _, y in self.batches]
-        if self.cached_module is None or len(cached) != len(sizes) or not all(
-                isinstance(value, Tensor) and len(value) == size for args, size in zip(cached, sizes) for value in args):
+        if self.cached_module is None or self._columns is None:
             return other
-        columns = [torch.cat(values) for values in zip(*cached)]
-        other.cached_module, other._prefix = self.cached_module, self._prefix
-        other._inputs = [(tuple(column[group] for column in columns), {}) for group in groups]
+        other.cached_module, other._prefix, other._columns = self.cached_module, self._prefix, self._columns
+        other._groups = [group.to(self._columns[0].device) for group in groups]
         return other
 
     @torch.no_grad()
@@ -167,9 +167,8 @@ class CachedPrefixEvaluator:
         self.clear_cache()
         self.full_losses = []
         events: list[str] = []
-        captured: list[Inputs] = []
-        capture = self.model.get_submodule(name).register_forward_pre_hook(
-            lambda _module, args, kwargs: captured.append(_clone_inputs(args, kwargs)), with_kwargs=True)
+        captured = _Capture([len(y) for _, y in self.batches])
+        capture = self.model.get_submodule(name).register_forward_pre_hook(captured, with_kwargs=True)
         recorders = self._record_calls(events)
         try:
             for x, y in self.batches:
@@ -178,14 +177,14 @@ class CachedPrefixEvaluator:
         finally:
             _remove([capture, *recorders])
         prefix = _modules_before(events, name, changing)
-        if not prefix or len(captured) != len(self.batches):
+        if not prefix or captured.calls != len(self.batches):
             return False
-        self.cached_module, self._inputs, self._prefix = name, captured, prefix
+        self.cached_module, self._inputs, self._prefix, self._columns = name, captured.inputs(), prefix, captured.columns
         return True
 
     def clear_cache(self) -> None:
         """Back to full forward passes."""
-        self.cached_module, self._inputs, self._prefix = None, [], []
+        self.cached_module, self._inputs, self._prefix, self._columns, self._groups = None, [], [], None, None
 
     @torch.no_grad()
     def suffix_matches_full_forward(self, tolerance: float = CHECK_TOLERANCE, n_batches: int | None = None) -> bool:
@@ -216,13 +215,18 @@ class CachedPrefixEvaluator:
     def _batch_logits(self, index: int) -> Tensor:
         """Logits of batch ``index``: with the prefix modules replaced by pass-throughs
         and the cached module fed its captured inputs (fresh copies, so in-place ops stay
-        harmless) when cached, else from a full forward pass."""
+        harmless; gathered from the shared rows in a regrouped evaluator) when cached,
+        else from a full forward pass."""
         x = self.batches[index][0]
         if self.cached_module is None:
             return self.model(x)
-        inputs = self._inputs[index]
+        if self._groups is not None:
+            assert self._columns is not None  # set together by regrouped
+            inputs: Inputs = (tuple(column[self._groups[index]] for column in self._columns), {})
+        else:
+            inputs = _clone_inputs(*self._inputs[index])
         handle = self.model.get_submodule(self.cached_module).register_forward_pre_hook(
-            lambda _module, _args, _kwargs: _clone_inputs(*inputs), with_kwargs=True)
+            lambda _module, _args, _kwargs: inputs, with_kwargs=True)
         originals = {name: self.model.get_submodule(name) for name in self._prefix}
         try:
             for name in self._prefix:
@@ -248,6 +252,61 @@ class CachedPrefixEvaluator:
                 handles.append(module.register_forward_pre_hook(partial(record, module_name)))
                 handles.append(module.register_forward_hook(partial(record, module_name)))
         return handles
+
+
+def _memory_format(tensor: Tensor) -> torch.memory_format:
+    channels_last = tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(
+        memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+class _Capture:
+    """A forward pre-hook that keeps the inputs of each call, one call per batch: written
+    straight into one tensor per positional argument (:attr:`columns`, the batches' rows
+    in order, in the first call's memory format) while every call's inputs are positional
+    tensors with one row per example of its batch, of one shape beyond the rows, dtype and
+    device per argument; as a copy per call from the first call that is not (the calls
+    before it stay views of the columns)."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        self.sizes = sizes
+        self.calls = 0
+        self.columns: list[Tensor] | None = None
+        self.copies: list[Inputs] | None = None  # once the calls are not packable
+
+    def __call__(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        index, self.calls = self.calls, self.calls + 1
+        if self.copies is None and self._packable(index, args, kwargs):
+            if self.columns is None:
+                self.columns = [torch.empty((sum(self.sizes), *value.shape[1:]), dtype=value.dtype,
+                                            device=value.device, memory_format=_memory_format(value)) for value in args]
+            start = sum(self.sizes[:index])
+            for column, value in zip(self.columns, args):
+                column[start:start + len(value)].copy_(value.detach())
+            return
+        if self.copies is None:
+            self.copies = _batch_views(self.columns, self.sizes[:index]) if self.columns is not None else []
+            self.columns = None
+        self.copies.append(_clone_inputs(args, kwargs))
+
+    def _packable(self, index: int, args: tuple, kwargs: dict) -> bool:
+        if kwargs or index >= len(self.sizes) or not args:
+            return False
+        likes = self.columns if self.columns is not None else args
+        return len(args) == len(likes) and all(
+            isinstance(value, Tensor) and value.dim() > 0 and len(value) == self.sizes[index]
+            and value.shape[1:] == like.shape[1:] and value.dtype == like.dtype and value.device == like.device
+            for value, like in zip(args, likes))
+
+    def inputs(self) -> list[Inputs]:
+        """The inputs of each call: views of :attr:`columns`, or the copies."""
+        return self.copies if self.copies is not None else _batch_views(self.columns or [], self.sizes)
+
+
+def _batch_views(columns: list[Tensor], sizes: list[int]) -> list[Inputs]:
+    """The inputs of each batch of ``sizes``: views of its rows of ``columns``."""
+    bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
+    return [(tuple(column[start:stop] for column in columns), {}) for start, stop in zip(bounds, bounds[1:])]
 
 
 def _remove(handles: list[Any]) -> None:

@@ -76,9 +76,8 @@ feasible; on the minimiser's row the frontier is the minimiser's σ). The whole 
 
 At a point the fast path first tries to prove it infeasible cheaply. The examples are
 regrouped into :data:`EARLY_STOP_CHUNKS` chunks by descending loss at Θ^F (at most a
-batch each, with the cached inputs regrouped alike,
-:meth:`CachedPrefixEvaluator.regrouped`: a second copy of the evaluation batches and
-their cached inputs in memory),
+batch each, :meth:`CachedPrefixEvaluator.regrouped`: a second copy of the evaluation
+batches; the cached inputs are shared and gathered chunk by chunk),
 and it evaluates the first chunk at every draw, then the second, …, stopping as soon as
 the loss sums so far exceed ε times the examples of all ``samples`` draws: losses are
 ≥ 0, so the mean is then bound to exceed ε. Such a point reports ``n_samples`` 0 and NaN
