@@ -275,17 +275,17 @@ def plot_criticality_heatmaps(grid_frames: pd.DataFrame | Sequence[pd.DataFrame]
         ax.add_collection(LineCollection(_feasible_outline(feasible, x_edges, y_edges), colors="white", linewidths=2))
         rows, cols = np.nonzero(feasible)
         ax.plot(loss.columns.to_numpy(float)[cols], loss.index.to_numpy(float)[rows], "o", color="white",
-                markersize=3, linestyle="none", label="feasible")
+                markeredgecolor="black", markeredgewidth=0.5, markersize=4, linestyle="none", label="feasible")
         best = panel[panel["feasible"]]
         value = math.inf
         if len(best):
             row = best.loc[best["measure"].idxmin()]
             value = float(row["measure"])
             ax.plot(row["sigma"], row["alpha"], marker="*", color="red", markersize=12, label="argmin μ")
-        ax.legend(fontsize="small", loc="lower right")
         ax.set_xlabel("noise σ" + (" (relative)" if panel["noise"].iloc[0] != "absolute" else ""))
         ax.set_ylabel("α (0 = initial, 1 = end point)")
         ax.set_title(f"{module or modules[0]}: {path} path, {START_LABEL[start]}, μ = {value:.3g}")
     figure.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=list(axes),
                     label="mean loss over noise draws")
+    legend_below(figure, axes, fontsize="small")  # inside a panel it hid the cells of a corner
     return figure
