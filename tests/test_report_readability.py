@@ -22,6 +22,7 @@ from transferscope.report.figures.cka import plot_table1
 from transferscope.report.figures.criticality import plot_criticality_bars, plot_rewind
 from transferscope.report.figures.distance import plot_module_distances
 from transferscope.report.figures.freeze import plot_freeze
+from transferscope.report.figures.layout import first_column, panel_grid
 from transferscope.report.figures.mistakes import plot_mistakes
 from transferscope.report.figures.soups import plot_soups
 from transferscope.report.figures.spectrum import plot_spectra
@@ -225,7 +226,7 @@ def test_panels_per_target_are_legible_at_page_width(tmp_path, targets, draw, ex
     assert sum(ax.get_visible() for ax in figure.axes) == len(targets)
 
 
-def _legend_under_the_panels(figure) -> bool:
+def legend_under_the_panels(figure) -> bool:
     """Whether ``figure`` has one legend, a figure legend wholly below its shown panels."""
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
@@ -238,7 +239,7 @@ def _legend_under_the_panels(figure) -> bool:
 @pytest.mark.parametrize("draw", [lambda: plot_soups(soup_frame()), lambda: plot_soups(soup_frame(("real",))),
                                   lambda: plot_spectra(spectrum_frames())], ids=["soups", "soups-1", "spectrum"])
 def test_one_legend_lies_under_the_panels(draw):
-    assert _legend_under_the_panels(draw())
+    assert legend_under_the_panels(draw())
 
 
 def test_the_spectra_keep_three_modules_a_row_legible_at_page_width(tmp_path):
@@ -361,3 +362,9 @@ def test_the_spectrum_summary_fits_the_page_in_chromium(tmp_path):
         finally:
             browser.close()
     assert all(0 < width <= shown for width, shown in boxes), boxes  # nothing scrolls out of sight
+
+
+@pytest.mark.parametrize("per_row, starts", [(2, [0, 2, 4]), (3, [0, 3])])
+def test_first_column_follows_the_grid_of_panel_grid(per_row, starts):
+    _, axes = panel_grid(5, 2.0, 2.0, per_row=per_row)
+    assert [list(axes).index(ax) for ax in first_column(axes)] == starts

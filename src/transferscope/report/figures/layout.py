@@ -9,6 +9,7 @@ import math
 import numpy as np
 from matplotlib import rcParams
 from matplotlib.artist import Artist
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.legend import Legend
@@ -40,9 +41,10 @@ def panel_grid(n_panels: int, panel_width: float, panel_height: float, per_row: 
     return figure, axes[:n_panels]
 
 
-def first_column(axes: np.ndarray) -> np.ndarray:
-    """The axes of a :func:`panel_grid` that start a row (those that carry a y label)."""
-    return axes[::PANELS_PER_ROW]
+def first_column(axes: np.ndarray) -> list[Axes]:
+    """The axes of a :func:`panel_grid` that start a row (those that carry a y label),
+    whatever its ``per_row``."""
+    return [ax for ax in axes if ax.get_subplotspec().is_first_col()]
 
 
 def legend_below(figure: Figure, axes, **options) -> Legend:
