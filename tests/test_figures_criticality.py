@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 from matplotlib.figure import Figure
+from test_report_readability import legend_under_the_panels
 from torch import nn
 
 from transferscope.analysis.module_criticality import criticality, criticality_value, network_criticality
@@ -128,10 +129,7 @@ def test_plot_criticality_heatmaps():
     assert axes[0].get_title() == f"2: direct path, from θ_F, μ = {value:.3g}"
     assert axes[0].get_xlabel().startswith("noise σ") and axes[0].get_ylabel().startswith("α")
     assert len(figure.axes) == 5  # four panels and the colour bar
-    figure.canvas.draw()
-    assert all(ax.get_legend() is None for ax in axes) and len(figure.legends) == 1  # no legend over the cells
-    legend = figure.legends[0].get_window_extent()
-    assert legend.y1 <= min(ax.get_window_extent().y0 for ax in axes)  # below the panels
+    assert legend_under_the_panels(figure)  # none over the cells
     with pytest.raises(ValueError, match="method='grid'"):
         plot_criticality_heatmaps([grids[0].assign(method="bisection")])
     with pytest.raises(ValueError, match="module="):
